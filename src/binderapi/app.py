@@ -1,0 +1,68 @@
+"""The application factory: routes under ``base_url``, middleware, and start-up/shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .middleware import ClientAddressMiddleware, CORSMiddleware
+from .netutil import NetworkSet
+from .routers import build, config, health, versions
+from .services import Services
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """BinderHub's API-only core: resolve a repository spec, build it with repo2docker,
+push it, launch it on JupyterHub, and stream every step as server-sent events. Existing BinderHub
+clients work unchanged."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    binderhub = settings.BinderHub
+    base = binderhub.base_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for notice in settings.warnings:
+            log.warning(notice)
+        services = await Services.start(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="binderapi",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=base + "docs",
+        redoc_url=None,
+        openapi_url=base + "openapi.json",
+    )
+    app.state.settings = settings
+    prefix = base.rstrip("/")
+    for module in (build, health, versions, config):
+        app.include_router(module.router, prefix=prefix)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def json_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Every unknown path or method is a JSON answer, never an HTML page."""
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    Instrumentator(excluded_handlers=[base + "metrics"], should_group_status_codes=False).instrument(app).expose(
+        app, endpoint=base + "metrics", include_in_schema=True, tags=["service"])
+
+    app.add_middleware(ClientAddressMiddleware, base_url=base,
+                       trusted_proxies=NetworkSet(binderhub.trusted_proxies), banned=NetworkSet(binderhub.ban_networks))
+    app.add_middleware(CORSMiddleware, allow_origin=binderhub.cors_allow_origin, base_url=base)
+    return app

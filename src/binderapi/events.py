@@ -1,0 +1,153 @@
+"""The ``/build`` event stream: one pydantic model per event, and the one encoder of the wire format.
+
+BinderHub's clients read ``data: <json>\\n\\n`` frames and switch on ``phase``. These models are the
+single definition of those frames: the SSE encoder, the OpenAPI schema, the tests and
+``docs/events.md`` all use them. Lines from repo2docker's ``--json-logs`` are passed through as the
+dictionaries repo2docker wrote (extra fields such as ``progress`` and ``layers`` included).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Event(BaseModel):
+    """Base of all events. ``message`` ends with a newline, as BinderHub's clients expect."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = None
+    message: str | None = None
+
+
+class WaitingEvent(Event):
+    """The build is queued or about to start. While queued, ``queue_position`` (1 = next) and
+    ``queue_length`` are set and the event is re-sent whenever the position changes."""
+
+    phase: Literal["waiting"] = "waiting"
+    message: str
+    queue_position: int | None = Field(None, description="1-based position of this build in the queue (binderapi extension).")
+    queue_length: int | None = Field(None, description="Builds waiting in the queue (binderapi extension).")
+
+
+class FetchingEvent(Event):
+    """repo2docker is fetching the repository."""
+
+    phase: Literal["fetching"] = "fetching"
+    message: str
+
+
+class BuildingEvent(Event):
+    """A line of repo2docker's build output."""
+
+    phase: Literal["building"] = "building"
+    message: str
+
+
+class PushingEvent(Event):
+    """repo2docker is pushing the image; ``progress`` maps layer ids to progress."""
+
+    phase: Literal["pushing"] = "pushing"
+    message: str
+    progress: dict[str, Any] | str | None = None
+    layers: dict[str, Any] | None = None
+
+
+class LogEvent(Event):
+    """An informational line without a phase (e.g. ``Picked Git content provider.``)."""
+
+    phase: None = None
+    message: str
+
+
+class UnknownEvent(Event):
+    """A builder output line that was not repo2docker JSON."""
+
+    phase: Literal["unknown"] = "unknown"
+    message: str | None = None
+
+
+class BuiltEvent(Event):
+    """The image exists (found or just built); a launch follows."""
+
+    phase: Literal["built"] = "built"
+    message: str
+    imageName: str
+
+
+class LaunchingEvent(Event):
+    """Progress of the JupyterHub launch (each hub progress message is re-sent as one)."""
+
+    phase: Literal["launching"] = "launching"
+    message: str
+
+
+class BuildReadyEvent(Event):
+    """``build_only=true``: the image is ready in the registry. Final event."""
+
+    phase: Literal["ready"] = "ready"
+    message: str
+    imageName: str
+
+
+class LaunchReadyEvent(Event):
+    """The server is running: open ``url`` with ``token``. Final event."""
+
+    phase: Literal["ready"] = "ready"
+    message: str
+    url: str
+    token: str
+    image: str
+    repo_url: str
+    binder_ref_url: str
+    binder_launch_host: str
+    binder_request: str
+    binder_persistent_request: str
+    binder_client_ip: str
+
+
+class FailedEvent(Event):
+    """The request failed; the stream ends. ``status_code`` is set for HTTP-style refusals
+    (400, 403, 409, 429, 500); logical failures carry only the message."""
+
+    phase: Literal["failed"] = "failed"
+    message: str | None = None
+    status_code: int | None = None
+
+
+BuildStreamEvent = Annotated[
+    WaitingEvent | FetchingEvent | BuildingEvent | PushingEvent | LogEvent | UnknownEvent | BuiltEvent
+    | LaunchingEvent | BuildReadyEvent | LaunchReadyEvent | FailedEvent,
+    Field(description="One `data:` frame of the `/build` event stream."),
+]
+
+KEEPALIVE = b":keepalive\n\n"
+
+
+def line(text: str) -> str:
+    """Messages end with exactly one newline."""
+    return text if text.endswith("\n") else text + "\n"
+
+
+def encode(event: Event | dict[str, Any]) -> bytes:
+    """One SSE frame. JSON escapes every control character, so no message (newlines, ``data:``,
+    invalid UTF-8 already replaced) can break the framing or forge another event."""
+    payload = event.model_dump(exclude_none=True) if isinstance(event, BaseModel) else event
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def builder_line_to_event(raw: bytes | str) -> dict[str, Any]:
+    """Turn one line of builder output into an event dict: repo2docker JSON is kept as written,
+    anything else becomes ``unknown``. Invalid UTF-8 is replaced, never fatal."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = text.rstrip("\r\n")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message", ""), str) and isinstance(data.get("phase", ""), str | None):
+        return data
+    return {"phase": "unknown", "message": line(text)}

@@ -1,0 +1,71 @@
+"""``/health``: pluggable checks, each cached briefly, concurrent callers sharing one run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CheckFn = Callable[[], Awaitable[dict[str, Any] | bool | None]]
+
+
+@dataclass
+class _Check:
+    service: str
+    fn: CheckFn
+    cache_seconds: float
+    soft: bool
+    timeout: float
+    result: dict[str, Any] | None = None
+    checked_at: float = -1e9
+    running: asyncio.Future[dict[str, Any]] | None = field(default=None, repr=False)
+
+    async def run(self) -> dict[str, Any]:
+        if self.result is not None and time.monotonic() - self.checked_at < self.cache_seconds:
+            return self.result
+        if self.running is None:
+            self.running = asyncio.ensure_future(self._run_once())
+            self.running.add_done_callback(lambda _: setattr(self, "running", None))
+        return await asyncio.shield(self.running)
+
+    async def _run_once(self) -> dict[str, Any]:
+        started = time.monotonic()
+        result: dict[str, Any] = {"service": self.service}
+        try:
+            outcome = await asyncio.wait_for(self.fn(), self.timeout)
+            if isinstance(outcome, dict):
+                result.update(outcome)
+                result.setdefault("ok", True)
+            else:
+                result["ok"] = outcome is None or bool(outcome)
+        except Exception as e:  # a failing dependency is a health answer, not an error
+            log.warning("Health check %s failed: %s", self.service, e)
+            result.update(ok=False, error=str(e) or type(e).__name__)
+        if self.soft:
+            result["_ignore_failure"] = True
+        log.debug("Health check %s took %.3fs", self.service, time.monotonic() - started)
+        self.result, self.checked_at = result, time.monotonic()
+        return result
+
+
+class HealthChecks:
+    """The registry later components add their checks to (registry, JupyterHub, builder, quota)."""
+
+    def __init__(self) -> None:
+        self._checks: list[_Check] = []
+
+    def add(self, service: str, fn: CheckFn, *, cache_seconds: float = 15.0, soft: bool = False,
+            timeout: float = 10.0) -> None:
+        """A soft check is reported but does not make the service unhealthy (BinderHub's
+        ``_ignore_failure``), e.g. the pod quota federation redirectors read."""
+        self._checks.append(_Check(service, fn, cache_seconds, soft, timeout))
+
+    async def run(self) -> tuple[bool, list[dict[str, Any]]]:
+        results = list(await asyncio.gather(*(check.run() for check in self._checks)))
+        ok = all(r["ok"] for r in results if not r.get("_ignore_failure"))
+        return ok, results

@@ -1,0 +1,58 @@
+"""Repository providers: ``gh``, ``gist``, ``gl``, ``git``, ``zenodo``, ``figshare``, ``hydroshare``,
+``dataverse``, ``ckan`` and ``swhid``, all behind :class:`RepoProvider`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._importing import resolve
+from ..errors import SpecError
+from .base import ProviderContext, RepoProvider
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+# class names (ours and BinderHub's) -> where they live
+KNOWN_PROVIDERS = {
+    "GitHubRepoProvider": "binderapi.providers.github:GitHubRepoProvider",
+    "GistRepoProvider": "binderapi.providers.github:GistRepoProvider",
+    "GitLabRepoProvider": "binderapi.providers.gitlab:GitLabRepoProvider",
+    "GitRepoProvider": "binderapi.providers.git:GitRepoProvider",
+    "ZenodoProvider": "binderapi.providers.doi:ZenodoProvider",
+    "FigshareProvider": "binderapi.providers.doi:FigshareProvider",
+    "HydroshareProvider": "binderapi.providers.doi:HydroshareProvider",
+    "DataverseProvider": "binderapi.providers.doi:DataverseProvider",
+    "CKANProvider": "binderapi.providers.ckan:CKANProvider",
+    "SwhidProvider": "binderapi.providers.swhid:SwhidProvider",
+}
+
+
+class ProviderRegistry:
+    """The enabled providers (``BinderHub.repo_providers``), each with its settings section."""
+
+    def __init__(self, settings: Settings, context: ProviderContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.classes: dict[str, type[RepoProvider]] = {}
+        for prefix, ref in settings.BinderHub.repo_providers.items():
+            try:
+                self.classes[prefix] = resolve(ref, KNOWN_PROVIDERS, "repo provider")
+            except ImportError as e:
+                raise ValueError(f"BinderHub.repo_providers[{prefix!r}]: {e}") from None
+
+    def _config(self, cls: type[RepoProvider]) -> Any:
+        section = getattr(cls, "config_section", "RepoProvider")
+        return getattr(self.settings, section, self.settings.RepoProvider)
+
+    def create(self, prefix: str, spec: str) -> RepoProvider:
+        cls = self.classes.get(prefix)
+        if cls is None:
+            raise SpecError(f"No provider found for prefix {prefix}")
+        return cls(spec, prefix=prefix, config=self._config(cls), context=self.context)
+
+    def display_configs(self) -> list[dict[str, Any]]:
+        """Each enabled provider's display config, its ``id`` being the configured prefix."""
+        return [{**cls.display_config, "id": prefix} for prefix, cls in self.classes.items()]
+
+
+__all__ = ["KNOWN_PROVIDERS", "ProviderContext", "ProviderRegistry", "RepoProvider"]

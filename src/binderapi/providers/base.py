@@ -1,0 +1,109 @@
+"""The provider interface: turn a spec into a resolved, immutable ref and the names derived from it.
+
+Providers know nothing about builds. One instance is made per request; state that must outlive a
+request (HTTP connection pool, resolution caches) lives in :class:`ProviderContext`.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+if TYPE_CHECKING:
+    from ..settings import models
+    from ._cache import ResolutionCache
+
+
+@dataclass
+class ProviderContext:
+    """Shared by every provider instance: one HTTP client and one resolution cache per provider."""
+
+    http: httpx.AsyncClient
+    caches: dict[str, ResolutionCache] = field(default_factory=dict)
+
+    def cache(self, name: str, config: models.RepoProvider) -> ResolutionCache:
+        from ._cache import ResolutionCache
+
+        if name not in self.caches:
+            self.caches[name] = ResolutionCache(config.cache_size)
+        return self.caches[name]
+
+
+def _matches(patterns: list[str], spec: str) -> bool:
+    return any(re.match(pattern, spec, re.IGNORECASE) for pattern in patterns)
+
+
+class RepoProvider(abc.ABC):
+    """Base class of every provider. Subclasses parse ``spec`` in ``__init__`` (raising
+    :class:`~binderapi.errors.SpecError` with a helpful message) and implement the resolution."""
+
+    #: human-readable name; also the ``provider`` label of metrics and launch events
+    name: ClassVar[str]
+    #: settings section holding this provider's options
+    config_section: ClassVar[str]
+    #: what a frontend needs to offer this provider (``/api/repoproviders``)
+    display_config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, spec: str, *, prefix: str, config: models.RepoProvider, context: ProviderContext) -> None:
+        self.spec = spec
+        self.prefix = prefix
+        self.config = config
+        self.context = context
+        self.unresolved_ref = ""
+
+    # -- resolution (may call upstreams) --------------------------------------------------------
+    @abc.abstractmethod
+    async def get_resolved_ref(self) -> str | None:
+        """The immutable ref (commit SHA, record version) or ``None`` if it does not exist."""
+
+    @abc.abstractmethod
+    async def get_resolved_spec(self) -> str:
+        """The spec with the ref replaced by the resolved one (for ``binder_persistent_request``)."""
+
+    @abc.abstractmethod
+    async def get_resolved_ref_url(self) -> str:
+        """A URL a person can open to see exactly what was built."""
+
+    # -- naming (no I/O) ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_repo_url(self) -> str:
+        """What repo2docker is given to fetch."""
+
+    @abc.abstractmethod
+    def get_build_slug(self) -> str:
+        """The unescaped part of the image name identifying the repository."""
+
+    def default_branch_fallback(self) -> RepoProvider | None:
+        """A provider for ``HEAD`` when the requested default-branch name does not exist (GitHub's
+        master/main rename); ``None`` where that makes no sense."""
+        return None
+
+    # -- credentials and policy ------------------------------------------------------------------
+    @property
+    def git_credentials(self) -> str:
+        """``GIT_CREDENTIAL_ENV`` for the build; empty for public repositories."""
+        return self.config.git_credentials
+
+    def is_banned(self) -> bool:
+        """``banned_specs`` match, or ``allowed_specs`` set and none matches (case-insensitive,
+        anchored at the start, on the unresolved spec)."""
+        if _matches(self.config.banned_specs, self.spec):
+            return True
+        return bool(self.config.allowed_specs) and not _matches(self.config.allowed_specs, self.spec)
+
+    def has_higher_quota(self) -> bool:
+        return _matches(self.config.high_quota_specs, self.spec)
+
+    def repo_config(self, binderhub: models.BinderHub) -> dict[str, Any]:
+        """Per-repository settings: ``quota`` from the per-repo quotas, then every matching
+        ``spec_config`` entry applied in order (the last match wins)."""
+        quota = binderhub.per_repo_quota_higher if self.has_higher_quota() else binderhub.per_repo_quota
+        config: dict[str, Any] = {"quota": quota}
+        for entry in self.config.spec_config:
+            if re.match(entry["pattern"], self.spec, re.IGNORECASE):
+                config.update(entry["config"])
+        return config

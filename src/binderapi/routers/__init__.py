@@ -1,0 +1,1 @@
+"""HTTP routes. Each router parses its request and delegates; no business logic lives here."""

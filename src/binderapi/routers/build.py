@@ -1,0 +1,129 @@
+"""``GET /build/<prefix>/<spec>``: the event stream BinderHub's clients consume.
+
+This router only parses the request and turns the pipeline's events into SSE frames. Errors are
+HTTP 200 streams ending with a ``failed`` event, because EventSource clients cannot read an HTTP
+error status.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import TypeAdapter
+from sse_starlette import EventSourceResponse
+from sse_starlette.event import ServerSentEvent
+
+from ..errors import BinderError
+from ..events import KEEPALIVE, BuildStreamEvent, Event, FailedEvent, encode, line
+from ..pipeline import BuildPipeline, BuildRequest
+from ..services import ServicesDep
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["build"])
+
+EVENT_STREAM_SCHEMA = TypeAdapter(BuildStreamEvent).json_schema(ref_template="#/components/schemas/{model}")
+
+
+class _Keepalive(ServerSentEvent):
+    """BinderHub's exact keepalive comment, ``:keepalive``."""
+
+    def encode(self) -> bytes:
+        return KEEPALIVE
+
+
+def accepts_event_stream(accept: str | None) -> bool:
+    """True when ``text/event-stream`` is among the accepted media types (with q > 0). A list such as
+    ``text/event-stream, */*`` is accepted; ``*/*`` alone is not, so a browser tab or a bare curl
+    learns it is talking to an event stream."""
+    for item in (accept or "").split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if media.lower() != "text/event-stream":
+            continue
+        q = next((p.split("=", 1)[1] for p in params if p.lower().startswith("q=")), "1")
+        try:
+            if float(q) > 0:
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def raw_spec(request: Request, prefix: str) -> str:
+    """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.decode("utf-8", "replace")
+    marker = "/build/"
+    start = path.index(marker) + len(marker) if marker in path else 0
+    raw_prefix, _, spec = path[start:].partition("/")
+    if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
+        return request.path_params.get("spec", "")
+    return spec.rstrip("/")
+
+
+def failure_response(message: str, status_code: int | None = None) -> Response:
+    """A complete stream of one ``failed`` event, for refusals before any work starts."""
+    body = encode(FailedEvent(message=line(message), status_code=status_code))
+    return Response(body, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIterator[bytes]:
+    """Encode events; any error ends the stream with exactly one ``failed`` event."""
+    try:
+        async for event in events:
+            frame = event if isinstance(event, bytes) else encode(event)
+            yield frame
+            if isinstance(event, FailedEvent):
+                return
+    except BinderError as e:
+        yield encode(FailedEvent(message=line(e.message), status_code=e.status_code))
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("Unexpected error in %s (incident %s)", context, incident)
+        yield encode(FailedEvent(message=f"Internal Server Error (incident {incident}); the operator's log has the details.\n", status_code=500))
+
+
+@router.get(
+    "/build/{prefix}/{spec:path}",
+    response_class=Response,
+    summary="Resolve, build and launch a repository, streaming progress as server-sent events",
+    responses={200: {
+        "description": "A `text/event-stream` of `data: <json>` frames (see the event schemas) with "
+        "`:keepalive` comments. Errors are also HTTP 200 streams ending with a `failed` event.",
+        "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
+    }},
+)
+async def build(request: Request, prefix: str, spec: str, services: ServicesDep, build_only: str = "",
+                build_token: str = "") -> Any:
+    settings = services.settings.BinderHub
+    if not accepts_event_stream(request.headers.get("accept")):
+        return failure_response("Missing Accept header: text/event-stream", 400)
+    wants_build_only = build_only.lower() == "true"
+    if wants_build_only and not settings.enable_api_only_mode:
+        return failure_response(
+            "Building but not launching is not permitted when the API only mode was not enabled by "
+            "setting `enable_api_only_mode` to True. ", 400)
+    spec = raw_spec(request, prefix)
+    host = request.headers.get("host", "")
+    build_request = BuildRequest(
+        prefix=prefix,
+        spec=spec,
+        build_only=wants_build_only,
+        client_ip=request.state.client_ip,
+        launch_host=settings.badge_base_url or f"{request.url.scheme}://{host}{settings.base_url}",
+        origin=settings.normalized_origin or host,
+        request_origin=request.headers.get("origin") or request.headers.get("sec-fetch-site") or "",
+    )
+    events = BuildPipeline(services).run(build_request)
+    return EventSourceResponse(
+        frames(events, f"/build/{prefix}/{spec}"),
+        ping=settings.keepalive_interval,
+        ping_message_factory=lambda: _Keepalive(),
+        sep="\n",
+        headers={"cache-control": "no-cache"},
+    )

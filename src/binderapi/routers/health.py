@@ -1,0 +1,35 @@
+"""``GET|HEAD /health``: 200 when every hard check passes, else 503."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..services import ServicesDep
+
+router = APIRouter(tags=["service"])
+
+
+class HealthCheckResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    service: str = Field(description="What was checked, e.g. `Docker registry`, `JupyterHub API`.")
+    ok: bool
+
+
+class HealthResponse(BaseModel):
+    ok: bool = Field(description="False when any check without `_ignore_failure` failed.")
+    checks: list[HealthCheckResult]
+
+
+@router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
+                  responses={503: {"model": HealthResponse, "description": "A check failed."}})
+async def health(request: Request, services: ServicesDep) -> Response:
+    ok, checks = await services.health.run()
+    status = 200 if ok else 503
+    if request.method == "HEAD":
+        return Response(status_code=status)
+    body: dict[str, Any] = {"ok": ok, "checks": checks}
+    return JSONResponse(body, status_code=status)

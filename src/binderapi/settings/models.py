@@ -1,0 +1,436 @@
+"""One pydantic model per BinderHub configurable class.
+
+The models carry BinderHub's option names, meanings and defaults, so that the ``config:`` block of a
+BinderHub Helm chart works unchanged. Options that only made sense for BinderHub's HTML pages are
+accepted and documented as having no effect here. Each field's description is the configuration
+reference (``docs/configuration.md`` is generated from it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .types import ByteSize, ClassRef, LogLevel, Network
+
+
+def secret(default: Any = "", description: str = "") -> Any:
+    """A field whose value is never shown by ``--show-config`` or written to logs."""
+    return Field(default, description=description, json_schema_extra={"secret": True})
+
+
+def deprecated(default: Any, *targets: str, description: str = "") -> Any:
+    """A BinderHub option kept for compatibility that forwards to its new home(s)."""
+    return Field(default, description=description, json_schema_extra={"deprecated_to": list(targets)})
+
+
+def ui_only(default: Any, description: str) -> Any:
+    """A BinderHub option about its HTML pages: accepted, without effect in an API-only service."""
+    return Field(default, description=description + " (BinderHub UI option: accepted, no effect in binderapi.)",
+                 json_schema_extra={"no_effect": True})
+
+
+class Section(BaseModel):
+    """Base of every configuration section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=False)
+
+
+DEFAULT_REPO_PROVIDERS = {
+    "gh": "GitHubRepoProvider",
+    "gist": "GistRepoProvider",
+    "git": "GitRepoProvider",
+    "gl": "GitLabRepoProvider",
+    "zenodo": "ZenodoProvider",
+    "figshare": "FigshareProvider",
+    "hydroshare": "HydroshareProvider",
+    "dataverse": "DataverseProvider",
+    "ckan": "CKANProvider",
+    "swhid": "SwhidProvider",
+}
+
+
+class BinderHub(Section):
+    """The application: HTTP service, naming, policy and which backends to use."""
+
+    # -- service ---------------------------------------------------------------------------------
+    ip: str = Field("", description="Address to listen on. Empty means every interface.")
+    port: int = Field(8585, ge=0, le=65535, description="Port to listen on.")
+    base_url: str = Field("/", description="URL prefix of every route (a leading and trailing slash are added).")
+    debug: bool = Field(False, description="Debug mode: log level DEBUG and tracebacks in the log.")
+    config_file: str = Field("", description="Configuration file (YAML, JSON or TOML) to load; relative to the current directory.")
+    show_config: bool = Field(False, description="Print the effective configuration (YAML, secrets redacted) and exit.")
+    show_config_json: bool = Field(False, description="Print the effective configuration as JSON (secrets redacted) and exit.")
+    enable_api_only_mode: bool = Field(
+        False,
+        description="API-only mode. binderapi never serves HTML; this switch keeps BinderHub's meaning for "
+        "`build_only=true`, which is honoured only when it is on.",
+    )
+    cors_allow_origin: str = Field("", description="Value of `Access-Control-Allow-Origin` on every response (e.g. `*`). Empty sends none.")
+    executor_threads: int = Field(5, ge=1, description="Threads available for the rare calls that must block (file reads of large configs); builds and watches never use threads.")
+    keepalive_interval: float = Field(25.0, gt=0, description="Seconds between `:keepalive` comments on an event stream with nothing else to say.")
+    trusted_proxies: list[Network] = Field(
+        default_factory=list,
+        description="Networks of reverse proxies whose `X-Forwarded-For` header is believed. Requests from any "
+        "other peer are identified by the peer address, so a banned client cannot walk around `ban_networks`.",
+    )
+
+    # -- logging ---------------------------------------------------------------------------------
+    log_level: LogLevel = Field(30, description="Log level, by name (`INFO`) or number (`20`).")
+    log_format: str = Field("[%(name)s]%(highlevel)s %(message)s", description="Format of log lines; `%(highlevel)s` is ` [L time name]`-style context for warnings and above.")
+    log_datefmt: str = Field("%Y-%m-%d %H:%M:%S", description="Date format for `%(asctime)s`.")
+    logging_config: dict[str, Any] = Field(default_factory=dict, description="A `logging.config.dictConfig` dictionary merged into the base configuration (handler `console`, formatter `console`).")
+
+    # -- JupyterHub -----------------------------------------------------------------------------
+    hub_url: str = Field("", description="Public base URL of JupyterHub; launch URLs handed to clients start with it.")
+    hub_url_local: str = Field("", description="Base URL binderapi itself uses to reach JupyterHub; defaults to `hub_url`.")
+    hub_api_token: str = secret("", "API token of the `binder` JupyterHub service (env `JUPYTERHUB_API_TOKEN`).")
+    auth_enabled: bool = Field(False, description="Require a JupyterHub login (token or OAuth cookie) and start the user's own server instead of a temporary user's.")
+
+    # -- images and builds ------------------------------------------------------------------------
+    image_prefix: str = Field("", description="Prefix of every image name, usually `<registry>/<project>/` plus a version tag to start a fresh cache, e.g. `127.0.0.1:5000/binder-`.")
+    use_registry: bool = Field(True, description="Check for and push images to a registry. Off: look in the local Docker engine and never push (one-node set-ups).")
+    build_class: ClassRef = Field("kubernetes", description="Build backend: `kubernetes` (build pods), `docker` (builder containers on a Docker engine), or a dotted import path.")
+    build_cleaner_class: ClassRef = Field("kubernetes", description="Build cleaner: `kubernetes`, `docker` or a dotted path. Left at its default, it follows `build_class`.")
+    registry_class: ClassRef = Field("docker", description="Registry client: `docker` (Docker Registry HTTP API v2) or a dotted import path.")
+    launch_quota_class: ClassRef = Field("kubernetes", description="Launch quota: `kubernetes`, `docker`, `none` or a dotted path. Left at its default, it follows `build_class`.")
+    health_handler_class: ClassRef | None = Field(None, description="Accepted for compatibility; the `/health` checks follow the configured backends.")
+    concurrent_build_limit: int = Field(32, ge=1, description="Builds running at once in this process. Further builds wait in a FIFO queue and their clients are told their position.")
+    build_cleanup_interval: int = Field(60, ge=1, description="Seconds between passes of the build cleaner (finished and overlong builds, orphans included).")
+    builder_required: bool = Field(True, description="Refuse to start when the build backend is unreachable. Off: start anyway and report it in `/health`.")
+    repo_providers: dict[str, ClassRef] = Field(
+        default_factory=lambda: dict(DEFAULT_REPO_PROVIDERS),
+        description="Spec prefixes and the provider serving each: a class name (`GitHubRepoProvider`), BinderHub's dotted name, or an import path.",
+    )
+
+    # -- quotas and abuse control ------------------------------------------------------------------
+    per_repo_quota: int = Field(0, ge=0, description="Servers allowed at once per repository; 0 means no limit.")
+    per_repo_quota_higher: int = Field(0, ge=0, description="Per-repository limit for specs matching a provider's `high_quota_specs`; 0 means no limit.")
+    ban_networks: dict[Network, str] = Field(default_factory=dict, description="Client networks refused with 403, as CIDR -> label shown in the message. `/health` and `/versions` stay open.")
+    ban_networks_min_prefix_len: int = Field(1, ge=0, description="Shortest prefix allowed in `ban_networks`, against banning the whole internet by mistake.")
+    build_token_secret: str | None = secret(None, "Secret signing build tokens (HS256): hex (as env `BINDERHUB_BUILD_TOKEN_SECRET`) or text. Unset: random per process, so tokens do not survive restarts or cross replicas.")
+    build_token_expires_seconds: int = Field(300, ge=1, description="Lifetime of minted build tokens.")
+    build_token_check_origin: bool = Field(True, description="Refuse a build token used from another origin than the one it was minted for.")
+    normalized_origin: str = Field("", description="Origin written to launch events; defaults to the request's host.")
+
+    # -- what external frontends display -------------------------------------------------------------
+    badge_base_url: str = Field("", description="Base URL for launch badges and `binder_launch_host`; empty means this service's own URL.")
+    banner_message: str = Field("", description="Banner text served to frontends by `/_config`.")
+    about_message: str = Field("", description="About-page text served to frontends by `/_config`.")
+
+    # -- BinderHub UI options: accepted, no effect ------------------------------------------------
+    extra_footer_scripts: dict[str, str] = ui_only({}, "JavaScript added to the footer of HTML pages.")
+    extra_static_path: str = ui_only("", "Directory of extra static files.")
+    extra_static_url_prefix: str = ui_only("/extra_static/", "URL prefix of the extra static files.")
+    google_analytics_code: str | None = ui_only(None, "Google Analytics code of the HTML pages.")
+    google_analytics_domain: str = ui_only("auto", "Google Analytics domain of the HTML pages.")
+    template_path: str = ui_only("", "Directory of custom Jinja templates.")
+    template_variables: dict[str, Any] = ui_only({}, "Extra variables for the Jinja templates.")
+    tornado_settings: dict[str, Any] = ui_only({}, "Extra Tornado settings.")
+    build_docker_config: dict[str, Any] = ui_only({}, "Merged into the builders' `.docker/config.json` by BinderHub's Helm chart, not by the application.")
+
+    # -- deprecated, forwarded to their new home -----------------------------------------------------
+    appendix: str = deprecated("", "BuildExecutor.appendix", description="Docker directives appended to every build.")
+    build_docker_host: str = deprecated("/var/run/docker.sock", "KubernetesBuildExecutor.docker_host", "DockerBuildExecutor.docker_host", description="Engine socket the builds use.")
+    build_image: str = deprecated("", "KubernetesBuildExecutor.build_image", "DockerBuildExecutor.build_image", description="Builder image (repo2docker).")
+    build_max_age: int = deprecated(14400, "KubernetesCleaner.max_age", "DockerCleaner.max_age", description="Seconds after which a running build is stopped.")
+    build_memory_limit: ByteSize = deprecated(0, "BuildExecutor.memory_limit", description="Memory limit of each build.")
+    build_memory_request: ByteSize = deprecated(0, "KubernetesBuildExecutor.memory_request", description="Memory requested for each build pod.")
+    build_namespace: str = deprecated("", "KubernetesBuildExecutor.namespace", description="Namespace of build pods.")
+    build_node_selector: dict[str, str] = deprecated({}, "KubernetesBuildExecutor.node_selector", description="Node selector of build pods.")
+    log_tail_lines: int = deprecated(100, "KubernetesBuildExecutor.log_tail_lines", "DockerBuildExecutor.log_tail_lines", description="Log lines replayed to a client joining a running build.")
+    pod_quota: int | None = deprecated(None, "LaunchQuota.total_quota", description="Total servers allowed at once.")
+    push_secret: str = deprecated("binder-build-docker-config", "BuildExecutor.push_secret", description="Secret with registry push credentials.")
+    sticky_builds: bool = deprecated(False, "KubernetesBuildExecutor.sticky_builds", description="Build each repository on the same node.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _slashes(cls, value: str) -> str:
+        return "/" + value.strip("/") + "/" if value.strip("/") else "/"
+
+    @field_validator("hub_url", "hub_url_local")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if not value or value.endswith("/") else value + "/"
+
+    @model_validator(mode="after")
+    def _check(self) -> BinderHub:
+        import ipaddress
+
+        for cidr in self.ban_networks:
+            prefix = ipaddress.ip_network(cidr).prefixlen
+            if prefix < self.ban_networks_min_prefix_len:
+                raise ValueError(
+                    f"ban_networks: {cidr} has prefix length {prefix}, shorter than "
+                    f"ban_networks_min_prefix_len ({self.ban_networks_min_prefix_len})"
+                )
+        if not self.hub_url_local:
+            self.hub_url_local = self.hub_url
+        return self
+
+
+class BuildExecutor(Section):
+    """Options shared by every build backend (repo2docker's command line and credentials)."""
+
+    appendix: str = Field("", description="Docker directives appended to every build (`--appendix`); `{binder_url}` and `{repo_url}` are filled in.")
+    memory_limit: ByteSize = Field(0, description="Memory limit of each build, e.g. `2G`; 0 means none.")
+    push_secret: str = Field("binder-build-docker-config", description="Kubernetes secret with the registry's `config.json`. Empty disables pushing (`--push`), as in BinderHub.")
+    registry_credentials: dict[str, str] = secret({}, "Push credentials given to repo2docker as `CONTAINER_ENGINE_REGISTRY_CREDENTIALS` (`registry`, `username`, `password`).")
+    repo2docker_extra_args: list[str] = Field(default_factory=list, description="Extra repo2docker arguments, placed before the repository URL.")
+
+
+class KubernetesBuildExecutor(BuildExecutor):
+    """Builds in pods through the Kubernetes API (the BinderHub default)."""
+
+    build_image: str = Field("quay.io/jupyterhub/repo2docker:2024.07.0", description="Builder image; its entrypoint runs the `jupyter-repo2docker` command it is given.")
+    namespace: str = Field("default", description="Namespace of build pods (env `BUILD_NAMESPACE`).")
+    docker_host: str | None = Field("/var/run/docker.sock", description="Engine socket on the node, mounted into build pods as a hostPath; null mounts none.")
+    memory_request: ByteSize = Field(0, description="Memory requested for each build pod; 0 requests none.")
+    resources: dict[str, Any] = Field(default_factory=dict, description="Build pod resources (`limits`/`requests`); defaults come from `memory_limit` and `memory_request`.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of build pods.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
+            {"key": "hub.jupyter.org_dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
+        ],
+        description="Tolerations of build pods.",
+    )
+    extra_envs: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the builder container.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Names of secrets used to pull `build_image`.")
+    log_tail_lines: int = Field(100, ge=0, description="Log lines replayed to a client joining a running build.")
+    sticky_builds: bool = Field(False, description="Prefer the node chosen by rendezvous hashing of the repository URL over the image-builder nodes, to reuse its layer cache.")
+    builder_pod_selector: str = Field("component=image-builder,app=binder", description="Label selector of the image-builder (dind/pink) pods sticky builds rank.")
+    kubeconfig: str = Field("", description="kubeconfig file; empty tries the in-cluster service account, then `$KUBECONFIG` / `~/.kube/config`.")
+    credentials_secret_prefix: str = Field("", description="When set, git and registry credentials go to a per-build Secret named with this prefix instead of plain environment values.")
+    api_timeout: float = Field(30.0, gt=0, description="Seconds before a Kubernetes API call is abandoned.")
+
+
+class DockerBuildExecutor(BuildExecutor):
+    """Builds in containers on a Docker engine, the way BinderHub runs a build pod."""
+
+    build_image: str = Field("quay.io/jupyterhub/repo2docker:2024.07.0", description="Builder image; its entrypoint runs the `jupyter-repo2docker` command it is given.")
+    docker_host: str = Field("unix:///var/run/docker.sock", description="Engine binderapi drives and the builder builds with (a socket path or `unix://`/`tcp://` URL); a socket is mounted into the builder.")
+    log_tail_lines: int = Field(100, ge=0, description="Log lines replayed to a client joining a running build.")
+    network_mode: str = Field("host", description="Network of builder containers (repo2docker builds inherit the engine's own settings).")
+    extra_envs: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the builder container.")
+    docker_config_path: str = Field("", description="A docker `config.json` on this host mounted into builders for push credentials.")
+
+
+class KubernetesCleaner(Section):
+    """Removes finished build pods and stops those running too long."""
+
+    max_age: int = Field(14400, ge=0, description="Seconds after which a running build is stopped and removed; 0 means never.")
+
+
+class DockerCleaner(Section):
+    """Removes finished builder containers and stops those running too long."""
+
+    max_age: int = Field(14400, ge=0, description="Seconds after which a running build is stopped and removed; 0 means never.")
+
+
+class DockerRegistry(Section):
+    """The registry images are pushed to, checked through the Docker Registry HTTP API v2."""
+
+    url: str = Field("", description="Registry API base URL; empty reads it from the docker `config.json` (first `auths` entry) or uses Docker Hub.")
+    auth_config_url: str = Field("", description="Key of `auths` in `config.json` holding the credentials; defaults to `url`.")
+    token_url: str = Field("", description="Token endpoint; empty uses the registry's `WWW-Authenticate` challenge (known defaults for Docker Hub and GCR).")
+    username: str = Field("", description="Registry user; empty reads `config.json`.")
+    password: str = secret("", "Registry password; empty reads `config.json`.")
+    docker_config_path: str = Field("", description="docker `config.json` to read; empty means `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.")
+    not_found_401: bool | None = Field(None, description="Treat 401 on a manifest as 'image missing' (Docker Hub's behaviour for unknown repositories); null decides by host.")
+    retries: int = Field(3, ge=1, description="Attempts on a failing registry before the request fails (a failing registry never counts as 'image missing').")
+    timeout: float = Field(10.0, gt=0, description="Seconds per registry request.")
+
+
+class LaunchQuota(Section):
+    """How many servers may run at once."""
+
+    total_quota: int | None = Field(None, ge=0, description="Servers allowed at once in total; null means no limit, 0 refuses every launch (maintenance).")
+    resync_interval: float = Field(300.0, gt=0, description="Seconds between full recounts; between them counts follow the engine's or cluster's events.")
+
+
+class KubernetesLaunchQuota(LaunchQuota):
+    """Launch quota counted from single-user pods (`app=jupyterhub,component=singleuser-server`)."""
+
+    namespace: str = Field("", description="Namespace of single-user pods; empty means the build namespace.")
+    pod_selector: str = Field("app=jupyterhub,component=singleuser-server", description="Label selector of single-user pods.")
+
+
+class DockerLaunchQuota(LaunchQuota):
+    """Launch quota counted from single-user containers on the Docker engine."""
+
+    container_filter: str = Field("jupyter-", description="Name prefix of single-user containers (DockerSpawner's default `jupyter-`).")
+
+
+class Launcher(Section):
+    """The JupyterHub REST client that starts servers."""
+
+    hub_api_url: str = Field("", description="JupyterHub API URL (env `JUPYTERHUB_API_URL`); empty means `hub_url_local` + `hub/api/`.")
+    retries: int = Field(4, ge=1, description="Launch attempts, each with a fresh user or server name.")
+    retry_delay: float = Field(4.0, ge=0, description="Seconds before the first retry; doubled each time.")
+    launch_timeout: float = Field(600.0, gt=0, description="Seconds a server may take to become ready.")
+    allow_named_servers: bool = Field(False, description="In auth mode, start a named server per launch (env `JUPYTERHUB_ALLOW_NAMED_SERVERS`).")
+    named_server_limit_per_user: int = Field(0, ge=0, description="Named servers a user may have; 0 means no limit (env `JUPYTERHUB_NAMED_SERVER_LIMIT_PER_USER`).")
+    pre_launch_hook: str | None = Field(None, description="Dotted path of a callable `(launcher, image, username, server_name, repo_url)`, sync or async, run before each launch; raising aborts it.")
+    request_timeout: float = Field(20.0, gt=0, description="Seconds per JupyterHub API request (the progress stream is bounded by `launch_timeout`).")
+
+
+class EventLog(Section):
+    """Where launch events (schema `binderhub.jupyter.org/launch`) are written."""
+
+    path: str = Field("", description="JSON-lines file for events; `-` writes to stdout; empty drops events (BinderHub's default).")
+    handlers_maker: str | None = Field(None, description="Dotted path of a callable returning `logging.Handler`s, as in BinderHub.")
+
+
+class RateLimiter(Section):
+    """Per-client-IP fixed-window limit on `/build`."""
+
+    limit: int = Field(10, ge=0, description="Requests per window; 0 disables the limit.")
+    period_seconds: int = Field(3600, ge=1, description="Window length in seconds.")
+    clean_seconds: int = Field(600, ge=1, description="Seconds between sweeps of expired windows.")
+
+
+class RepoProvider(Section):
+    """Options shared by every repository provider (set per provider to override)."""
+
+    banned_specs: list[str] = Field(default_factory=list, description="Regular expressions of specs refused (matched from the start, case-insensitive).")
+    allowed_specs: list[str] = Field(default_factory=list, description="If set, only specs matching one of these expressions are allowed.")
+    high_quota_specs: list[str] = Field(default_factory=list, description="Specs given `per_repo_quota_higher`.")
+    spec_config: list[dict[str, Any]] = Field(default_factory=list, description="`{pattern, config}` entries; the config of every matching pattern applies, last wins (e.g. `{quota: 50}`).")
+    git_credentials: str = secret("", "Credentials for private repositories, `username=...\\npassword=...`, given to builds as `GIT_CREDENTIAL_ENV`.")
+    cache_size: int = Field(1024, ge=0, description="Resolved refs kept in memory.")
+    cache_ttl: float = Field(60.0, ge=0, description="Seconds a resolution of a moving ref (branch, tag, `HEAD`) is reused; commit SHAs are kept for good.")
+    cache_404_ttl: float = Field(300.0, ge=0, description="Seconds a 'not found' answer is reused.")
+    request_timeout: float = Field(10.0, gt=0, description="Seconds per upstream request.")
+    retries: int = Field(3, ge=1, description="Attempts on upstream errors (5xx, timeouts), with exponential backoff.")
+    denied_networks: list[Network] = Field(
+        default_factory=lambda: ["169.254.0.0/16", "fe80::/10", "100.100.100.200/32", "fd00:ec2::254/128"],
+        description="Networks provider requests and git URLs may never reach (cloud metadata endpoints by default), so the service cannot be used to probe its own network.",
+    )
+
+    @field_validator("spec_config")
+    @classmethod
+    def _spec_config(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for entry in value:
+            if not isinstance(entry.get("pattern"), str) or not isinstance(entry.get("config"), dict):
+                raise ValueError("each spec_config entry needs a string 'pattern' and a dict 'config'")
+        return value
+
+
+class GitHubRepoProvider(RepoProvider):
+    """`gh/<owner>/<repo>/<ref>`."""
+
+    hostname: str = Field("github.com", description="GitHub host (GitHub Enterprise: your host).")
+    api_base_path: str = Field("https://api.{hostname}", description="API base URL; `{hostname}` is filled in. GitHub Enterprise: `https://{hostname}/api/v3`.")
+    access_token: str = secret("", "Token for the API and private repositories (env `GITHUB_ACCESS_TOKEN`).")
+    client_id: str = Field("", description="OAuth app client id, sent with `client_secret` as basic auth (env `GITHUB_CLIENT_ID`).")
+    client_secret: str = secret("", "OAuth app client secret (env `GITHUB_CLIENT_SECRET`).")
+
+
+class GistRepoProvider(GitHubRepoProvider):
+    """`gist/<user>/<gist-id>[/<ref>]`."""
+
+    hostname: str = Field("gist.github.com", description="Gist host.")
+    api_base_path: str = Field("https://api.github.com", description="GitHub API base URL used for gists.")
+    allow_secret_gist: bool = Field(False, description="Allow secret (unlisted) gists.")
+
+
+class GitLabRepoProvider(RepoProvider):
+    """`gl/<url-escaped namespace/project>/<ref>`."""
+
+    hostname: str = Field("gitlab.com", description="GitLab host (self-hosted: your host).")
+    api_base_url: str = Field("https://{hostname}/api/v4", description="API base URL; `{hostname}` is filled in.")
+    access_token: str = secret("", "OAuth access token (env `GITLAB_ACCESS_TOKEN`).")
+    private_token: str = secret("", "Personal access token (env `GITLAB_PRIVATE_TOKEN`).")
+
+
+class GitRepoProvider(RepoProvider):
+    """`git/<url-escaped repository URL>/<ref>`: any git server."""
+
+    allowed_protocols: list[str] = Field(default_factory=lambda: ["http", "https", "git", "ssh"], description="URL schemes allowed; `file`, `ext::` and `fd::` are never allowed.")
+    ls_remote_timeout: float = Field(30.0, gt=0, description="Seconds `git ls-remote` may take.")
+
+
+class DoiProvider(RepoProvider):
+    """Options shared by the DOI-based providers."""
+
+    doi_resolver_url: str = Field("https://doi.org", description="DOI resolver.")
+
+
+class ZenodoProvider(DoiProvider):
+    """`zenodo/<DOI>`."""
+
+    hosts: list[str] = Field(default_factory=lambda: ["zenodo.org", "sandbox.zenodo.org", "data.caltech.edu"], description="Hosts a Zenodo DOI may resolve to.")
+
+
+class FigshareProvider(DoiProvider):
+    """`figshare/<DOI>`."""
+
+    api_base_url: str = Field("https://api.figshare.com/v2", description="Figshare API base URL.")
+
+
+class HydroshareProvider(DoiProvider):
+    """`hydroshare/<resource URL or DOI>`."""
+
+    base_url: str = Field("https://www.hydroshare.org", description="HydroShare site.")
+
+
+class DataverseProvider(DoiProvider):
+    """`dataverse/<DOI>`."""
+
+
+class CKANProvider(RepoProvider):
+    """`ckan/<url-escaped dataset URL>`."""
+
+
+class SwhidProvider(RepoProvider):
+    """`swhid/<swh:1:...>`: Software Heritage archive identifiers (not in BinderHub)."""
+
+    api_base_url: str = Field("https://archive.softwareheritage.org/api/1", description="Software Heritage API base URL.")
+    access_token: str = secret("", "Bearer token raising the archive's rate limit.")
+
+
+class WarmPool(Section):
+    """Servers started ahead of demand so a launch hands one over instead of spawning."""
+
+    enabled: bool = Field(False, description="Keep warm servers for the images below.")
+    images: dict[str, int] = Field(default_factory=dict, description="Image name (with tag) -> servers kept ready.")
+    top_n: int = Field(0, ge=0, description="Also keep `top_n_size` servers for each of the N most launched images.")
+    top_n_size: int = Field(1, ge=1, description="Servers kept per image chosen by `top_n`.")
+    max_server_age: float = Field(3000.0, gt=0, description="Seconds after which an unused warm server is replaced (keep below the hub's culler timeout).")
+    idle_shrink_after: float = Field(1800.0, gt=0, description="Seconds without a launch of an image after which its pool shrinks to zero.")
+    refill_concurrency: int = Field(2, ge=1, description="Warm servers started at once.")
+
+
+# BinderHub's established environment variables, read as defaults (below the config file).
+LEGACY_ENV: dict[str, tuple[str, str]] = {
+    "JUPYTERHUB_API_TOKEN": ("BinderHub", "hub_api_token"),
+    "JUPYTERHUB_API_URL": ("Launcher", "hub_api_url"),
+    "JUPYTERHUB_ALLOW_NAMED_SERVERS": ("Launcher", "allow_named_servers"),
+    "JUPYTERHUB_NAMED_SERVER_LIMIT_PER_USER": ("Launcher", "named_server_limit_per_user"),
+    "BINDERHUB_BUILD_TOKEN_SECRET": ("BinderHub", "build_token_secret"),
+    "GITHUB_ACCESS_TOKEN": ("GitHubRepoProvider", "access_token"),
+    "GITHUB_CLIENT_ID": ("GitHubRepoProvider", "client_id"),
+    "GITHUB_CLIENT_SECRET": ("GitHubRepoProvider", "client_secret"),
+    "GITLAB_ACCESS_TOKEN": ("GitLabRepoProvider", "access_token"),
+    "GITLAB_PRIVATE_TOKEN": ("GitLabRepoProvider", "private_token"),
+    "BUILD_NAMESPACE": ("KubernetesBuildExecutor", "namespace"),
+}
+
+SECTIONS: dict[str, type[Section]] = {
+    cls.__name__: cls
+    for cls in (
+        BinderHub, BuildExecutor, KubernetesBuildExecutor, DockerBuildExecutor, KubernetesCleaner,
+        DockerCleaner, DockerRegistry, LaunchQuota, KubernetesLaunchQuota, DockerLaunchQuota, Launcher,
+        EventLog, RateLimiter, RepoProvider, GitHubRepoProvider, GistRepoProvider, GitLabRepoProvider,
+        GitRepoProvider, DoiProvider, ZenodoProvider, FigshareProvider, HydroshareProvider,
+        DataverseProvider, CKANProvider, SwhidProvider, WarmPool,
+    )
+}
+
+
+def section_parent(name: str) -> str | None:
+    """The section a section inherits unset options from (traitlets' class hierarchy)."""
+    base = SECTIONS[name].__mro__[1]
+    return base.__name__ if base.__name__ in SECTIONS else None
