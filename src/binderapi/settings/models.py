@@ -230,17 +230,22 @@ class DockerCleaner(Section):
 
 
 class DockerRegistry(Section):
-    """The registry images are pushed to, checked through the Docker Registry HTTP API v2."""
+    """The registry images are pushed to, checked through the Docker Registry HTTP API v2.
 
-    url: str = Field("", description="Registry API base URL; empty reads it from the docker `config.json` (first `auths` entry) or uses Docker Hub.")
-    auth_config_url: str = Field("", description="Key of `auths` in `config.json` holding the credentials; defaults to `url`.")
-    token_url: str = Field("", description="Token endpoint; empty uses the registry's `WWW-Authenticate` challenge (known defaults for Docker Hub and GCR).")
-    username: str = Field("", description="Registry user; empty reads `config.json`.")
-    password: str = secret("", "Registry password; empty reads `config.json`.")
-    docker_config_path: str = Field("", description="docker `config.json` to read; empty means `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.")
-    not_found_401: bool | None = Field(None, description="Treat 401 on a manifest as 'image missing' (Docker Hub's behaviour for unknown repositories); null decides by host.")
-    retries: int = Field(3, ge=1, description="Attempts on a failing registry before the request fails (a failing registry never counts as 'image missing').")
-    timeout: float = Field(10.0, gt=0, description="Seconds per registry request.")
+    Every option left empty is derived from the docker `config.json` holding the push credentials,
+    as in BinderHub, so one Secret configures both the push and the check for existing images.
+    """
+
+    url: str = Field("", description="Registry API base URL, e.g. `https://registry.example.org` or `http://127.0.0.1:5000` (the scheme decides http or https). Empty takes the first `auths` key of the docker `config.json` (a bare host gets `https://`, or `http://` for a loopback host); `https://index.docker.io/v1/` or no `auths` at all means Docker Hub, `https://registry-1.docker.io`.")
+    auth_config_url: str = Field("", description="Key of `auths` in `config.json` holding the credentials. Empty finds the entry matching `url` (same URL, or same host and port; Docker Hub's `https://index.docker.io/v1/`).")
+    token_url: str = Field("", description="Token endpoint asked for a Bearer token (basic auth with the credentials, `scope=repository:<image>:pull`) before each new scope, e.g. `https://<name>.azurecr.io/oauth2/token?service=<name>.azurecr.io` for ACR. Empty derives `https://<host>/v2/token?service=<host>` for `*.gcr.io` and `https://auth.docker.io/token?service=registry.docker.io` for `*.docker.io`; otherwise the registry's `WWW-Authenticate` challenge says where tokens come from.")
+    username: str = Field("", description="Registry user (`_json_key` for a GCR service-account key). Empty reads it from the `auth` value of the matching `auths` entry.")
+    password: str = secret("", "Registry password or key. Empty reads it from the `auth` value of the matching `auths` entry.")
+    docker_config_path: str = Field("", description="docker `config.json` to read; empty means `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. A missing file means no credentials.")
+    not_found_401: bool | None = Field(None, description="Count a 401 answered to a Bearer-authenticated manifest request as 'image missing' (Docker Hub answers 401 for repositories that do not exist). Null turns it on for Docker Hub only; elsewhere such a 401 is an error naming the registry.")
+    retries: int = Field(3, ge=1, description="Attempts on a failing registry (5xx, 429, timeouts, refused connections) before the check fails with an error; a failing registry never counts as 'image missing'.")
+    retry_delay: float = Field(1.0, ge=0, description="Seconds before the second attempt; doubled for each further one (at most 30).")
+    timeout: float = Field(10.0, gt=0, description="Seconds per registry or token-server request.")
 
 
 class LaunchQuota(Section):

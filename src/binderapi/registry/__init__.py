@@ -1,0 +1,68 @@
+"""Where built images are kept, and the one question the build pipeline asks: "is it there yet?"
+
+* :class:`DockerRegistry`: a Docker Registry HTTP API v2 registry (``use_registry: true``,
+  BinderHub's default), configured by the ``DockerRegistry`` section and a docker ``config.json``.
+* :class:`LocalImages`: the local Docker engine (``use_registry: false``); nothing is pushed.
+
+Both raise :class:`~binderapi.errors.RegistryError` when they cannot answer, so a broken registry
+fails the launch with a message instead of triggering a rebuild.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import httpx
+
+from .._importing import resolve
+from .docker import DockerRegistry
+from .local import LocalImages
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """What the build pipeline and ``/health`` need from wherever images are kept."""
+
+    async def image_exists(self, image_name: str) -> bool:
+        """``image_name`` is the full name (registry host, path, ``:tag``). Raises
+        :class:`~binderapi.errors.RegistryError` when the store cannot answer after its retries."""
+        ...
+
+    async def health(self) -> dict[str, Any]:
+        """``{"ok": bool, ...}`` for ``/health``; never raises for an unhealthy store."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# registry_class short names (and BinderHub's class names, via `binderhub.registry.<Name>`)
+KNOWN_REGISTRIES = {
+    "docker": "binderapi.registry.docker:DockerRegistry",
+    "DockerRegistry": "binderapi.registry.docker:DockerRegistry",
+}
+
+
+def make_image_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
+    """The store the settings ask for.
+
+    ``use_registry: false`` asks the engine at ``DockerBuildExecutor.docker_host`` (the socket the
+    BinderHub chart mounts in that mode). Otherwise ``BinderHub.registry_class`` is instantiated as
+    ``cls(settings.DockerRegistry, http, image_prefix=BinderHub.image_prefix)``, so a class given by
+    import path must accept those arguments.
+    """
+    binderhub = settings.BinderHub
+    registry = settings.DockerRegistry
+    if not binderhub.use_registry:
+        return LocalImages(settings.DockerBuildExecutor.docker_host, retries=registry.retries,
+                           retry_delay=registry.retry_delay, timeout=registry.timeout)
+    try:
+        cls = resolve(binderhub.registry_class, KNOWN_REGISTRIES, "registry class")
+    except ImportError as e:
+        raise ValueError(f"BinderHub.registry_class: {e}") from None
+    return cls(registry, http, image_prefix=binderhub.image_prefix)
+
+
+__all__ = ["KNOWN_REGISTRIES", "DockerRegistry", "ImageStore", "LocalImages", "make_image_store"]
