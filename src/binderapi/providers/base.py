@@ -13,14 +13,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
+from ..errors import RefNotFoundError
+
 if TYPE_CHECKING:
     from ..settings import models
     from ._cache import ResolutionCache
 
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+
+
+def is_sha1(text: str) -> bool:
+    """A full, lower-case hexadecimal commit SHA: immutable, so it needs no lookup to stay valid."""
+    return bool(_SHA1.fullmatch(text))
+
 
 @dataclass
 class ProviderContext:
-    """Shared by every provider instance: one HTTP client and one resolution cache per provider."""
+    """Shared by every provider instance: one HTTP client and one resolution cache per provider
+    (see :mod:`._cache`; created on first use with that provider's ``cache_size``)."""
 
     http: httpx.AsyncClient
     caches: dict[str, ResolutionCache] = field(default_factory=dict)
@@ -76,6 +86,14 @@ class RepoProvider(abc.ABC):
     @abc.abstractmethod
     def get_build_slug(self) -> str:
         """The unescaped part of the image name identifying the repository."""
+
+    async def _require_ref(self) -> str:
+        """The resolved ref for methods that need one; a missing ref is the user's to fix."""
+        ref = await self.get_resolved_ref()
+        if ref is None:
+            raise RefNotFoundError(f"Could not resolve ref for {self.prefix}:{self.spec}. "
+                                   "Double check your URL and that your repo is public.")
+        return ref
 
     def default_branch_fallback(self) -> RepoProvider | None:
         """A provider for ``HEAD`` when the requested default-branch name does not exist (GitHub's

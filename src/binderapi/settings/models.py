@@ -297,21 +297,22 @@ class RateLimiter(Section):
 
 
 class RepoProvider(Section):
-    """Options shared by every repository provider (set per provider to override)."""
+    """Options shared by every repository provider (set on a provider's own section to override)."""
 
-    banned_specs: list[str] = Field(default_factory=list, description="Regular expressions of specs refused (matched from the start, case-insensitive).")
-    allowed_specs: list[str] = Field(default_factory=list, description="If set, only specs matching one of these expressions are allowed.")
-    high_quota_specs: list[str] = Field(default_factory=list, description="Specs given `per_repo_quota_higher`.")
+    banned_specs: list[str] = Field(default_factory=list, description="Regular expressions of specs refused (matched from the start of the unresolved spec, case-insensitive).")
+    allowed_specs: list[str] = Field(default_factory=list, description="If set, only specs matching one of these expressions are allowed (same matching as `banned_specs`).")
+    high_quota_specs: list[str] = Field(default_factory=list, description="Specs given `BinderHub.per_repo_quota_higher` instead of `per_repo_quota`.")
     spec_config: list[dict[str, Any]] = Field(default_factory=list, description="`{pattern, config}` entries; the config of every matching pattern applies, last wins (e.g. `{quota: 50}`).")
-    git_credentials: str = secret("", "Credentials for private repositories, `username=...\\npassword=...`, given to builds as `GIT_CREDENTIAL_ENV`.")
-    cache_size: int = Field(1024, ge=0, description="Resolved refs kept in memory.")
-    cache_ttl: float = Field(60.0, ge=0, description="Seconds a resolution of a moving ref (branch, tag, `HEAD`) is reused; commit SHAs are kept for good.")
-    cache_404_ttl: float = Field(300.0, ge=0, description="Seconds a 'not found' answer is reused.")
-    request_timeout: float = Field(10.0, gt=0, description="Seconds per upstream request.")
-    retries: int = Field(3, ge=1, description="Attempts on upstream errors (5xx, timeouts), with exponential backoff.")
+    git_credentials: str = secret("", "Credentials for private repositories, `username=...\\npassword=...` (a literal backslash-n), given to builds as `GIT_CREDENTIAL_ENV`. Empty: GitHub and GitLab derive them from their tokens.")
+    cache_size: int = Field(1024, ge=0, description="Resolutions kept in memory per provider (least recently used evicted first); 0 disables caching (concurrent identical lookups still share one upstream call).")
+    cache_ttl: float = Field(60.0, ge=0, description="Seconds a resolution of a moving ref (branch, tag, `HEAD`, latest record version) is reused; afterwards it is revalidated (GitHub: with its ETag, a free `304` when unchanged). Commit SHAs and explicit record versions are kept for good.")
+    cache_404_ttl: float = Field(300.0, ge=0, description="Seconds a 'not found' answer is reused (a branch created meanwhile is seen after this).")
+    request_timeout: float = Field(10.0, gt=0, description="Seconds per upstream HTTP request.")
+    retries: int = Field(3, ge=1, description="Attempts per upstream request on 5xx answers, timeouts and failed connections (4xx answers are never retried).")
+    retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt; doubled before each further one.")
     denied_networks: list[Network] = Field(
         default_factory=lambda: ["169.254.0.0/16", "fe80::/10", "100.100.100.200/32", "fd00:ec2::254/128"],
-        description="Networks provider requests and git URLs may never reach (cloud metadata endpoints by default), so the service cannot be used to probe its own network.",
+        description="Networks that provider requests (every redirect hop included) and git URLs may never reach, checked on every address a host name resolves to. The default blocks cloud metadata endpoints; add your cluster and private ranges (e.g. `10.0.0.0/8`) on a public deployment so it cannot be used to probe its own network.",
     )
 
     @field_validator("spec_config")
@@ -326,9 +327,9 @@ class RepoProvider(Section):
 class GitHubRepoProvider(RepoProvider):
     """`gh/<owner>/<repo>/<ref>`."""
 
-    hostname: str = Field("github.com", description="GitHub host (GitHub Enterprise: your host).")
+    hostname: str = Field("github.com", description="GitHub host (GitHub Enterprise: your host); used in repository and ref URLs.")
     api_base_path: str = Field("https://api.{hostname}", description="API base URL; `{hostname}` is filled in. GitHub Enterprise: `https://{hostname}/api/v3`.")
-    access_token: str = secret("", "Token for the API and private repositories (env `GITHUB_ACCESS_TOKEN`).")
+    access_token: str = secret("", "Token for the API and private repositories, sent as `Authorization: token ...` (env `GITHUB_ACCESS_TOKEN`).")
     client_id: str = Field("", description="OAuth app client id, sent with `client_secret` as basic auth (env `GITHUB_CLIENT_ID`).")
     client_secret: str = secret("", "OAuth app client secret (env `GITHUB_CLIENT_SECRET`).")
 
@@ -336,63 +337,76 @@ class GitHubRepoProvider(RepoProvider):
 class GistRepoProvider(GitHubRepoProvider):
     """`gist/<user>/<gist-id>[/<ref>]`."""
 
-    hostname: str = Field("gist.github.com", description="Gist host.")
-    api_base_path: str = Field("https://api.github.com", description="GitHub API base URL used for gists.")
+    hostname: str = Field("gist.github.com", description="Gist host, used in repository and ref URLs.")
+    api_base_path: str = Field("https://api.github.com", description="GitHub API base URL used for gists (`{hostname}` is filled in).")
     allow_secret_gist: bool = Field(False, description="Allow secret (unlisted) gists.")
 
 
 class GitLabRepoProvider(RepoProvider):
     """`gl/<url-escaped namespace/project>/<ref>`."""
 
-    hostname: str = Field("gitlab.com", description="GitLab host (self-hosted: your host).")
+    hostname: str = Field("gitlab.com", description="GitLab host (self-hosted: your host); used in repository and ref URLs.")
     api_base_url: str = Field("https://{hostname}/api/v4", description="API base URL; `{hostname}` is filled in.")
-    access_token: str = secret("", "OAuth access token (env `GITLAB_ACCESS_TOKEN`).")
-    private_token: str = secret("", "Personal access token (env `GITLAB_PRIVATE_TOKEN`).")
+    access_token: str = secret("", "OAuth access token, sent as `Authorization: Bearer ...` (env `GITLAB_ACCESS_TOKEN`).")
+    private_token: str = secret("", "Personal access token, sent as `PRIVATE-TOKEN` and used for cloning private repositories (env `GITLAB_PRIVATE_TOKEN`).")
+
+
+NEVER_ALLOWED_GIT_PROTOCOLS = frozenset({"file", "ext", "fd"})
 
 
 class GitRepoProvider(RepoProvider):
     """`git/<url-escaped repository URL>/<ref>`: any git server."""
 
-    allowed_protocols: list[str] = Field(default_factory=lambda: ["http", "https", "git", "ssh"], description="URL schemes allowed; `file`, `ext::` and `fd::` are never allowed.")
-    ls_remote_timeout: float = Field(30.0, gt=0, description="Seconds `git ls-remote` may take.")
+    allowed_protocols: list[str] = Field(default_factory=lambda: ["http", "https", "git", "ssh"], description="URL schemes allowed (also given to git as `GIT_ALLOW_PROTOCOL`); `file`, `ext` and `fd` are never allowed.")
+    ls_remote_timeout: float = Field(30.0, gt=0, description="Seconds `git ls-remote` may take before it is stopped.")
+
+    @field_validator("allowed_protocols")
+    @classmethod
+    def _safe_protocols(cls, value: list[str]) -> list[str]:
+        value = [p.strip().lower() for p in value]
+        unsafe = sorted(set(value) & NEVER_ALLOWED_GIT_PROTOCOLS)
+        if unsafe:
+            raise ValueError(f"{', '.join(unsafe)} would let users read this server's files or run commands; they cannot be allowed")
+        return value
 
 
 class DoiProvider(RepoProvider):
     """Options shared by the DOI-based providers."""
 
-    doi_resolver_url: str = Field("https://doi.org", description="DOI resolver.")
+    doi_resolver_url: str = Field("https://doi.org", description="DOI resolver; `<doi_resolver_url>/<DOI>` must redirect to the record's landing page. Also the base of resolved-ref URLs.")
+    max_redirects: int = Field(10, ge=0, description="Redirects followed from the resolver to the landing page (each hop is checked against `denied_networks`).")
 
 
 class ZenodoProvider(DoiProvider):
     """`zenodo/<DOI>`."""
 
-    hosts: list[str] = Field(default_factory=lambda: ["zenodo.org", "sandbox.zenodo.org", "data.caltech.edu"], description="Hosts a Zenodo DOI may resolve to.")
+    hosts: list[str] = Field(default_factory=lambda: ["zenodo.org", "sandbox.zenodo.org", "data.caltech.edu"], description="Hosts a Zenodo DOI may resolve to (Invenio installations); a DOI landing elsewhere is refused.")
 
 
 class FigshareProvider(DoiProvider):
     """`figshare/<DOI>`."""
 
-    api_base_url: str = Field("https://api.figshare.com/v2", description="Figshare API base URL.")
+    api_base_url: str = Field("https://api.figshare.com/v2", description="Figshare API base URL, asked for an article's latest version when the DOI names none.")
 
 
 class HydroshareProvider(DoiProvider):
     """`hydroshare/<resource URL or DOI>`."""
 
-    base_url: str = Field("https://www.hydroshare.org", description="HydroShare site.")
+    base_url: str = Field("https://www.hydroshare.org", description="HydroShare site: its API is asked for a resource's modification date, and `<base_url>/resource/<id>` is what repo2docker fetches.")
 
 
 class DataverseProvider(DoiProvider):
-    """`dataverse/<DOI>`."""
+    """`dataverse/<DOI>`: any Dataverse installation the DOI resolves to."""
 
 
 class CKANProvider(RepoProvider):
-    """`ckan/<url-escaped dataset URL>`."""
+    """`ckan/<url-escaped dataset URL>`: any CKAN site (its API is found from the dataset URL)."""
 
 
 class SwhidProvider(RepoProvider):
     """`swhid/<swh:1:...>`: Software Heritage archive identifiers (not in BinderHub)."""
 
-    api_base_url: str = Field("https://archive.softwareheritage.org/api/1", description="Software Heritage API base URL.")
+    api_base_url: str = Field("https://archive.softwareheritage.org/api/1", description="Software Heritage API base URL; the web archive (for resolved-ref URLs) is this URL without `/api/1`.")
     access_token: str = secret("", "Bearer token raising the archive's rate limit.")
 
 

@@ -1,0 +1,272 @@
+"""Research-data providers addressed by DOI: Zenodo, Figshare, HydroShare and Dataverse.
+
+The "ref" of a record is its version: a record id, ``<article>.v<n>``, a modification time or a
+dataset version. repo2docker is given the DOI (or HydroShare URL) and fetches the data itself; this
+module only pins down which version will be built, so the image name changes when the record does.
+DOI redirects are followed hop by hop, each hop checked against ``denied_networks``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+import escapism
+
+from ..errors import SpecError, UpstreamError
+from . import _http
+from ._cache import Resolution
+from .base import RepoProvider
+
+if TYPE_CHECKING:
+    from ..settings import models
+
+_DOI = re.compile(r"10\.\d+/\S+")
+
+
+def epoch_seconds(timestamp: str) -> str:
+    """``2019-10-24T19:39:53.208532Z`` -> ``"1571945993"``: whole seconds, the time read as UTC
+    (BinderHub drops fractions and zone the same way, which keeps image names identical)."""
+    try:
+        parsed = datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        raise UpstreamError(f"Unexpected timestamp {timestamp!r} in the upstream's answer.") from None
+    return str(int(parsed.replace(tzinfo=UTC).timestamp()))
+
+
+class _DoiProvider(RepoProvider):
+    """A DOI spec; repo2docker is given the DOI itself."""
+
+    config: models.DoiProvider
+    #: ``zenodo`` in ``10.5281/zenodo.123``: the part of the DOI the record id follows
+    doi_marker: ClassVar[str] = ""
+
+    def __init__(self, spec: str, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.parse_spec(spec)
+        self.record_id: str | None = None
+
+    def parse_spec(self, spec: str) -> None:
+        if not _DOI.fullmatch(spec):
+            raise SpecError(f'"{spec}" is not a DOI (of the form 10.1234/...).')
+
+    async def landing_url(self) -> str | None:
+        """Where the DOI resolver sends the DOI (after every redirect), or ``None`` if it knows no
+        such DOI or the landing page does not exist."""
+        resolver = self.config.doi_resolver_url.rstrip("/")
+        response = await _http.fetch(
+            self.context, self.config, "The DOI resolver", f"{resolver}/{quote(self.spec, safe='/')}",
+            follow_redirects=True, max_redirects=self.config.max_redirects)
+        if response.status_code in (404, 410):
+            return None
+        if response.status_code >= 400:
+            raise UpstreamError(f"{response.url.host} refused to resolve the DOI {self.spec} (HTTP {response.status_code}).")
+        return str(response.url)
+
+    async def get_resolved_ref(self) -> str | None:
+        if self.record_id is None:
+            cache = self.context.cache(self.name.lower(), self.config)
+            self.record_id = await cache.get_or_compute(self.spec, lambda stale: self.resolve())
+        return self.record_id
+
+    async def resolve(self) -> Resolution:
+        raise NotImplementedError
+
+    def not_found(self) -> Resolution:
+        return Resolution(None, self.config.cache_404_ttl)
+
+    async def get_resolved_spec(self) -> str:
+        record_id = await self._require_ref()
+        head, sep, _ = self.spec.partition(self.doi_marker)
+        return f"{head}{self.doi_marker}.{record_id}" if sep else self.spec
+
+    def get_repo_url(self) -> str:
+        return self.spec
+
+    async def get_resolved_ref_url(self) -> str:
+        return f"{self.config.doi_resolver_url.rstrip('/')}/{await self.get_resolved_spec()}"
+
+    def get_build_slug(self) -> str:
+        return f"{self.name.lower()}-{self.record_id}"
+
+
+class ZenodoProvider(_DoiProvider):
+    """``zenodo/<DOI>``: the record the DOI lands on. A concept DOI lands on the latest version."""
+
+    name = "Zenodo"
+    config_section = "ZenodoProvider"
+    config: models.ZenodoProvider
+    doi_marker = "zenodo"
+    display_config: ClassVar[dict[str, Any]] = {
+        "displayName": "Zenodo DOI",
+        "id": "zenodo",
+        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
+        "repo": {"label": "Zenodo DOI", "placeholder": "example: 10.5281/zenodo.3242074", "urlEncode": False},
+        "ref": {"enabled": False},
+    }
+
+    async def resolve(self) -> Resolution:
+        landing = await self.landing_url()
+        if landing is None:
+            return self.not_found()
+        host = urlsplit(landing).hostname or ""
+        if host not in self.config.hosts:
+            raise SpecError(f"{self.spec} is not a Zenodo DOI: it resolves to {host}, not to {', '.join(self.config.hosts)}.")
+        record_id = urlsplit(landing).path.rstrip("/").rsplit("/", 1)[-1]
+        if not record_id:
+            return self.not_found()
+        # a version DOI names its record for good; a concept DOI follows the latest version
+        immutable = self.spec.rsplit(".", 1)[-1] == record_id
+        return Resolution(record_id, None if immutable else self.config.cache_ttl)
+
+
+class FigshareProvider(_DoiProvider):
+    """``figshare/10.6084/m9.figshare.<article>[.v<n>]``; without a version, the latest one."""
+
+    name = "Figshare"
+    config_section = "FigshareProvider"
+    config: models.FigshareProvider
+    doi_marker = "figshare"
+    display_config: ClassVar[dict[str, Any]] = {
+        "displayName": "Figshare DOI",
+        "id": "figshare",
+        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
+        "repo": {"label": "Figshare DOI", "placeholder": "example: 10.6084/m9.figshare.9782777.v1", "urlEncode": False},
+        "ref": {"enabled": False},
+    }
+    _ARTICLE = re.compile(r"figshare\.(\d+)(?:\.v(\d+))?$", re.IGNORECASE)
+
+    def parse_spec(self, spec: str) -> None:
+        super().parse_spec(spec)
+        match = self._ARTICLE.search(spec)
+        if not match:
+            raise SpecError(f'"{spec}" is not a Figshare DOI (10.6084/m9.figshare.<id>[.v<version>]).')
+        self.article_id, self.version = match.group(1), match.group(2)
+
+    async def resolve(self) -> Resolution:
+        if await self.landing_url() is None:
+            return self.not_found()
+        if self.version:
+            return Resolution(f"{self.article_id}.v{self.version}", None)
+        url = f"{self.config.api_base_url.rstrip('/')}/articles/{self.article_id}/versions"
+        response = await _http.fetch(self.context, self.config, "Figshare", url)
+        if response.status_code == 404:
+            return self.not_found()
+        if response.status_code != 200:
+            raise UpstreamError(f"Figshare ({response.url.host}) refused the request (HTTP {response.status_code}).")
+        versions = [v.get("version") for v in _http.json_body("Figshare", response) if isinstance(v, dict)]
+        latest = max((v for v in versions if isinstance(v, int)), default=1)
+        return Resolution(f"{self.article_id}.v{latest}", self.config.cache_ttl)
+
+
+class HydroshareProvider(_DoiProvider):
+    """``hydroshare/<anything holding the 32-hex resource id>``, versioned by modification time."""
+
+    name = "Hydroshare"
+    config_section = "HydroshareProvider"
+    config: models.HydroshareProvider
+    display_config: ClassVar[dict[str, Any]] = {
+        "displayName": "Hydroshare resource",
+        "id": "hydroshare",
+        "spec": {"validateRegex": r"[^/]+"},
+        "repo": {
+            "label": "Hydroshare resource id or URL",
+            "placeholder": "example: 8f7c2f0341ef4180b0dc53ed7d7e1ac0",
+            "urlEncode": True,
+        },
+        "ref": {"enabled": False},
+    }
+    _RESOURCE = re.compile(r"([0-9a-f]{32})")
+
+    def parse_spec(self, spec: str) -> None:
+        match = self._RESOURCE.search(spec)
+        if not match:
+            raise SpecError("The specified Hydroshare resource id was not recognized.")
+        self.resource_id = match.group(1)
+
+    async def resolve(self) -> Resolution:
+        base = self.config.base_url.rstrip("/")
+        url = f"{base}/hsapi/resource/{self.resource_id}/scimeta/elements"
+        response = await _http.fetch(self.context, self.config, "HydroShare", url)
+        if response.status_code in (404, 403, 401):
+            return self.not_found()
+        if response.status_code != 200:
+            raise UpstreamError(f"HydroShare ({response.url.host}) refused the request (HTTP {response.status_code}).")
+        body = _http.json_body("HydroShare", response)
+        modified = next((d.get("start_date") for d in body.get("dates", []) if d.get("type") == "modified"), None)
+        if not isinstance(modified, str):
+            raise UpstreamError(f"HydroShare ({response.url.host}) gave no modification date for {self.resource_id}.")
+        return Resolution(f"{self.resource_id}.v{epoch_seconds(modified)}", self.config.cache_ttl)
+
+    async def get_resolved_spec(self) -> str:
+        return self.get_repo_url()  # HydroShare keeps no history to point at
+
+    def get_repo_url(self) -> str:
+        return f"{self.config.base_url.rstrip('/')}/resource/{self.resource_id}"
+
+    async def get_resolved_ref_url(self) -> str:
+        return self.get_repo_url()
+
+
+class DataverseProvider(_DoiProvider):
+    """``dataverse/<DOI>`` on whichever Dataverse installation the DOI lands; its native API gives
+    the dataset's latest version."""
+
+    name = "Dataverse"
+    config_section = "DataverseProvider"
+    display_config: ClassVar[dict[str, Any]] = {
+        "displayName": "Dataverse DOI",
+        "id": "dataverse",
+        "spec": {"validateRegex": r"10\.\d+\/(.)+"},
+        "repo": {"label": "Dataverse DOI", "placeholder": "example: 10.7910/DVN/TJCLKP", "urlEncode": False},
+        "ref": {"enabled": False},
+    }
+
+    def __init__(self, spec: str, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.dataset: dict[str, str] | None = None
+
+    async def get_resolved_ref(self) -> str | None:
+        if self.dataset is None:
+            cache = self.context.cache("dataverse", self.config)
+            self.dataset = await cache.get_or_compute(self.spec, lambda stale: self.resolve())
+        return self.dataset["record_id"] if self.dataset else None
+
+    async def resolve(self) -> Resolution:
+        landing = await self.landing_url()
+        if landing is None:
+            return self.not_found()
+        parts = urlsplit(landing)
+        query = parts.query if "persistentId" in parse_qs(parts.query) else urlencode({"persistentId": f"doi:{self.spec}"})
+        api = f"{parts.scheme}://{parts.netloc}/api/datasets/:persistentId?{query}"
+        response = await _http.fetch(self.context, self.config, "Dataverse", api)
+        if response.status_code in (404, 403, 401):
+            return self.not_found()
+        body = _http.json_body("Dataverse", response)
+        if response.status_code != 200 or body.get("status") != "OK":
+            raise UpstreamError(f"Dataverse ({parts.hostname}) refused the request (HTTP {response.status_code}).")
+        data = body["data"]
+        version = data["latestVersion"]
+        return Resolution({
+            "record_id": f"{data['id']}.v{version['versionNumber']}.{version['versionMinorNumber']}",
+            "identifier": data["identifier"],
+            "resolved_spec": f"{data['authority']}/{data['identifier']}",
+            "ref_url": data["persistentUrl"],
+        }, self.config.cache_ttl)
+
+    async def _dataset(self) -> dict[str, str]:
+        await self._require_ref()
+        assert self.dataset is not None
+        return self.dataset
+
+    async def get_resolved_spec(self) -> str:
+        return (await self._dataset())["resolved_spec"]
+
+    async def get_resolved_ref_url(self) -> str:
+        return (await self._dataset())["ref_url"]
+
+    def get_build_slug(self) -> str:
+        identifier = self.dataset["identifier"] if self.dataset else self.spec
+        return "dataverse-" + escapism.escape(identifier, escape_char="-").lower()

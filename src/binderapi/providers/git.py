@@ -1,0 +1,199 @@
+"""Any git server (``git``): ``git/<url-escaped repository URL>/<ref>``, resolved by ``git ls-remote``.
+
+The URL comes from the user, so it is treated as hostile: no argument injection (nothing may start
+with ``-``, and ``--`` precedes the URL), only the allowed schemes (``file``, ``ext::`` and ``fd::``
+never), no control characters, and its host must not resolve into ``denied_networks``. git itself
+is confined too: ``GIT_ALLOW_PROTOCOL``, no prompts, no HTTP redirects (which would bypass the host
+check), no user or system configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from ..errors import SpecError, UpstreamError
+from ..settings.models import NEVER_ALLOWED_GIT_PROTOCOLS
+from ._cache import Resolution
+from ._net import check_host, denied_networks, redact
+from .base import RepoProvider, is_sha1
+
+if TYPE_CHECKING:
+    from ..settings import models
+
+log = logging.getLogger(__name__)
+
+#: ``user@host:path``, git's scp-like syntax, rewritten to ``ssh://user@host/path`` as BinderHub does
+GIT_SSH_PATTERN = re.compile(r"([\w\-]+@[\w\-\.]+):(.+)", re.IGNORECASE)
+_SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: stderr of ``git ls-remote`` meaning "no such repository (or not public)", not "server down"
+_NOT_FOUND = re.compile(
+    r"not found|does not exist|not exported|does not appear to be a git repository|"
+    r"authentication failed|could not read username|terminal prompts disabled|access denied|"
+    r"repository .* not found|HTTP 40[134]",
+    re.IGNORECASE,
+)
+
+
+def normalize_url(url: str) -> str:
+    """``user@host:path`` -> ``ssh://user@host/path``; anything else unchanged."""
+    match = GIT_SSH_PATTERN.match(url)
+    if match and not _SCHEME.match(url):
+        user_host, path = match.groups()
+        return f"ssh://{user_host}/{path}"
+    return url
+
+
+def validate_url(url: str, allowed_protocols: list[str]) -> str:
+    """The URL's scheme, or :class:`SpecError` if git must not be given this URL."""
+    if _CONTROL.search(url):
+        raise SpecError("The git repository URL contains control characters.")
+    if url.startswith("-"):
+        raise SpecError(f'"{url}" is not a git repository URL (it starts with "-").')
+    match = _SCHEME.match(url)
+    # "transport::address" (ext::, fd::, any remote helper) has no "://" right after the scheme
+    scheme = match.group(1).lower() if match else urlsplit(url).scheme.lower() or "(none)"
+    if not match or scheme in NEVER_ALLOWED_GIT_PROTOCOLS or scheme not in allowed_protocols:
+        raise SpecError(
+            f"Unsupported git url {redact(url)}, protocol {scheme} not in {', '.join(allowed_protocols)}")
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise SpecError(f"The git repository URL {redact(url)} has no host.")
+    if parts.hostname.startswith("-") or (parts.username or "").startswith("-"):
+        raise SpecError(f"The git repository URL {redact(url)} has a host or user starting with \"-\".")
+    return scheme
+
+
+def pick_ref(ls_remote: str, ref: str) -> str | None:
+    """The commit ``ref`` names in ``git ls-remote`` output, most specific match first.
+
+    ``ls-remote <pattern>`` matches refs *ending* in the pattern, so ``x`` also matches
+    ``refs/heads/feature/x``; taking the first line (as BinderHub does) can pick the wrong branch.
+    Annotated tags resolve to the commit they point to (``^{}``), like GitHub's API does.
+    """
+    refs: dict[str, str] = {}
+    for line in ls_remote.splitlines():
+        sha, _, name = line.partition("\t")
+        if is_sha1(sha) and name:
+            refs.setdefault(name, sha)
+    candidates = [ref] if ref == "HEAD" or ref.startswith("refs/") else []
+    candidates += [f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/{ref}"]
+    for name in candidates:
+        if name in refs:
+            return refs.get(f"{name}^{{}}", refs[name])
+    tails = sorted(name for name in refs if name.endswith("/" + ref))
+    return refs.get(f"{tails[0]}^{{}}", refs[tails[0]]) if tails else None
+
+
+class GitRepoProvider(RepoProvider):
+    """``git/<url-escaped URL>/<ref>``; a 40-hex ref is used as is, without asking the server."""
+
+    name = "Git"
+    config_section = "GitRepoProvider"
+    config: models.GitRepoProvider
+    display_config: ClassVar[dict[str, Any]] = {
+        "displayName": "Git repository",
+        "id": "git",
+        "spec": {"validateRegex": r"[^/]+/.+"},
+        "repo": {
+            "label": "Arbitrary git repository URL (http://git.example.com/repo)",
+            "placeholder": "example: https://git.example.com/repo",
+            "urlEncode": True,
+        },
+        "ref": {"enabled": True, "default": "HEAD"},
+    }
+
+    def __init__(self, spec: str, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.escaped_url, _, ref = spec.partition("/")
+        self.repo = normalize_url(unquote(self.escaped_url))
+        self.scheme = validate_url(self.repo, self.config.allowed_protocols)
+        self.unresolved_ref = unquote(ref)
+        if not self.unresolved_ref:
+            raise SpecError(
+                f'Spec is not of the form "<url-escaped repository URL>/<ref>": a ref is required, e.g. "{spec.rstrip("/")}/HEAD".')
+        if _CONTROL.search(self.unresolved_ref) or self.unresolved_ref.startswith("-"):
+            raise SpecError(f'"{redact(self.unresolved_ref)}" is not a valid git ref.')
+        self.resolved_ref: str | None = None
+
+    async def get_resolved_ref(self) -> str | None:
+        if self.resolved_ref is None:
+            if is_sha1(self.unresolved_ref):
+                self.resolved_ref = self.unresolved_ref
+            else:
+                cache = self.context.cache("git", self.config)
+                key = (self.repo, self.unresolved_ref)
+                self.resolved_ref = await cache.get_or_compute(key, lambda stale: self._ls_remote())
+        return self.resolved_ref
+
+    async def _ls_remote(self) -> Resolution:
+        host = urlsplit(self.repo).hostname
+        await check_host(host, denied_networks(self.config.denied_networks), "git server")
+        code, stdout, stderr = await self._run_git("ls-remote", "--", self.repo, self.unresolved_ref)
+        if code != 0:
+            message = redact(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}")
+            if _NOT_FOUND.search(stderr):
+                log.info("git ls-remote: %s not found: %s", redact(self.repo), message)
+                return Resolution(None, self.config.cache_404_ttl)
+            raise UpstreamError(f"The git server {host} is unreachable or failing: {message.removeprefix('fatal: ')}")
+        sha = pick_ref(stdout, self.unresolved_ref)
+        if sha is None:
+            return Resolution(None, self.config.cache_404_ttl)
+        return Resolution(sha, self.config.cache_ttl)
+
+    def _git_env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "",
+            "SSH_ASKPASS": "",
+            "GIT_ALLOW_PROTOCOL": ":".join(self.config.allowed_protocols),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10",
+        }
+
+    async def _run_git(self, *args: str) -> tuple[int, str, str]:
+        """Run git without a shell, bounded by ``ls_remote_timeout``; on timeout its whole process
+        group (git and its remote helper) is killed."""
+        process = await asyncio.create_subprocess_exec(
+            "git", "-c", "http.followRedirects=false", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=self._git_env(), start_new_session=True,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), self.config.ls_remote_timeout)
+        except (TimeoutError, asyncio.CancelledError) as e:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await process.wait()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            host = urlsplit(self.repo).hostname
+            raise UpstreamError(
+                f"The git server {host} is unreachable: no answer within {self.config.ls_remote_timeout:g} seconds.") from None
+        assert process.returncode is not None
+        return process.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+
+    async def get_resolved_spec(self) -> str:
+        return f"{self.escaped_url}/{await self._require_ref()}"
+
+    def get_repo_url(self) -> str:
+        return self.repo
+
+    async def get_resolved_ref_url(self) -> str:
+        # a commit URL cannot be built for an unknown kind of server
+        return self.get_repo_url()
+
+    def get_build_slug(self) -> str:
+        return self.repo
