@@ -214,6 +214,15 @@ def test_split_keeps_names_without_a_host():
     assert DockerRegistry.split("some-image-name:12345") == ("some-image-name", "12345")
 
 
+def test_warns_when_image_prefix_names_another_registry(http, caplog):
+    with caplog.at_level("WARNING", logger="binderapi.registry.docker"):
+        DockerRegistry(registry_config(url="http://127.0.0.1:5000"), http, image_prefix="127.0.0.1:5000/binder-")
+        DockerRegistry(registry_config(), http, image_prefix="docker.io/binderorg/binder-")
+        assert not caplog.records
+        DockerRegistry(registry_config(url="http://127.0.0.1:5001"), http, image_prefix="127.0.0.1:5000/binder-")
+    assert "127.0.0.1:5000" in caplog.text and "http://127.0.0.1:5001" in caplog.text
+
+
 # -- a registry without auth ---------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ pushed. An engine that cannot answer is an error after a few attempts, like a fa
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiodocker
@@ -17,6 +18,12 @@ from ._retry import TransientError, retrying
 
 # aiodocker's status for "could not connect to the engine"
 _NO_CONNECTION = 900
+
+
+def _reason(error: aiodocker.DockerError) -> str:
+    """aiodocker wraps the cause as ``Cannot connect to Docker Engine via URL [cause]``; keep the cause."""
+    match = re.search(r"\[(.*)\]$", error.message)
+    return match.group(1) if match else error.message
 
 
 def engine_url(docker_host: str) -> str:
@@ -56,7 +63,7 @@ class LocalImages:
             if e.status == 404:
                 return False
             if e.status == _NO_CONNECTION:
-                raise TransientError(f"cannot reach {self.name}: {e.message}") from None
+                raise TransientError(f"cannot reach {self.name}: {_reason(e)}") from None
             if e.status >= 500:
                 raise TransientError(f"{self.name} answered HTTP {e.status} for {image_name}: {e.message}") from None
             raise RegistryError(f"{self.name} answered HTTP {e.status} for {image_name}: {e.message}") from None
@@ -78,7 +85,7 @@ class LocalImages:
         try:
             await self._client().version()
         except aiodocker.DockerError as e:
-            raise TransientError(f"cannot reach {self.name}: {e.message}") from None
+            raise TransientError(f"cannot reach {self.name}: {_reason(e)}") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise TransientError(f"cannot reach {self.name}: {type(e).__name__}: {e}") from None
 
