@@ -25,20 +25,25 @@ push it, launch it on JupyterHub, and stream every step as server-sent events. E
 clients work unchanged."""
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The ASGI app. Given ``services``, the caller owns them (the CLI starts them first so a
+    start-up problem is one clear message); otherwise the app starts and closes its own."""
     binderhub = settings.BinderHub
     base = binderhub.base_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services is not None:
+            app.state.services = services
+            yield
+            return
         for notice in settings.warnings:
             log.warning(notice)
-        services = await Services.start(settings)
-        app.state.services = services
+        app.state.services = await Services.start(settings)
         try:
             yield
         finally:
-            await services.close()
+            await app.state.services.close()
 
     app = FastAPI(
         title="binderapi",

@@ -90,20 +90,47 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(settings: Any) -> None:
-    import uvicorn
+    """Start the services first (a start-up problem is one clear message), then serve."""
+    import asyncio
+    import logging
 
-    from .app import create_app
     from .logs import settings_secrets, setup_logging
 
     setup_logging(settings.BinderHub, settings_secrets(settings))
+    for notice in settings.warnings:
+        logging.getLogger("binderapi").warning(notice)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(_serve(settings))
+
+
+async def _serve(settings: Any) -> None:
+    import uvicorn
+
+    from .app import create_app
+    from .services import Services, StartupError
+
+    try:
+        services = await Services.start(settings)
+    except StartupError as e:
+        sys.exit(f"binderapi: {e}")
     binderhub = settings.BinderHub
-    uvicorn.run(
-        create_app(settings),
+    config = uvicorn.Config(
+        create_app(settings, services),
         host=binderhub.ip or "0.0.0.0",
         port=binderhub.port,
         log_config=None,  # ours, from setup_logging
         proxy_headers=False,  # X-Forwarded-For is handled by trusted_proxies, not trusted blindly
         server_header=False,
         timeout_graceful_shutdown=5,
-        lifespan="on",
+        http="httptools",
     )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await services.close()

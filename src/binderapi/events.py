@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class Event(BaseModel):
@@ -106,7 +106,7 @@ class LaunchReadyEvent(Event):
     binder_launch_host: str
     binder_request: str
     binder_persistent_request: str
-    binder_client_ip: str
+    binder_client_ip: str | None = Field(None, description="The client's address (always sent by binderapi; absent from older BinderHub streams).")
 
 
 class FailedEvent(Event):
@@ -118,10 +118,34 @@ class FailedEvent(Event):
     status_code: int | None = None
 
 
+def _event_kind(value: Any) -> str:
+    """Which model an event is: its ``phase``, with ``ready`` told apart by a launch ``url``."""
+    data = value if isinstance(value, dict) else value.__dict__
+    phase = data.get("phase")
+    if phase is None:
+        return "log"
+    if phase == "ready":
+        return "launch-ready" if "url" in data else "build-ready"
+    return phase if phase in _PHASES else "other"
+
+
+_PHASES = {"waiting", "fetching", "building", "pushing", "unknown", "built", "launching", "failed"}
+
 BuildStreamEvent = Annotated[
-    WaitingEvent | FetchingEvent | BuildingEvent | PushingEvent | LogEvent | UnknownEvent | BuiltEvent
-    | LaunchingEvent | BuildReadyEvent | LaunchReadyEvent | FailedEvent,
-    Field(description="One `data:` frame of the `/build` event stream."),
+    Annotated[WaitingEvent, Tag("waiting")]
+    | Annotated[FetchingEvent, Tag("fetching")]
+    | Annotated[BuildingEvent, Tag("building")]
+    | Annotated[PushingEvent, Tag("pushing")]
+    | Annotated[LogEvent, Tag("log")]
+    | Annotated[UnknownEvent, Tag("unknown")]
+    | Annotated[BuiltEvent, Tag("built")]
+    | Annotated[LaunchingEvent, Tag("launching")]
+    | Annotated[BuildReadyEvent, Tag("build-ready")]
+    | Annotated[LaunchReadyEvent, Tag("launch-ready")]
+    | Annotated[FailedEvent, Tag("failed")]
+    | Annotated[Event, Tag("other")],
+    Discriminator(_event_kind),
+    Field(description="One `data:` frame of the `/build` event stream, told apart by `phase`."),
 ]
 
 KEEPALIVE = b":keepalive\n\n"

@@ -9,13 +9,23 @@ event carrying its message.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import naming
-from .errors import BannedSpecError, BinderError, RefNotFoundError, UpstreamError
-from .events import BuildReadyEvent, Event, WaitingEvent, line
+from . import metrics, naming
+from .errors import (
+    BannedSpecError,
+    BinderError,
+    BuildError,
+    QuotaExceededError,
+    RefNotFoundError,
+    UpstreamError,
+)
+from .events import BuildReadyEvent, BuiltEvent, Event, LaunchReadyEvent, WaitingEvent, line
+from .executors.base import BuildJob
+from .launcher import LaunchRequest
 
 if TYPE_CHECKING:
     from .providers import RepoProvider
@@ -106,8 +116,109 @@ class BuildPipeline:
             else:
                 yield item
         assert repo is not None
-        # Builds and launches arrive with the build and launch steps.
-        if request.build_only:
-            yield BuildReadyEvent(message="Done! Found built image\n", imageName=repo.image_name)
-            return
-        raise BinderError("Launching is not available yet", status_code=501)
+        services = self.services
+        labels = {"provider": repo.provider.name, "repo": repo.repo_url}
+
+        if await services.images.image_exists(repo.image_name):
+            if request.build_only:
+                yield BuildReadyEvent(message="Done! Found built image\n", imageName=repo.image_name)
+                return
+            yield BuiltEvent(message="Found built image, launching...\n", imageName=repo.image_name)
+        else:
+            repo_config = repo.provider.repo_config(services.settings.BinderHub)
+            if not request.build_only:  # building for nobody is pointless when nobody may launch
+                await self._check_quota(repo, repo_config, labels)
+            async for frame in self._build(request, repo):
+                yield frame
+            if request.build_only:
+                yield BuildReadyEvent(message="Done! Image built\n", imageName=repo.image_name)
+                return
+            yield BuiltEvent(message="Built image, launching...\n", imageName=repo.image_name)
+        async for event in self._launch(request, repo, labels):
+            yield event
+
+    async def _build(self, request: BuildRequest, repo: ResolvedRepo) -> AsyncIterator[Event | bytes]:
+        services = self.services
+        executor = services.executor_settings
+        job = BuildJob(
+            name=repo.build_name,
+            image_name=repo.image_name,
+            repo_url=repo.repo_url,
+            ref=repo.ref,
+            git_credentials=repo.provider.git_credentials,
+            appendix=format_appendix(executor.appendix, request, repo),
+            push=services.settings.BinderHub.use_registry and bool(executor.push_secret),
+            provider=repo.provider.name,
+        )
+        yield WaitingEvent(message="Waiting for build to start...\n")
+        async with services.builds.watch(job) as watch:
+            async for frame in watch:
+                yield frame
+        outcome = watch.outcome
+        if not outcome.success:
+            raise BuildError(outcome.message)
+
+    async def _check_quota(self, repo: ResolvedRepo, repo_config: dict[str, Any], labels: dict[str, str]) -> None:
+        try:
+            await self.services.quota.check(repo.image_name, repo_config, repo.repo_url)
+        except QuotaExceededError as e:
+            metrics.LAUNCH_COUNT.labels(status=e.quota_kind, **labels).inc()
+            raise
+
+    async def _launch(self, request: BuildRequest, repo: ResolvedRepo, labels: dict[str, str]) -> AsyncIterator[Event]:
+        services = self.services
+        await self._check_quota(repo, repo.provider.repo_config(services.settings.BinderHub), labels)
+        launch = LaunchRequest(
+            image=repo.image_name,
+            repo_url=repo.repo_url,
+            ref_url=repo.ref_url,
+            launch_host=request.launch_host,
+            binder_request=f"v2/{request.prefix}/{request.spec}",
+            binder_persistent_request=f"v2/{request.prefix}/{repo.resolved_spec}",
+            client_ip=request.client_ip,
+            username=request.username,
+        )
+        started = time.perf_counter()
+        metrics.LAUNCHES_INPROGRESS.inc()
+        try:
+            server = None
+            async for item in services.launcher.launch(launch):
+                if isinstance(item, Event):
+                    yield item
+                else:
+                    server = item
+            assert server is not None
+        except BinderError:
+            metrics.LAUNCH_TIME.labels(status="failure", retries=-1).observe(time.perf_counter() - started)
+            metrics.LAUNCH_COUNT.labels(status="failure", **labels).inc()
+            raise
+        finally:
+            metrics.LAUNCHES_INPROGRESS.dec()
+        metrics.LAUNCH_TIME.labels(status="success", retries=server.retries).observe(time.perf_counter() - started)
+        metrics.LAUNCH_COUNT.labels(status="success", **labels).inc()
+        services.event_log.emit_launch(
+            provider=repo.provider.name, spec=request.spec, ref=repo.ref, status="success",
+            build_token=request.build_token, origin=request.origin, request_origin=request.request_origin,
+        )
+        yield LaunchReadyEvent(message=f"server running at {server.url}\n", **server.ready_fields(launch))
+
+
+class _KeepUnknown(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def format_appendix(appendix: str, request: BuildRequest, repo: ResolvedRepo) -> str:
+    """Fill BinderHub's appendix placeholders; anything else in braces (shell ``${VAR}``) stays."""
+    if not appendix:
+        return ""
+    values = _KeepUnknown(
+        binder_url=f"{request.launch_host}v2/{request.prefix}/{request.spec}",
+        persistent_binder_url=f"{request.launch_host}v2/{request.prefix}/{repo.resolved_spec}",
+        repo_url=repo.repo_url,
+        ref_url=repo.ref_url,
+    )
+    try:
+        return appendix.format_map(values)
+    except (ValueError, IndexError):
+        return appendix

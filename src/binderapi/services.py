@@ -1,27 +1,72 @@
 """Everything a request needs, built once from settings at start-up and closed at shutdown.
 
-Routers receive it through :func:`get_services`; nothing is read from the environment or created
+Routers receive it through :data:`ServicesDep`; nothing is read from the environment or created
 lazily on the request path.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Request
 
 from . import __version__
+from ._importing import resolve
+from .auth import HubAuth
+from .builds import BuildManager
+from .errors import BinderError
+from .eventlog import EventLog
+from .executors import KNOWN_BACKENDS, BuildBackend
 from .health import HealthChecks
+from .launcher import Launcher
 from .providers import ProviderContext, ProviderRegistry
+from .quota import KNOWN_QUOTAS, LaunchQuota
+from .ratelimit import RateLimiter
+from .registry import ImageStore, make_image_store
 from .settings import Settings
 from .supervisor import Supervisor
+from .tokens import BuildTokens
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"binderapi/{__version__}"
+
+
+class StartupError(Exception):
+    """binderapi cannot serve with this configuration and environment; the message says why."""
+
+
+def make_backend(settings: Settings) -> BuildBackend:
+    try:
+        backend_class = resolve(settings.BinderHub.build_class, KNOWN_BACKENDS, "build backend")
+    except ImportError as e:
+        raise StartupError(f"BinderHub.build_class: {e}") from None
+    return backend_class(settings)
+
+
+def executor_section(settings: Settings, kind: str) -> Any:
+    """The settings section of the build backend in use."""
+    return settings.DockerBuildExecutor if kind == "docker" else settings.KubernetesBuildExecutor
+
+
+def cleaner_max_age(settings: Settings, kind: str) -> int:
+    return (settings.DockerCleaner if kind == "docker" else settings.KubernetesCleaner).max_age
+
+
+def hub_api_url(settings: Settings) -> str:
+    """``Launcher.hub_api_url`` (env ``JUPYTERHUB_API_URL``), else ``hub_url_local`` + ``hub/api/``."""
+    return settings.Launcher.hub_api_url or (settings.BinderHub.hub_url_local + "hub/api/")
+
+
+def make_quota(settings: Settings, supervisor: Supervisor) -> LaunchQuota:
+    try:
+        quota_class = resolve(settings.BinderHub.launch_quota_class, KNOWN_QUOTAS, "launch quota")
+    except ImportError as e:
+        raise StartupError(f"BinderHub.launch_quota_class: {e}") from None
+    return quota_class(settings, supervisor)
 
 
 @dataclass
@@ -31,27 +76,96 @@ class Services:
     providers: ProviderRegistry
     health: HealthChecks
     supervisor: Supervisor
-    builder_info: dict[str, Any] = field(default_factory=dict)
+    backend: BuildBackend
+    images: ImageStore
+    builds: BuildManager
+    quota: LaunchQuota
+    launcher: Launcher
+    event_log: EventLog
+    build_tokens: BuildTokens
+    rate_limiter: RateLimiter
+    hub_auth: HubAuth
+
+    @property
+    def builder_info(self) -> dict[str, Any]:
+        return self.backend.builder_info
+
+    @property
+    def executor_settings(self) -> Any:
+        return executor_section(self.settings, self.backend.kind)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
+        binderhub = settings.BinderHub
         http = httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(settings.RepoProvider.request_timeout, connect=5.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False,
         )
-        services = cls(
-            settings=settings,
-            http=http,
-            providers=ProviderRegistry(settings, ProviderContext(http=http)),
-            health=HealthChecks(),
-            supervisor=Supervisor(),
+        supervisor = Supervisor()
+        try:
+            providers = ProviderRegistry(settings, ProviderContext(http=http))
+        except ValueError as e:
+            await http.aclose()
+            raise StartupError(str(e)) from None
+        backend = make_backend(settings)
+        images = make_image_store(settings, http)
+        builds = BuildManager(
+            backend, supervisor,
+            concurrent_build_limit=binderhub.concurrent_build_limit,
+            log_tail_lines=executor_section(settings, backend.kind).log_tail_lines,
+            max_age=cleaner_max_age(settings, backend.kind),
+            image_exists=images.image_exists,
         )
+        services = cls(
+            settings=settings, http=http, providers=providers, health=HealthChecks(), supervisor=supervisor,
+            backend=backend, images=images, builds=builds, quota=make_quota(settings, supervisor),
+            launcher=Launcher(settings, http), event_log=EventLog(settings.EventLog),
+            build_tokens=BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
+                                     binderhub.build_token_check_origin),
+            rate_limiter=RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
+                                     settings.RateLimiter.clean_seconds),
+            hub_auth=HubAuth(hub_api_url(settings), http),
+        )
+        try:
+            await services._start_background()
+        except BaseException:
+            await services.close()
+            raise
+        services._register_health_checks()
         return services
+
+    async def _start_background(self) -> None:
+        binderhub = self.settings.BinderHub
+        try:
+            await self.backend.check()
+            await self.builds.start()
+        except Exception as e:
+            if binderhub.builder_required:
+                raise StartupError(f"The build backend ({binderhub.build_class}) is unreachable: {e}. "
+                                   "Fix it, or set BinderHub.builder_required: false to start anyway.") from None
+            log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
+        if binderhub.build_cleaner_class != "none":
+            self.supervisor.run_forever("build cleaner", lambda: self.builds.clean_forever(binderhub.build_cleanup_interval))
+        await self.quota.start()
+
+    def _register_health_checks(self) -> None:
+        if self.settings.BinderHub.use_registry:
+            self.health.add("Docker registry", self.images.health)
+        if self.settings.BinderHub.hub_url:
+            self.health.add("JupyterHub API", self.launcher.health)
+        self.health.add("Builder", self.backend.check)
+        self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
 
     async def close(self) -> None:
         await self.supervisor.close()
+        for closer in (self.quota.close, self.images.close, self.backend.close):
+            try:
+                await closer()
+            except Exception:
+                log.debug("Error while closing", exc_info=True)
+        self.event_log.close()
         await self.http.aclose()
 
 
@@ -60,3 +174,5 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+__all__ = ["BinderError", "Services", "ServicesDep", "StartupError", "get_services"]

@@ -19,10 +19,12 @@ from pydantic import TypeAdapter
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ServerSentEvent
 
-from ..errors import BinderError
+from ..auth import token_from_request
+from ..errors import BinderError, RateLimitExceededError
 from ..events import KEEPALIVE, BuildStreamEvent, Event, FailedEvent, encode, line
 from ..pipeline import BuildPipeline, BuildRequest
-from ..services import ServicesDep
+from ..services import Services, ServicesDep
+from ..tokens import request_origin
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["build"])
@@ -63,13 +65,40 @@ def raw_spec(request: Request, prefix: str) -> str:
     raw_prefix, _, spec = path[start:].partition("/")
     if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
         return request.path_params.get("spec", "")
-    return spec.rstrip("/")
+    return spec
 
 
-def failure_response(message: str, status_code: int | None = None) -> Response:
+def failure_response(message: str, status_code: int | None = None, headers: dict[str, str] | None = None) -> Response:
     """A complete stream of one ``failed`` event, for refusals before any work starts."""
     body = encode(FailedEvent(message=line(message), status_code=status_code))
-    return Response(body, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return Response(body, media_type="text/event-stream", headers={"cache-control": "no-cache", **(headers or {})})
+
+
+async def check_policy(request: Request, services: Services, audience: str, build_token: str) -> tuple[str | None, bool, dict[str, str]]:
+    """Auth, build token, rate limit, in BinderHub's order. Returns the hub user (auth mode),
+    whether a valid build token came, and the rate-limit headers; raises :class:`BinderError`."""
+    settings = services.settings.BinderHub
+    username = None
+    if settings.auth_enabled:
+        token = token_from_request(request.headers.get("authorization"), request.query_params.get("token"))
+        if token is None:
+            raise BinderError("Authentication required: send a JupyterHub API token as 'Authorization: Bearer <token>'", status_code=403)
+        username = await services.hub_auth.user_for_token(token)
+    has_token = False
+    if build_token:
+        origin = request_origin(request.headers.get("origin"), request.headers.get("host"))
+        services.build_tokens.verify(build_token, audience, origin)
+        has_token = True
+    headers: dict[str, str] = {}
+    limiter = services.rate_limiter
+    if limiter.enabled and not has_token and username is None:
+        state = limiter.increment(request.state.client_ip)
+        headers = state.headers()
+        if state.exceeded:
+            error = RateLimitExceededError(f"Rate limit exceeded. Try again in {state.retry_after()} seconds.")
+            error.headers = headers  # type: ignore[attr-defined]
+            raise error
+    return username, has_token, headers
 
 
 async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIterator[bytes]:
@@ -109,6 +138,11 @@ async def build(request: Request, prefix: str, spec: str, services: ServicesDep,
             "Building but not launching is not permitted when the API only mode was not enabled by "
             "setting `enable_api_only_mode` to True. ", 400)
     spec = raw_spec(request, prefix)
+    try:
+        username, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
+    except BinderError as e:
+        return failure_response(e.message, e.status_code, getattr(e, "headers", None))
+    spec = spec.rstrip("/")
     host = request.headers.get("host", "")
     build_request = BuildRequest(
         prefix=prefix,
@@ -118,6 +152,8 @@ async def build(request: Request, prefix: str, spec: str, services: ServicesDep,
         launch_host=settings.badge_base_url or f"{request.url.scheme}://{host}{settings.base_url}",
         origin=settings.normalized_origin or host,
         request_origin=request.headers.get("origin") or request.headers.get("sec-fetch-site") or "",
+        build_token=has_build_token,
+        username=username,
     )
     events = BuildPipeline(services).run(build_request)
     return EventSourceResponse(
@@ -125,5 +161,5 @@ async def build(request: Request, prefix: str, spec: str, services: ServicesDep,
         ping=settings.keepalive_interval,
         ping_message_factory=lambda: _Keepalive(),
         sep="\n",
-        headers={"cache-control": "no-cache"},
+        headers={"cache-control": "no-cache", **headers},
     )

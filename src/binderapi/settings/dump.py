@@ -86,3 +86,40 @@ def configuration_reference() -> str:
             lines.append(f"| `{option}` | {_default_text(info)} | {desc} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def env_example() -> str:
+    """Every option as a commented environment variable, with its default."""
+    from .loader import ENV_PREFIX
+    from .models import LEGACY_ENV
+
+    lines = [
+        "# binderapi configuration through environment variables (or this file, copied to .env).",
+        "# Generated from the settings models by `python -m binderapi.settings.docs`; do not edit by hand.",
+        "#",
+        f"# Scheme: {ENV_PREFIX}<SECTION>__<OPTION>=<value>, section and option names as in",
+        "# docs/configuration.md (case-insensitive). Lists and dicts are JSON. Precedence, lowest first:",
+        "# defaults, BinderHub's environment variables below, the config file, .env, the environment,",
+        "# command-line flags (--Section.option=value).",
+        "#",
+        "# BinderHub's established variables keep working:",
+    ]
+    for var, (section, option) in LEGACY_ENV.items():
+        lines.append(f"#   {var} -> {section}.{option}")
+    for name, model in SECTIONS.items():
+        lines += ["", f"# --- {name}: {(model.__doc__ or '').strip().splitlines()[0]}"]
+        parent = section_parent(name)
+        for option, info in model.model_fields.items():
+            if parent and option in SECTIONS[parent].model_fields and info == SECTIONS[parent].model_fields[option]:
+                continue
+            value = info.default_factory() if info.default_factory is not None else info.default
+            if isinstance(value, (dict, list)):
+                text = json.dumps(value)
+            elif value is None:
+                text = ""
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            else:
+                text = str(value)
+            lines.append(f"# {ENV_PREFIX}{name.upper()}__{option.upper()}={text}")
+    return "\n".join(lines) + "\n"

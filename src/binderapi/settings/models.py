@@ -202,7 +202,7 @@ class KubernetesBuildExecutor(BuildExecutor):
     sticky_builds: bool = Field(False, description="Prefer the node chosen by rendezvous hashing of the repository URL over the image-builder nodes, to reuse its layer cache.")
     builder_pod_selector: str = Field("component=image-builder,app=binder", description="Label selector of the image-builder (dind/pink) pods sticky builds rank.")
     kubeconfig: str = Field("", description="kubeconfig file; empty tries the in-cluster service account, then `$KUBECONFIG` / `~/.kube/config`.")
-    credentials_secret_prefix: str = Field("", description="When set, git and registry credentials go to a per-build Secret named with this prefix instead of plain environment values.")
+    credentials_in_secret: bool = Field(True, description="Put git and registry credentials in a per-build Secret (`<build>-credentials`) referenced by the pod, instead of plain environment values. Falls back to plain values when RBAC forbids creating Secrets.")
     api_timeout: float = Field(30.0, gt=0, description="Seconds before a Kubernetes API call is abandoned.")
 
 
@@ -213,6 +213,7 @@ class DockerBuildExecutor(BuildExecutor):
     docker_host: str = Field("unix:///var/run/docker.sock", description="Engine binderapi drives and the builder builds with (a socket path or `unix://`/`tcp://` URL); a socket is mounted into the builder.")
     log_tail_lines: int = Field(100, ge=0, description="Log lines replayed to a client joining a running build.")
     network_mode: str = Field("host", description="Network of builder containers (repo2docker builds inherit the engine's own settings).")
+    namespace: str = Field("binderapi", description="Label value marking this deployment's builder containers, so several deployments can share an engine without cleaning up each other's builds.")
     extra_envs: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the builder container.")
     docker_config_path: str = Field("", description="A docker `config.json` on this host mounted into builders for push credentials.")
 

@@ -1,0 +1,20 @@
+# binderapi as a container, next to JupyterHub.
+#   docker build -t binderapi .
+#   docker run --network host -v /var/run/docker.sock:/var/run/docker.sock binderapi --config-file /etc/binderapi/config.yaml
+# BASE_IMAGE needs python3 (3.11+) with venv; the default is the official slim image.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+COPY pyproject.toml README.md /src/
+COPY src /src/src
+RUN python3 -m venv /opt/binderapi \
+ && /opt/binderapi/bin/pip install --no-cache-dir --disable-pip-version-check /src
+
+FROM ${BASE_IMAGE}
+COPY --from=build /opt/binderapi /opt/binderapi
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin binderapi
+ENV PATH=/opt/binderapi/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001
+EXPOSE 8585
+ENTRYPOINT ["binderapi"]
+CMD ["--ip", "0.0.0.0"]

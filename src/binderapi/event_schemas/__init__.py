@@ -1,0 +1,1 @@
+"""JSON schemas of the analytics events binderapi writes."""

@@ -1,0 +1,86 @@
+"""Launch quota counted from single-user pods, kept current by a watch (an informer).
+
+BinderHub listed every single-user pod on every build and launch; here a check reads in-memory
+counts, so it costs the same with 10 or 10,000 pods and makes no API call at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from kubernetes_asyncio import client
+
+from ..executors.base import COMPONENT_LABEL
+from ..quota import CountingQuota
+from . import Informer, make_api_client
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..supervisor import Supervisor
+
+ENDED = ("Succeeded", "Failed")
+
+
+class KubernetesLaunchQuota(CountingQuota):
+    def __init__(self, settings: Settings, supervisor: Supervisor | None = None) -> None:
+        super().__init__(settings, supervisor)
+        self.config = settings.KubernetesLaunchQuota
+        self.total_quota = self.config.total_quota
+        self.namespace = self.config.namespace or settings.KubernetesBuildExecutor.namespace
+        self.kubeconfig = settings.KubernetesBuildExecutor.kubeconfig
+        self.timeout = settings.KubernetesBuildExecutor.api_timeout
+        self.supervisor = supervisor
+        self.build_pods: set[str] = set()
+        self._api_client: client.ApiClient | None = None
+        self.informers: list[Informer] = []
+
+    # single-user pods ----------------------------------------------------------------------------
+    def _images(self, pod: Any) -> list[str]:
+        return [c.image for c in (pod.spec.containers or [])] if pod.spec else []
+
+    def _user_pod(self, kind: str, pod: Any) -> None:
+        uid = pod.metadata.uid or pod.metadata.name
+        if kind == "DELETED" or (pod.status and pod.status.phase in ENDED):
+            self.removed(uid)
+        else:
+            images = self._images(pod)
+            self.added(uid, images[0] if images else "")
+
+    def _user_resync(self, pods: list[Any]) -> None:
+        self.replace_all({p.metadata.uid or p.metadata.name: (self._images(p) or [""])[0]
+                          for p in pods if not (p.status and p.status.phase in ENDED)})
+
+    # build pods (for the health check) -----------------------------------------------------------
+    def _build_pod(self, kind: str, pod: Any) -> None:
+        if kind == "DELETED":
+            self.build_pods.discard(pod.metadata.name)
+        else:
+            self.build_pods.add(pod.metadata.name)
+
+    def _build_resync(self, pods: list[Any]) -> None:
+        self.build_pods = {p.metadata.name for p in pods}
+
+    async def start(self) -> None:
+        assert self.supervisor is not None
+        self._api_client = await make_api_client(self.kubeconfig)
+        api = client.CoreV1Api(self._api_client)
+        interval = self.config.resync_interval
+        self.informers = [
+            Informer(api, self.namespace, self.config.pod_selector, on_change=self._user_pod,
+                     on_resync=self._user_resync, resync_interval=interval, timeout=self.timeout),
+            Informer(api, self.namespace, f"component={COMPONENT_LABEL}", on_change=self._build_pod,
+                     on_resync=self._build_resync, resync_interval=interval, timeout=self.timeout),
+        ]
+        for informer in self.informers:
+            self.supervisor.run_forever(f"quota: watch {informer.selector}", informer.run)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)), self.timeout)
+
+    async def health(self, build_count: int) -> dict[str, Any]:
+        return await super().health(len(self.build_pods))
+
+    async def close(self) -> None:
+        if self._api_client is not None:
+            await self._api_client.close()

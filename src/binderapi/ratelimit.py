@@ -1,0 +1,64 @@
+"""Per-client fixed-window rate limit on ``/build`` (BinderHub's ``RateLimiter``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Window:
+    remaining: int
+    reset: float  # epoch seconds when the window ends
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    limit: int
+    remaining: int
+    reset: float
+
+    @property
+    def exceeded(self) -> bool:
+        return self.remaining < 0
+
+    def headers(self) -> dict[str, str]:
+        return {"x-ratelimit-limit": str(self.limit), "x-ratelimit-remaining": str(max(self.remaining, 0)),
+                "x-ratelimit-reset": str(int(self.reset))}
+
+    def retry_after(self, now: float | None = None) -> int:
+        return max(1, math.ceil(self.reset - (now or time.time())))
+
+
+class RateLimiter:
+    """``limit`` requests per ``period_seconds`` per key. ``remaining`` keeps counting below zero so
+    the log shows how hard a client pushes; expired windows are swept every ``clean_seconds``."""
+
+    def __init__(self, limit: int, period_seconds: int, clean_seconds: int) -> None:
+        self.limit = limit
+        self.period = period_seconds
+        self.clean_seconds = clean_seconds
+        self._windows: dict[str, Window] = {}
+        self._next_clean = time.time() + clean_seconds
+
+    @property
+    def enabled(self) -> bool:
+        return self.limit > 0
+
+    def increment(self, key: str, now: float | None = None) -> RateLimitState:
+        now = time.time() if now is None else now
+        if now >= self._next_clean:
+            self._clean(now)
+        window = self._windows.get(key)
+        if window is None or now >= window.reset:
+            window = self._windows[key] = Window(self.limit, now + self.period)
+        window.remaining -= 1
+        return RateLimitState(self.limit, window.remaining, window.reset)
+
+    def _clean(self, now: float) -> None:
+        self._windows = {k: w for k, w in self._windows.items() if w.reset > now}
+        self._next_clean = now + self.clean_seconds
+
+    def __len__(self) -> int:
+        return len(self._windows)

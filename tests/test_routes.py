@@ -1,0 +1,168 @@
+"""Route shapes under base_url, JSON errors, CORS, bans and client addresses."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from fixtures.server import make_settings, read_events, serve
+
+
+@pytest.fixture
+async def client():
+    async with httpx.AsyncClient(timeout=10) as c:
+        yield c
+
+
+async def test_versions_shape(client):
+    async with serve(make_settings(build_class="docker")) as svc:
+        r = await client.get(svc.url + "versions")
+    assert r.status_code == 200
+    body = r.json()
+    assert isinstance(body["binderhub"], str) and isinstance(body["builder_info"], dict)
+    assert r.headers["access-control-allow-origin"] == "*"  # BinderHub's default for /versions
+
+
+async def test_health_shape_get_and_head(client):
+    async with serve(make_settings(build_class="docker")) as svc:
+        svc.services.health.add("Always fine", _fine)
+        r = await client.get(svc.url + "health")
+        head = await client.head(svc.url + "health")
+        svc.services.health.add("Broken", _broken)
+        bad = await client.get(svc.url + "health")
+    assert r.status_code == head.status_code == 200
+    assert r.json() == {"ok": True, "checks": [{"service": "Always fine", "ok": True}]}
+    assert head.content == b""
+    assert bad.status_code == 503
+    broken = [c for c in bad.json()["checks"] if c["service"] == "Broken"][0]
+    assert broken["ok"] is False and "unreachable" in broken["error"]
+
+
+async def _fine():
+    return True
+
+
+async def _broken():
+    raise ConnectionError("dependency unreachable")
+
+
+async def test_soft_health_checks_do_not_fail_the_service(client):
+    async with serve(make_settings(build_class="docker")) as svc:
+        svc.services.health.add("Pod quota", _broken, soft=True)
+        r = await client.get(svc.url + "health")
+    assert r.status_code == 200
+    assert r.json()["checks"][0]["_ignore_failure"] is True
+
+
+async def test_metrics_has_binderhub_families(client):
+    async with serve(make_settings(build_class="docker")) as svc:
+        await client.get(svc.url + "versions")
+        r = await client.get(svc.url + "metrics")
+    assert r.status_code == 200
+    for family in ("binderhub_build_time_seconds", "binderhub_launch_time_seconds", "binderhub_build_count",
+                   "binderhub_launch_count", "binderhub_inprogress_builds", "binderhub_inprogress_launches",
+                   "binderhub_github_rate_limit_remaining", "http_requests_total"):
+        assert f"# TYPE {family}" in r.text, family
+    assert 'binderhub_launch_time_seconds_bucket{le="2.0"' in r.text or "binderhub_launch_time_seconds" in r.text
+
+
+async def test_frontend_config_and_repoproviders(client):
+    settings = make_settings(build_class="docker", banner_message="<b>hi</b>", about_message="about",
+                             badge_base_url="https://mybinder.example/", base_url="/binder/")
+    async with serve(settings) as svc:
+        config = (await client.get(svc.url + "_config")).json()
+        providers = (await client.get(svc.url + "api/repoproviders")).json()
+    assert config["base_url"] == "/binder/"
+    assert (config["banner_message"], config["about_message"], config["badge_base_url"]) == ("<b>hi</b>", "about", "https://mybinder.example/")
+    ids = [p["id"] for p in providers]
+    assert ids == ["gh", "gist", "git", "gl", "zenodo", "figshare", "hydroshare", "dataverse", "ckan", "swhid"]
+    assert [p["id"] for p in config["repo_providers"]] == ids
+    github = providers[0]
+    assert github["displayName"] == "GitHub" and github["ref"]["default"] == "HEAD"
+
+
+async def test_only_enabled_providers_are_listed(client):
+    async with serve(make_settings(build_class="docker", repo_providers={"gh": "GitHubRepoProvider", "custom-git": "GitRepoProvider"})) as svc:
+        providers = (await client.get(svc.url + "api/repoproviders")).json()
+    assert [p["id"] for p in providers] == ["gh", "custom-git"]
+
+
+async def test_routes_live_under_base_url_and_unknown_paths_are_json_404(client):
+    async with serve(make_settings(build_class="docker", base_url="/services/binder/")) as svc:
+        ok = await client.get(svc.url + "versions")
+        outside = await client.get(svc.url.replace("/services/binder/", "/") + "versions")
+        unknown = await client.get(svc.url + "v2/gh/a/b/HEAD")
+        wrong_method = await client.post(svc.url + "versions")
+        openapi = await client.get(svc.url + "openapi.json")
+        docs = await client.get(svc.url + "docs")
+    assert ok.status_code == 200
+    for r in (outside, unknown):
+        assert r.status_code == 404 and r.headers["content-type"] == "application/json" and r.json()["detail"]
+    assert wrong_method.status_code == 405 and wrong_method.json()["detail"]
+    paths = openapi.json()["paths"]
+    for path in ("build/{prefix}/{spec}", "health", "versions", "_config", "api/repoproviders", "metrics"):
+        assert "/services/binder/" + path in paths, path
+    assert docs.status_code == 200
+
+
+async def test_openapi_documents_every_event_type(client):
+    async with serve(make_settings(build_class="docker")) as svc:
+        spec = (await client.get(svc.url + "openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    for name in ("WaitingEvent", "FetchingEvent", "BuildingEvent", "PushingEvent", "BuiltEvent", "LaunchingEvent",
+                 "BuildReadyEvent", "LaunchReadyEvent", "FailedEvent", "UnknownEvent", "LogEvent"):
+        assert name in schemas, name
+    stream = spec["paths"]["/build/{prefix}/{spec}"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    assert stream["schema"]
+
+
+async def test_cors_on_every_response_and_preflight(client):
+    async with serve(make_settings(build_class="docker", cors_allow_origin="https://frontend.example")) as svc:
+        versions = await client.get(svc.url + "versions")
+        missing = await client.get(svc.url + "nowhere")
+        build = await client.get(svc.url + "build/nope/x/y", headers={"Accept": "text/event-stream"})
+        preflight = await client.options(svc.url + "build/gh/a/b/HEAD", headers={
+            "Origin": "https://frontend.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "cache-control"})
+    for r in (versions, missing, build, preflight):
+        assert r.headers["access-control-allow-origin"] == "https://frontend.example"
+        assert "cache-control" in r.headers["access-control-allow-headers"]
+    assert preflight.status_code == 200 and "GET" in preflight.headers["access-control-allow-methods"]
+
+
+async def test_no_cors_header_unless_configured(client):
+    async with serve(make_settings(build_class="docker")) as svc:
+        r = await client.get(svc.url + "_config")
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_ban_networks(client):
+    settings = make_settings(build_class="docker", enable_api_only_mode=True,
+                             ban_networks={"127.0.0.0/8": "the loopback network"})
+    async with serve(settings) as svc:
+        config = await client.get(svc.url + "_config")
+        metrics = await client.get(svc.url + "metrics")
+        health = await client.get(svc.url + "health")
+        versions = await client.get(svc.url + "versions")
+        events = await read_events(client, svc.url + "build/gh/binder-examples/requirements/HEAD")
+    assert config.status_code == metrics.status_code == 403
+    assert config.json()["detail"] == "Requests from the loopback network are not allowed"
+    assert health.status_code == versions.status_code == 200
+    assert events == [{"phase": "failed", "status_code": 403, "message": "Requests from the loopback network are not allowed\n"}]
+
+
+async def test_forwarded_for_is_only_believed_from_trusted_proxies(client):
+    # A banned client cannot walk around the ban by claiming another address...
+    settings = make_settings(build_class="docker", ban_networks={"127.0.0.0/8": "loopback"})
+    async with serve(settings) as svc:
+        spoofed = await client.get(svc.url + "_config", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert spoofed.status_code == 403
+    # ...but behind a trusted proxy the forwarded address is the client's.
+    settings = make_settings(build_class="docker", ban_networks={"198.51.100.0/24": "test-net-2"},
+                             trusted_proxies=["127.0.0.0/8"])
+    async with serve(settings) as svc:
+        banned = await client.get(svc.url + "_config", headers={"X-Forwarded-For": "198.51.100.7"})
+        allowed = await client.get(svc.url + "_config", headers={"X-Forwarded-For": "203.0.113.9"})
+        # the right-most untrusted hop counts, not what the client put first
+        chained = await client.get(svc.url + "_config", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    assert banned.status_code == 403 and allowed.status_code == 200 and chained.status_code == 403
