@@ -40,7 +40,7 @@ class RateLimiter:
         self.period = period_seconds
         self.clean_seconds = clean_seconds
         self._windows: dict[str, Window] = {}
-        self._next_clean = time.time() + clean_seconds
+        self._next_clean: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +48,9 @@ class RateLimiter:
 
     def increment(self, key: str, now: float | None = None) -> RateLimitState:
         now = time.time() if now is None else now
-        if now >= self._next_clean:
+        if self._next_clean is None:
+            self._next_clean = now + self.clean_seconds
+        elif now >= self._next_clean:
             self._clean(now)
         window = self._windows.get(key)
         if window is None or now >= window.reset:

@@ -110,7 +110,11 @@ class Services:
             await http.aclose()
             raise StartupError(str(e)) from None
         backend = make_backend(settings)
-        images = make_image_store(settings, http)
+        try:
+            images = make_image_store(settings, http)
+        except ValueError as e:
+            await http.aclose()
+            raise StartupError(str(e)) from None
         builds = BuildManager(
             backend, supervisor,
             concurrent_build_limit=binderhub.concurrent_build_limit,
@@ -152,7 +156,7 @@ class Services:
 
     def _register_health_checks(self) -> None:
         if self.settings.BinderHub.use_registry:
-            self.health.add("Docker registry", self.images.health)
+            self.health.add("Docker registry", self.images.health, timeout=self.settings.DockerRegistry.timeout + 2)
         if self.settings.BinderHub.hub_url:
             self.health.add("JupyterHub API", self.launcher.health)
         self.health.add("Builder", self.backend.check)
