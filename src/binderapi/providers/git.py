@@ -34,7 +34,7 @@ _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: stderr of ``git ls-remote`` meaning "no such repository (or not public)", not "server down"
 _NOT_FOUND = re.compile(
-    r"not found|does not exist|not exported|does not appear to be a git repository|"
+    r"not found|does not exist|not exported|no such repository|does not appear to be a git repository|"
     r"authentication failed|could not read username|terminal prompts disabled|access denied|"
     r"repository .* not found|HTTP 40[134]",
     re.IGNORECASE,
@@ -135,7 +135,9 @@ class GitRepoProvider(RepoProvider):
     async def _ls_remote(self) -> Resolution:
         host = urlsplit(self.repo).hostname
         await check_host(host, denied_networks(self.config.denied_networks), "git server")
-        code, stdout, stderr = await self._run_git("ls-remote", "--", self.repo, self.unresolved_ref)
+        # the second pattern lists the commit an annotated tag points to ("refs/tags/<ref>^{}")
+        ref = self.unresolved_ref
+        code, stdout, stderr = await self._run_git("ls-remote", "--", self.repo, ref, f"{ref}^{{}}")
         if code != 0:
             message = redact(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}")
             if _NOT_FOUND.search(stderr):
