@@ -59,8 +59,8 @@ class _GitHubAPI(RepoProvider):
         headers = {"Accept": "application/vnd.github+json"}
         if self.config.access_token:
             headers["Authorization"] = f"token {self.config.access_token}"
-        auth = None
-        if self.config.client_id and self.config.client_secret:
+        auth = None  # an OAuth app's id and secret raise the anonymous limit; a token wins over them
+        if self.config.client_id and self.config.client_secret and not self.config.access_token:
             auth = (self.config.client_id, self.config.client_secret)
         return headers, auth
 
