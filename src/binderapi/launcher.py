@@ -1,0 +1,562 @@
+"""Start a server for a built image on JupyterHub, and report every step as a ``launching`` event.
+
+The flow is BinderHub's (create a temporary user, or check the logged-in user's servers in auth
+mode; run ``pre_launch_hook``; start the server with the launch's ``user_options``; follow the hub's
+progress stream), rebuilt around two lessons from BinderHub's issues:
+
+* **Failures say why.** When a spawn fails, the hub's answer to the start request is a bare
+  ``Internal Server Error``; the spawner's own reason (e.g. DockerSpawner's ``manifest unknown`` for
+  a missing image) is in the ``failed`` event of the progress stream, so that is where the final
+  message comes from.
+* **Retries stay bounded.** API requests are repeated only when the hub was not reached (connection
+  failures, gateway errors); a launch attempt is repeated only after a failed spawn, and not when it
+  failed for the same reason as the attempt before. A failing launch therefore makes a handful of
+  hub calls, not ``retries x api_retries`` of them (BinderHub issue #819).
+
+``launch_timeout`` bounds the whole launch. Whatever an attempt created (server, temporary user) is
+removed when the attempt fails, times out or is abandoned by its client, so nothing is left behind
+but servers that are running for their users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import json
+import logging
+import re
+import secrets
+import string
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import httpx
+
+from ._importing import import_object
+from .errors import BinderError, ConflictError, LaunchError
+from .events import LaunchingEvent, line
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 3.0  # BinderHub's timeout for the hub health check
+STOP_TIMEOUT = 30.0  # how long a clean-up waits for a server to stop
+MIN_PROGRESS_SILENCE = 30.0  # the hub sends a keepalive every 8 s; silence beyond this means trouble
+NAME_SUFFIX_CHARS = string.ascii_lowercase + string.digits
+NAME_SUFFIX_LEN = 8
+_SSH_URL = re.compile(r"^(?:[\w.+-]+@)?[\w.-]+:(?!//)")
+
+
+# -- the interface the build pipeline uses ------------------------------------------------------
+
+
+@dataclass
+class LaunchRequest:
+    """One launch, as the pipeline asks for it. The ``binder_*`` values reach the server as
+    ``user_options`` (and ``BINDER_*`` environment variables through the spawner mixin)."""
+
+    image: str  # full image name with tag
+    repo_url: str
+    ref_url: str  # -> binder_ref_url
+    launch_host: str  # -> binder_launch_host
+    binder_request: str  # "v2/<prefix>/<spec>"
+    binder_persistent_request: str
+    client_ip: str  # -> binder_client_ip
+    username: str | None = None  # auth mode: the logged-in hub user; None -> a temporary user
+    server_name: str | None = None  # auth mode with named servers; None -> named from the repo
+
+
+@dataclass
+class LaunchedServer:
+    """A server that is ready, and what the ``ready`` event needs from it."""
+
+    url: str  # public URL of the server (hub_url + user/<name>/[<server>/])
+    token: str  # opens the server: <url>?token=<token>
+    username: str
+    server_name: str
+    retries: int = 0  # failed attempts before this one (the launch-time metric's label)
+
+    def ready_fields(self, request: LaunchRequest) -> dict[str, str]:
+        """Exactly the fields BinderHub adds to its ``ready`` event."""
+        return {
+            "url": self.url,
+            "token": self.token,
+            "image": request.image,
+            "repo_url": request.repo_url,
+            "binder_ref_url": request.ref_url,
+            "binder_launch_host": request.launch_host,
+            "binder_request": request.binder_request,
+            "binder_persistent_request": request.binder_persistent_request,
+            "binder_client_ip": request.client_ip,
+        }
+
+
+def new_token() -> str:
+    """A launch token as BinderHub makes it: the 16 bytes of a uuid4, urlsafe base64, 22 chars."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+
+
+def escape(name: str) -> str:
+    """A user or server name as a URL path segment (BinderHub's quoting)."""
+    return quote(name, safe="@~")
+
+
+# -- JupyterHub's REST API ---------------------------------------------------------------------
+
+
+class HubError(Exception):
+    """JupyterHub could not be reached (after the request's own retries)."""
+
+
+@dataclass
+class HubResponse:
+    status: int
+    data: Any
+    text: str
+    retried: bool  # the answer came to a repeated request
+
+    @property
+    def message(self) -> str:
+        """The hub's own explanation (its JSON ``message``), else the body or the status."""
+        if isinstance(self.data, dict) and isinstance(self.data.get("message"), str) and self.data["message"]:
+            return self.data["message"]
+        text = self.text.strip()
+        return text[:500] if text else f"HTTP {self.status}"
+
+
+def describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class HubAPI:
+    """Requests to the hub with the ``binder`` service token, repeated only when the hub was not
+    reached: connection failures and gateway errors for every request, any 5xx for reads and
+    deletes (which are safe to repeat)."""
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+    GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+    def __init__(self, http: httpx.AsyncClient, api_url: str, token: str, attempts: int, delay: float,
+                 timeout: float) -> None:
+        self.http = http
+        self.api_url = api_url
+        self.headers = {"Authorization": f"token {token}"} if token else {}
+        self.attempts = attempts
+        self.delay = delay
+        self.timeout = timeout
+
+    def _retry_after(self, method: str, error: BaseException | None, status: int | None) -> bool:
+        if error is not None:
+            return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) or method in self.SAFE_METHODS
+        assert status is not None
+        return status in self.GATEWAY_ERRORS or (status >= 500 and method in self.SAFE_METHODS)
+
+    async def request(self, method: str, path: str, body: Any = None) -> HubResponse:
+        delay = self.delay
+        for attempt in range(1, self.attempts + 1):
+            last = attempt == self.attempts
+            try:
+                response = await self.http.request(method, self.api_url + path, json=body,
+                                                   headers=self.headers, timeout=self.timeout)
+            except httpx.TransportError as e:
+                if last or not self._retry_after(method, e, None):
+                    raise HubError(f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}") from None
+                log.info("%s %s failed (%s); trying again in %gs", method, path, describe(e), delay)
+            else:
+                if last or not self._retry_after(method, None, response.status_code):
+                    try:
+                        data = response.json() if response.content else None
+                    except ValueError:
+                        data = None
+                    return HubResponse(response.status_code, data, response.text, attempt > 1)
+                log.info("%s %s answered %d; trying again in %gs", method, path, response.status_code, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, read_timeout: float) -> AsyncIterator[httpx.Response]:
+        """An open streaming GET (the progress event stream), opened with the same retries as a read."""
+        delay = self.delay
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        for attempt in range(1, self.attempts + 1):
+            last = attempt == self.attempts
+            request = self.http.build_request("GET", self.api_url + path, headers=self.headers, timeout=timeout)
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx.TransportError as e:
+                if last:
+                    raise HubError(f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}") from None
+                log.info("GET %s failed (%s); trying again in %gs", path, describe(e), delay)
+            else:
+                if response.status_code < 500 or last:
+                    try:
+                        yield response
+                    finally:
+                        await response.aclose()
+                    return
+                await response.aclose()
+                log.info("GET %s answered %d; trying again in %gs", path, response.status_code, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+
+
+async def read_hub_response(response: httpx.Response) -> HubResponse:
+    await response.aread()
+    try:
+        data = response.json() if response.content else None
+    except ValueError:
+        data = None
+    return HubResponse(response.status_code, data, response.text, False)
+
+
+# -- one launch attempt ----------------------------------------------------------------------------
+
+
+class AttemptFailed(Exception):
+    """A launch attempt failed. ``retryable``: a spawn that failed, worth a fresh try.
+    ``spawn_ended``: the hub itself has already stopped the server it tried to start."""
+
+    def __init__(self, reason: str, *, retryable: bool, spawn_ended: bool = False, final: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.spawn_ended = spawn_ended
+        self.final = final  # the whole final message, when it is not "Failed to launch image ...: reason"
+
+
+@dataclass
+class Attempt:
+    """What one attempt is called and what it has created (for the clean-up)."""
+
+    number: int
+    username: str
+    server_name: str
+    token: str
+    temporary: bool  # a temporary user this launch creates (anonymous Binder)
+    user_created: bool = False
+    server_requested: bool = False
+
+    def normalized(self, reason: str) -> str:
+        """The reason with this attempt's own names taken out, to compare with the previous one's."""
+        for name in filter(None, (self.server_name, self.username)):
+            reason = reason.replace(name, "<name>")
+        return reason
+
+
+# -- the launcher ----------------------------------------------------------------------------------
+
+
+class Launcher:
+    """Starts servers through JupyterHub's REST API (the ``binder`` service token needs the scopes
+    ``admin:users`` and ``servers``)."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.config = settings.Launcher
+        binderhub = settings.BinderHub
+        self.auth_enabled = binderhub.auth_enabled
+        self.hub_url = binderhub.hub_url or binderhub.hub_url_local
+        api_url = self.config.hub_api_url or binderhub.hub_url_local + "hub/api/"
+        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
+        self.http = http
+        self.hub = HubAPI(http, self.api_url, binderhub.hub_api_token, self.config.api_retries,
+                          self.config.api_retry_delay, self.config.request_timeout)
+        self.pre_launch_hook: Callable[..., Any] | None = None
+        if self.config.pre_launch_hook:
+            try:
+                self.pre_launch_hook = import_object(self.config.pre_launch_hook)
+            except ImportError as e:
+                raise ImportError(f"Launcher.pre_launch_hook: {e}") from None
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    # -- naming ------------------------------------------------------------------------------------
+
+    def unique_name_from_repo(self, repo_url: str) -> str:
+        """BinderHub's temporary user (or named server) name: the repository path with ``-`` for
+        ``/``, lower-cased, without ``.git``, shortened to 15+15 characters beyond 32, then ``-``
+        and 8 random characters, e.g. ``binder-examples-octave-3ilc7xl2``."""
+        if "://" not in repo_url and _SSH_URL.match(repo_url):
+            path = repo_url.split(":", 1)[1]  # git@host:owner/repo.git
+        else:
+            path = urlparse(repo_url).path
+        prefix = path.strip("/").replace("/", "-").lower().removesuffix(".git")
+        if len(prefix) > 32:
+            prefix = f"{prefix[:15]}-{prefix[-15:]}"
+        suffix = "".join(secrets.choice(NAME_SUFFIX_CHARS) for _ in range(NAME_SUFFIX_LEN))
+        # an URL without a path would give "-<suffix>"; a name should not start with a dash
+        return f"{prefix or 'binder'}-{suffix}"
+
+    def server_url(self, username: str, server_name: str) -> str:
+        """The public URL of a server (``hub_url``, not the internal ``hub_url_local``)."""
+        url = f"{self.hub_url}user/{escape(username)}/"
+        return url + f"{escape(server_name)}/" if server_name else url
+
+    def _server_path(self, username: str, server_name: str) -> str:
+        if server_name:
+            return f"users/{escape(username)}/servers/{escape(server_name)}"
+        return f"users/{escape(username)}/server"
+
+    def _new_attempt(self, request: LaunchRequest, number: int) -> Attempt:
+        if request.username is None:
+            return Attempt(number, self.unique_name_from_repo(request.repo_url), "", new_token(), temporary=True)
+        server_name = ""
+        if self.config.allow_named_servers:
+            server_name = request.server_name or self.unique_name_from_repo(request.repo_url)
+        return Attempt(number, request.username, server_name, new_token(), temporary=False)
+
+    # -- health ------------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """``{"ok": ...}`` from the hub's health endpoint (its API root on hubs without one)."""
+        try:
+            response = await self.http.get(self.api_url + "health", timeout=HEALTH_TIMEOUT)
+            if response.status_code == 404:
+                response = await self.http.get(self.api_url, timeout=HEALTH_TIMEOUT)
+        except httpx.HTTPError as e:
+            return {"ok": False, "error": f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}"}
+        if response.status_code == 200:
+            return {"ok": True}
+        return {"ok": False, "error": f"JupyterHub API at {self.api_url} answered HTTP {response.status_code}"}
+
+    # -- launch ------------------------------------------------------------------------------------
+
+    async def launch(self, request: LaunchRequest) -> AsyncIterator[LaunchingEvent | LaunchedServer]:
+        """Yield ``launching`` events, then the :class:`LaunchedServer`; or raise
+        :class:`LaunchError` with the hub's or spawner's reason, or :class:`ConflictError`."""
+        yield LaunchingEvent(message="Launching server...\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.launch_timeout
+        delay = self.config.retry_delay
+        previous_reason: str | None = None
+        for number in range(1, self.config.retries + 1):
+            attempt = self._new_attempt(request, number)
+            try:
+                async with contextlib.aclosing(self._run_attempt(request, attempt, deadline)) as items:
+                    async for item in items:
+                        yield item
+                return
+            except AttemptFailed as failure:
+                await self._clean_up(attempt, stop_server=not failure.spawn_ended)
+                reason = attempt.normalized(failure.reason)
+                log.warning("Launch attempt %d of %s for %s failed: %s", number, request.image,
+                            attempt.username, failure.reason)
+                final = failure.final or f"Failed to launch image {request.image}: {failure.reason}"
+                if not failure.retryable or number == self.config.retries:
+                    raise LaunchError(final) from None
+                if reason == previous_reason:
+                    raise LaunchError(final) from None  # the same failure again: it will not go away
+                if deadline - loop.time() <= delay:
+                    raise LaunchError(final) from None  # no time left for another attempt
+                previous_reason = reason
+            except BaseException:
+                # BinderError (conflict, hook), or the client went away: remove what was created
+                await self._clean_up(attempt, stop_server=True)
+                raise
+            yield LaunchingEvent(message=f"Launch attempt {number} failed, retrying...\n")
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _run_attempt(self, request: LaunchRequest, attempt: Attempt,
+                           deadline: float) -> AsyncIterator[LaunchingEvent | LaunchedServer]:
+        """Run an attempt in its own task and relay its messages, so that the deadline can stop
+        it anywhere (never while this generator is suspended at a ``yield``)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        task = asyncio.create_task(self._attempt(request, attempt, queue.put_nowait))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
+                except TimeoutError:
+                    who = f"{attempt.username}" + (f" (server {attempt.server_name})" if attempt.server_name else "")
+                    raise AttemptFailed(
+                        "launch_timeout exceeded", retryable=False,
+                        final=f"Image {request.image} for user {who} took too long to launch "
+                              f"(launch_timeout: {self.config.launch_timeout:g} s)",
+                    ) from None
+                if message is None:
+                    break
+                yield LaunchingEvent(message=line(message))
+            yield task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def _attempt(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None]) -> LaunchedServer:
+        try:
+            if attempt.temporary:
+                await self._create_user(request, attempt)
+            else:
+                await self._check_user(attempt)
+            await self._run_pre_launch_hook(request, attempt)
+            await self._start_server(request, attempt, emit)
+        except HubError as e:
+            raise AttemptFailed(str(e), retryable=False) from None
+        return LaunchedServer(url=self.server_url(attempt.username, attempt.server_name), token=attempt.token,
+                              username=attempt.username, server_name=attempt.server_name,
+                              retries=attempt.number - 1)
+
+    async def _create_user(self, request: LaunchRequest, attempt: Attempt) -> None:
+        response = await self.hub.request("POST", f"users/{escape(attempt.username)}")
+        if response.status in (200, 201) or (response.status == 409 and response.retried):
+            attempt.user_created = True  # (a 409 answers a repeated request the hub had carried out)
+            return
+        raise AttemptFailed(
+            response.message, retryable=response.status >= 500,
+            final=f"Failed to create temporary user for {request.image}: {response.message}",
+        )
+
+    async def _check_user(self, attempt: Attempt) -> None:
+        """Auth mode: the user's own server must not be running, and named servers are limited."""
+        username = attempt.username
+        response = await self.hub.request("GET", f"users/{escape(username)}")
+        if response.status != 200:
+            raise AttemptFailed(response.message, retryable=False,
+                                final=f"Could not look up user {username} on JupyterHub: {response.message}")
+        servers = (response.data or {}).get("servers") or {}
+        if not self.config.allow_named_servers:
+            if "" in servers:
+                raise ConflictError(f"User {username} already has a running server.")
+        elif self.config.named_server_limit_per_user > 0:
+            limit = self.config.named_server_limit_per_user
+            if len([name for name in servers if name]) >= limit:
+                raise ConflictError(
+                    f"User {username} already has the maximum of {limit} named servers.  "
+                    "One must be deleted before a new server can be created"
+                )
+
+    async def _run_pre_launch_hook(self, request: LaunchRequest, attempt: Attempt) -> None:
+        if self.pre_launch_hook is None:
+            return
+        try:
+            result = self.pre_launch_hook(self, request.image, attempt.username, attempt.server_name, request.repo_url)
+            if inspect.isawaitable(result):
+                await result
+        except BinderError:
+            raise
+        except Exception as e:
+            raise LaunchError(f"Launch aborted by pre_launch_hook: {describe(e)}") from None
+
+    def _user_options(self, request: LaunchRequest, attempt: Attempt) -> dict[str, str]:
+        return {
+            "image": request.image,
+            "repo_url": request.repo_url,
+            "token": attempt.token,
+            "binder_ref_url": request.ref_url,
+            "binder_launch_host": request.launch_host,
+            "binder_request": request.binder_request,
+            "binder_persistent_request": request.binder_persistent_request,
+            "binder_client_ip": request.client_ip,
+        }
+
+    async def _start_server(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None]) -> None:
+        path = self._server_path(attempt.username, attempt.server_name)
+        attempt.server_requested = True
+        response = await self.hub.request("POST", path, self._user_options(request, attempt))
+        if response.status >= 500:
+            # The spawn failed; the hub's answer does not say why, its progress stream does.
+            await self._follow_progress(request, attempt, emit, fallback=response.message)
+            return  # the stream said ready after all
+        if response.status == 400 and response.retried and "already running" in response.message:
+            pass  # a repeated start the hub had carried out the first time
+        elif response.status not in (201, 202):
+            raise AttemptFailed(f"JupyterHub refused to start the server: {response.message}",
+                                retryable=False, spawn_ended=True)
+        await self._follow_progress(request, attempt, emit)
+
+    async def _follow_progress(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None],
+                               fallback: str | None = None) -> None:
+        """Relay the progress stream until the hub says ready (return) or failed (raise)."""
+        silence = max(self.config.request_timeout, MIN_PROGRESS_SILENCE)
+        async with self.hub.stream(f"{self._server_path(attempt.username, attempt.server_name)}/progress",
+                                   silence) as response:
+            if response.status_code != 200:
+                answer = await read_hub_response(response)
+                raise AttemptFailed(fallback or answer.message, retryable=True, spawn_ended=True)
+            try:
+                async for text in response.aiter_lines():
+                    if not text.startswith("data:"):
+                        continue  # blank separators and the hub's keepalives
+                    try:
+                        event = json.loads(text[5:])
+                    except ValueError:
+                        continue
+                    if not isinstance(event, dict):
+                        continue
+                    message = event.get("message")
+                    if isinstance(message, str) and message:
+                        emit(message)
+                    if event.get("ready"):
+                        return
+                    if event.get("failed"):
+                        raise AttemptFailed(message or fallback or "Spawn failed", retryable=True, spawn_ended=True)
+            except httpx.TransportError as e:
+                raise AttemptFailed(f"Lost the progress stream of the server: {describe(e)}", retryable=True) from None
+        if fallback is not None:
+            raise AttemptFailed(fallback, retryable=True, spawn_ended=True)
+        # The stream ended without a verdict: ask the hub where the server stands.
+        check = await self.hub.request("GET", f"users/{escape(attempt.username)}")
+        server = ((check.data or {}).get("servers") or {}).get(attempt.server_name) if check.status == 200 else None
+        if isinstance(server, dict) and server.get("ready"):
+            return
+        raise AttemptFailed(f"Image {request.image} for user {attempt.username} failed to launch", retryable=True)
+
+    # -- clean-up ----------------------------------------------------------------------------------
+
+    async def _clean_up(self, attempt: Attempt, *, stop_server: bool) -> None:
+        """Remove what a failed attempt created. Shielded: a client going away while this runs
+        does not stop it half-way."""
+        if not attempt.server_requested and not attempt.user_created:
+            return
+        task = asyncio.ensure_future(self._remove(attempt, stop_server))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)
+
+    async def _remove(self, attempt: Attempt, stop_server: bool) -> None:
+        try:
+            if attempt.server_requested and (stop_server or (attempt.server_name and not attempt.temporary)):
+                await self._stop_server(attempt.username, attempt.server_name,
+                                        remove=bool(attempt.server_name))
+            if attempt.temporary and attempt.user_created:
+                await self._delete_user(attempt.username)
+        except Exception:
+            log.warning("Could not clean up after launch attempt %d for %s", attempt.number,
+                        attempt.username, exc_info=True)
+
+    async def _stop_server(self, username: str, server_name: str, *, remove: bool) -> None:
+        response = await self.hub.request("DELETE", self._server_path(username, server_name),
+                                          {"remove": True} if remove else None)
+        if response.status == 202:
+            await self._wait_stopped(username, server_name)
+        elif response.status not in (204, 404):
+            log.warning("Stopping %s's server %r: HTTP %d %s", username, server_name, response.status, response.message)
+
+    async def _wait_stopped(self, username: str, server_name: str) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + STOP_TIMEOUT
+        while loop.time() < give_up:
+            response = await self.hub.request("GET", f"users/{escape(username)}")
+            if response.status != 200 or server_name not in ((response.data or {}).get("servers") or {}):
+                return
+            await asyncio.sleep(0.5)
+        log.warning("%s's server %r did not stop within %gs", username, server_name, STOP_TIMEOUT)
+
+    async def _delete_user(self, username: str) -> None:
+        for _ in range(int(STOP_TIMEOUT / 0.5)):
+            response = await self.hub.request("DELETE", f"users/{escape(username)}")
+            if response.status in (204, 404):
+                return
+            if response.status != 400:  # 400: the server is still stopping
+                break
+            await asyncio.sleep(0.5)
+        log.warning("Could not delete temporary user %s: HTTP %d %s", username, response.status, response.message)
