@@ -270,16 +270,31 @@ class DockerLaunchQuota(LaunchQuota):
 
 
 class Launcher(Section):
-    """The JupyterHub REST client that starts servers."""
+    """The JupyterHub REST client that starts servers (create user, start server, follow progress)."""
 
     hub_api_url: str = Field("", description="JupyterHub API URL (env `JUPYTERHUB_API_URL`); empty means `hub_url_local` + `hub/api/`.")
-    retries: int = Field(4, ge=1, description="Launch attempts, each with a fresh user or server name.")
-    retry_delay: float = Field(4.0, ge=0, description="Seconds before the first retry; doubled each time.")
-    launch_timeout: float = Field(600.0, gt=0, description="Seconds a server may take to become ready.")
+    retries: int = Field(
+        4, ge=1,
+        description="Launch attempts, each with a fresh user (or named server) name. Only a spawn that failed is "
+        "tried again, and not when it failed for the same reason as the attempt before; a refusal by the hub "
+        "(4xx), `pre_launch_hook`, an unreachable hub and `launch_timeout` end the launch at once.",
+    )
+    retry_delay: float = Field(4.0, ge=0, description="Seconds before the second launch attempt; doubled before each further one.")
+    launch_timeout: float = Field(
+        600.0, gt=0,
+        description="Seconds a launch may take in all, from creating the user to the server being ready, retries "
+        "included. When it runs out the launch fails and the server and temporary user are removed.",
+    )
     allow_named_servers: bool = Field(False, description="In auth mode, start a named server per launch (env `JUPYTERHUB_ALLOW_NAMED_SERVERS`).")
     named_server_limit_per_user: int = Field(0, ge=0, description="Named servers a user may have; 0 means no limit (env `JUPYTERHUB_NAMED_SERVER_LIMIT_PER_USER`).")
-    pre_launch_hook: str | None = Field(None, description="Dotted path of a callable `(launcher, image, username, server_name, repo_url)`, sync or async, run before each launch; raising aborts it.")
-    request_timeout: float = Field(20.0, gt=0, description="Seconds per JupyterHub API request (the progress stream is bounded by `launch_timeout`).")
+    pre_launch_hook: str | None = Field(None, description="Dotted path of a callable `(launcher, image, username, server_name, repo_url)`, sync or async, run before each launch attempt starts a server; raising aborts the launch with the error's message.")
+    request_timeout: float = Field(20.0, gt=0, description="Seconds per JupyterHub API request. The progress stream has no overall limit but `launch_timeout`; a silence longer than this (30 s at least) ends it.")
+    api_retries: int = Field(
+        3, ge=1,
+        description="Attempts per JupyterHub API request. Only connection failures and gateway errors (502, 503, 504) "
+        "are tried again, and any 5xx for reads and deletes; answers from the hub are never repeated.",
+    )
+    api_retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt of a JupyterHub API request; doubled before each further one.")
 
 
 class EventLog(Section):
