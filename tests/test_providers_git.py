@@ -167,9 +167,10 @@ def test_missing_ref_is_a_spec_error(make_registry):
         make_registry().create("git", quote("https://example.org/repo", safe=""))
 
 
-def test_credentials_stay_out_of_messages(make_registry):
+@pytest.mark.parametrize("url", ["ftp://user:s3cret@example.org/repo", "https://user:s3cret@example.org/repo"])
+def test_credentials_in_urls_are_refused_without_echoing_them(make_registry, url):
     with pytest.raises(SpecError) as info:
-        make_registry().create("git", spec("ftp://user:s3cret@example.org/repo", "main"))
+        make_registry().create("git", spec(url, "main"))
     assert "s3cret" not in str(info.value)
 
 

@@ -65,6 +65,10 @@ def validate_url(url: str, allowed_protocols: list[str]) -> str:
     parts = urlsplit(url)
     if not parts.hostname:
         raise SpecError(f"The git repository URL {redact(url)} has no host.")
+    if parts.password is not None:
+        # the spec is echoed in events, logs and metric labels: a token in it would leak everywhere
+        raise SpecError("Credentials do not belong in the repository URL; an operator can set "
+                        "GitRepoProvider.git_credentials for private repositories.")
     if parts.hostname.startswith("-") or (parts.username or "").startswith("-"):
         raise SpecError(f"The git repository URL {redact(url)} has a host or user starting with \"-\".")
     return scheme
