@@ -73,9 +73,11 @@ c.JupyterHub.db_url = f"sqlite:///{STATE_DIR / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(STATE_DIR / "jupyterhub_cookie_secret")
 # Stopping the hub stops its single-user containers (and the proxy it started).
 c.JupyterHub.cleanup_servers = True
-# Answer a start request at once (202) instead of holding it for up to 10 s: binderapi follows the
-# progress stream, which then carries every step ("Server requested", "Spawning server...", ...).
-c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+# Answer a start request within a second instead of holding it for up to 10 s. A refusal (the
+# mixin's "token required", a disallowed image) still comes back as the answer itself; anything
+# slower is followed on the progress stream, which replays every step ("Server requested", ...)
+# as it happens. (Zero to JupyterHub uses 0: refusals then arrive on the progress stream instead.)
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 1}
 
 # -- who may log in ----------------------------------------------------------------------------
 # Anonymous Binder creates its temporary users through the API, so nobody needs to log in.
