@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from fixtures.server import free_port
-
-from .test_settings import BINDERHUB_OPTIONS
+from test_settings import BINDERHUB_OPTIONS
 
 BINDERAPI = [sys.executable, "-m", "binderapi"]
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("BINDERAPI_")}

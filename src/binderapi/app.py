@@ -64,6 +64,18 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         """Every unknown path or method is a JSON answer, never an HTML page."""
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's schema plus the event models the `/build` stream is made of."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(build.EVENT_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     Instrumentator(excluded_handlers=[base + "metrics"], should_group_status_codes=False).instrument(app).expose(
         app, endpoint=base + "metrics", include_in_schema=True, tags=["service"])
 

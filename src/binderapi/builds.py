@@ -162,25 +162,27 @@ class BuildManager:
             if info.running and info.name not in self.builds:
                 job = BuildJob(name=info.name, image_name=info.image_name, repo_url=info.repo_url, ref="")
                 log.info("Re-attaching to running build %s (%s)", info.name, info.image_name)
-                self._launch(Build(job), attach=True)
+                # its owner died with our previous life: we clean it up when it ends
+                self._launch(Build(job), attach=True, owner=True)
 
     def watch(self, job: BuildJob) -> BuildWatch:
         """Join the build of ``job.name``, starting it if nobody is building it."""
         build = self.builds.get(job.name)
         if build is None or (build.done and not build.outcome.result().success):
             build = Build(job)
-            self._launch(build, attach=False)
+            self._launch(build, attach=False, owner=False)
         return BuildWatch(build, self.log_tail_lines)
 
     # -- running a build --------------------------------------------------------------------------
-    def _launch(self, build: Build, attach: bool) -> None:
+    def _launch(self, build: Build, attach: bool, owner: bool) -> None:
         self.builds[build.job.name] = build
-        self.supervisor.spawn(self._run(build, attach), name=f"build {build.job.name}")
+        self.supervisor.spawn(self._run(build, attach, owner), name=f"build {build.job.name}")
 
-    async def _run(self, build: Build, attach: bool) -> None:
+    async def _run(self, build: Build, attach: bool, owner: bool) -> None:
+        """Run or follow one build. The owner (who created it, or adopted it after a restart)
+        removes it when it ends; others only follow."""
         name = build.job.name
         started = time.monotonic()
-        owner = False
         try:
             if not attach:
                 info = await self.backend.inspect(name)

@@ -197,7 +197,7 @@ class DockerBuildBackend(BuildBackend):
         builds = []
         for summary in await self.docker.containers.list(all=True, filters=filters):
             labels = summary["Labels"] or {}
-            name = labels.get(LABEL_BUILD) or summary["Names"][0].lstrip("/")
+            name = summary["Names"][0].lstrip("/")  # the container's own name is the build name
             if summary["State"] == "running":
                 try:
                     details = await self.docker.containers.get(name)

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["build"])
 
 EVENT_STREAM_SCHEMA = TypeAdapter(BuildStreamEvent).json_schema(ref_template="#/components/schemas/{model}")
+#: the event models, added to the OpenAPI components by the app so the references above resolve
+EVENT_SCHEMAS = EVENT_STREAM_SCHEMA.pop("$defs")
 
 
 class _Keepalive(ServerSentEvent):

@@ -24,9 +24,11 @@ class HealthResponse(BaseModel):
     checks: list[HealthCheckResult]
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse,
-                  responses={503: {"model": HealthResponse, "description": "A check failed."}})
+@router.head("/health", include_in_schema=False)
+@router.get("/health", response_model=HealthResponse,
+            responses={503: {"model": HealthResponse, "description": "A check failed."}})
 async def health(request: Request, services: ServicesDep) -> Response:
+    """Every check, each cached briefly; HEAD answers the status alone."""
     ok, checks = await services.health.run()
     status = 200 if ok else 503
     if request.method == "HEAD":
