@@ -32,8 +32,11 @@ Two kinds of single-user command are in use, and both are covered:
 * ``jupyterhub-singleuser`` (JupyterHub 2+ with jupyter_server 2) only accepts tokens the hub
   issued; a ``--ServerApp.token`` argument is ignored there. So, with ``register_launch_token``
   on, the mixin also records the launch token as a JupyterHub API token of the user whose only
-  permission is to access this one server (``access:servers!server=<user>/<name>``). The token is
-  removed when the server stops, and with the user when a temporary user is deleted.
+  permission is to access this one server (``access:servers!server=<user>/<name>``), and sets
+  ``JUPYTERHUB_ALLOW_TOKEN_IN_URL=1`` (JupyterHub 5+ ignores ``?token=`` in page URLs otherwise).
+  The token is removed when the server stops, and with the user when a temporary user is deleted.
+
+In auth mode none of this happens: users reach their own servers with their hub login.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ TOKEN_NOTE = "binder launch token"
 class BinderSpawnerMixin(Configurable):
     """Make a JupyterHub container spawner start Binder launches (see the module docstring).
 
-    Put it first in the bases, before the spawner class, so its ``start``, ``stop``, ``get_args``
-    and ``get_env`` wrap the spawner's own.
+    Put it first in the bases, before the spawner class, so its ``start``, ``get_args``,
+    ``get_env`` and ``run_post_stop_hook`` wrap the spawner's own.
     """
 
     auth_enabled = Bool(
