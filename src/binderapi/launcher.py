@@ -49,6 +49,7 @@ STOP_TIMEOUT = 30.0  # how long a clean-up waits for a server to stop
 MIN_PROGRESS_SILENCE = 30.0  # the hub sends a keepalive every 8 s; silence beyond this means trouble
 NAME_SUFFIX_CHARS = string.ascii_lowercase + string.digits
 NAME_SUFFIX_LEN = 8
+MAX_SERVER_NAME = 30  # JupyterHub 6 refuses longer names for new named servers
 _SSH_URL = re.compile(r"^(?:[\w.+-]+@)?[\w.-]+:(?!//)")
 
 
@@ -292,6 +293,20 @@ class Launcher:
         # an URL without a path would give "-<suffix>"; a name should not start with a dash
         return f"{prefix or 'binder'}-{suffix}"
 
+    def server_name_from_repo(self, repo_url: str) -> str:
+        """A named server's name: BinderHub's scheme, fitted to what JupyterHub 6 accepts for new
+        named servers (at most 30 characters of ``a-z``, ``0-9`` and single hyphens, starting with
+        a letter), e.g. ``binder-exa-quirements-3ilc7xl2``."""
+        name = self.unique_name_from_repo(repo_url)
+        prefix, suffix = name[: -NAME_SUFFIX_LEN - 1], name[-NAME_SUFFIX_LEN:]
+        prefix = re.sub(r"[^a-z0-9]+", "-", prefix).strip("-")
+        room = MAX_SERVER_NAME - NAME_SUFFIX_LEN - 1
+        if len(prefix) > room:
+            half = (room - 1) // 2
+            prefix = f"{prefix[:half].strip('-')}-{prefix[-half:].strip('-')}"
+        prefix = re.sub(r"-+", "-", prefix).lstrip("-0123456789")
+        return f"{prefix or 'binder'}-{suffix}"
+
     def server_url(self, username: str, server_name: str) -> str:
         """The public URL of a server (``hub_url``, not the internal ``hub_url_local``)."""
         url = f"{self.hub_url}user/{escape(username)}/"
@@ -307,7 +322,7 @@ class Launcher:
             return Attempt(number, self.unique_name_from_repo(request.repo_url), "", new_token(), temporary=True)
         server_name = ""
         if self.config.allow_named_servers:
-            server_name = request.server_name or self.unique_name_from_repo(request.repo_url)
+            server_name = request.server_name or self.server_name_from_repo(request.repo_url)
         return Attempt(number, request.username, server_name, new_token(), temporary=False)
 
     # -- health ------------------------------------------------------------------------------------
@@ -336,11 +351,14 @@ class Launcher:
         previous_reason: str | None = None
         for number in range(1, self.config.retries + 1):
             attempt = self._new_attempt(request, number)
+            server: LaunchedServer | None = None
             try:
                 async with contextlib.aclosing(self._run_attempt(request, attempt, deadline)) as items:
                     async for item in items:
-                        yield item
-                return
+                        if isinstance(item, LaunchedServer):
+                            server = item
+                        else:
+                            yield item
             except AttemptFailed as failure:
                 await self._clean_up(attempt, stop_server=not failure.spawn_ended)
                 reason = attempt.normalized(failure.reason)
@@ -358,6 +376,11 @@ class Launcher:
                 # BinderError (conflict, hook), or the client went away: remove what was created
                 await self._clean_up(attempt, stop_server=True)
                 raise
+            if server is not None:
+                # outside the clean-up's reach: a consumer that stops reading after the server
+                # (closing this generator) must not have it removed
+                yield server
+                return
             yield LaunchingEvent(message=f"Launch attempt {number} failed, retrying...\n")
             await asyncio.sleep(delay)
             delay *= 2
