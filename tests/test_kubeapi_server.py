@@ -410,6 +410,13 @@ async def test_secrets(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
     assert info.value.status == 404
 
 
+@pytest.mark.kube_nodes("builder-1", {"name": "builder-2", "labels": {"pool": "builds"}})
+async def test_nodes_from_marker(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    nodes = (await v1.list_node()).items
+    assert [n.metadata.name for n in nodes] == ["builder-1", "builder-2"]
+    assert nodes[1].metadata.labels["pool"] == "builds"
+
+
 async def test_nodes(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
     assert [n.metadata.name for n in (await v1.list_node()).items] == ["node-0"]
     since = await current_rv(v1)
@@ -606,6 +613,28 @@ async def test_close_removes_containers(kube_api_factory: Any, tmp_path: Any) ->
     async with aiodocker.Docker() as docker:
         left = await docker.containers.list(all=True, filters=json.dumps({"label": [f"{LABEL_INSTANCE}={instance}"]}))
     assert left == []
+
+
+@pytest.mark.docker
+async def test_close_ends_open_streams(kube_api_factory: Any, tmp_path: Any) -> None:
+    """Closing the server ends watches and log follows (clients see the end), leaving nothing."""
+    server = await kube_api_factory()
+    async with await config.new_client_from_config(
+            config_file=server.write_kubeconfig(tmp_path / "kc"), persist_config=False) as api:
+        v1 = client.CoreV1Api(api)
+        since = await current_rv(v1)
+        await v1.create_namespaced_pod(NS, pod("chatty", command=["sh", "-c", "echo up; sleep 300"]))
+        await pod_events(v1, "chatty", since, ("Running",))
+        log_response = await v1.read_namespaced_pod_log("chatty", NS, follow=True, _preload_content=False)
+        watch_response = await v1.list_namespaced_pod(NS, watch=True, _preload_content=False)
+        assert (await log_response.content.readline()) == b"up\n"
+        assert json.loads(await watch_response.content.readline())["type"] == "ADDED"
+        async with asyncio.timeout(LIMIT):
+            await server.close()
+            assert await log_response.content.read() == b""
+            assert await watch_response.content.read() == b""
+        log_response.release()
+        watch_response.release()
 
 
 # --- test control: request log, faults, auth, scale -------------------------------------------
