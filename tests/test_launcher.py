@@ -314,6 +314,12 @@ async def test_hub_down_fails_quickly_and_clearly(counted: Counted) -> None:
     assert len(counted.calls) == launcher.config.api_retries
 
 
+async def test_no_hub_configured_is_a_clear_error(counted: Counted) -> None:
+    _, error = await launch(Launcher(make_settings(), counted.client), launch_request())
+    assert isinstance(error, LaunchError) and "set BinderHub.hub_url" in error.message
+    assert counted.calls == []
+
+
 async def test_hub_url_local_is_used_for_the_api_and_hub_url_for_the_server(jupyterhub: RunningHub,
                                                                             counted: Counted) -> None:
     public = "https://binder-hub.example.org/"  # what clients are sent to; never contacted here

@@ -344,6 +344,8 @@ class Launcher:
     async def launch(self, request: LaunchRequest) -> AsyncIterator[LaunchingEvent | LaunchedServer]:
         """Yield ``launching`` events, then the :class:`LaunchedServer`; or raise
         :class:`LaunchError` with the hub's or spawner's reason, or :class:`ConflictError`."""
+        if not self.api_url.startswith(("http://", "https://")):
+            raise LaunchError("No JupyterHub to launch on: set BinderHub.hub_url (or Launcher.hub_api_url)")
         yield LaunchingEvent(message="Launching server...\n")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.launch_timeout
@@ -445,7 +447,7 @@ class Launcher:
         if response.status != 200:
             raise AttemptFailed(response.message, retryable=False,
                                 final=f"Could not look up user {username} on JupyterHub: {response.message}")
-        servers = (response.data or {}).get("servers") or {}
+        servers = response.data.get("servers") or {} if isinstance(response.data, dict) else {}
         if not self.config.allow_named_servers:
             if "" in servers:
                 raise ConflictError(f"User {username} already has a running server.")
