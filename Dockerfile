@@ -11,6 +11,10 @@ RUN python3 -m venv /opt/binderapi \
  && /opt/binderapi/bin/pip install --no-cache-dir --disable-pip-version-check /src
 
 FROM ${BASE_IMAGE}
+# git: the `git` provider resolves refs with `git ls-remote`
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/binderapi /opt/binderapi
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin binderapi
 ENV PATH=/opt/binderapi/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
