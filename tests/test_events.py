@@ -10,7 +10,12 @@ import pytest
 from pydantic import TypeAdapter
 
 from binderapi.events import (
-    BuildStreamEvent, FailedEvent, LaunchReadyEvent, WaitingEvent, builder_line_to_event, encode,
+    BuildStreamEvent,
+    FailedEvent,
+    LaunchReadyEvent,
+    WaitingEvent,
+    builder_line_to_event,
+    encode,
 )
 
 FIXTURE = Path(__file__).parent / "data" / "binderhub-fullbuild.eventsource"

@@ -163,6 +163,10 @@ async def test_not_found_and_invalid(v1: client.CoreV1Api, kube_api: KubeAPIServ
                                             "spec": {"containers": [{"name": "c", "image": DEBIAN}]}})
     assert info.value.status == 422 and status_body(info.value)["reason"] == "Invalid"
     with pytest.raises(ApiException) as info:
+        await v1.create_namespaced_pod(NS, pod("x", container={"volumeMounts": [{"name": "v", "mountPath": "/v"}]}))
+    body = status_body(info.value)
+    assert info.value.status == 422 and body["details"]["causes"][0]["field"] == "spec.containers[0].volumeMounts[0].name"
+    with pytest.raises(ApiException) as info:
         await v1.create_namespaced_pod(NS, {"metadata": {"name": "x", "namespace": "other"},
                                             "spec": {"containers": [{"name": "c", "image": DEBIAN}]}})
     assert info.value.status == 400 and status_body(info.value)["reason"] == "BadRequest"
