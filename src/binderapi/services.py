@@ -173,7 +173,9 @@ class Services:
         await self.http.aclose()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop
+    per request on the hottest path."""
     return request.app.state.services
 
 
