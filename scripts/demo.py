@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 import httpx
@@ -67,6 +68,7 @@ class Step:
 class Demo:
     def __init__(self) -> None:
         self.processes: list[tuple[str, asyncio.subprocess.Process]] = []
+        self.logs: list[IO[bytes]] = []
         self.hub_port = port(int(os.environ.get("DEMO_HUB_PORT", "8000")))
         self.api_port = port(int(os.environ.get("DEMO_BINDERAPI_PORT", "8585")))
         self.git_port = port(9418)
@@ -74,28 +76,29 @@ class Demo:
         self.prefix = f"demo-{secrets.token_hex(3)}"
 
     async def spawn(self, name: str, *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        log = open(STATE / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open_log(name)
+        self.logs.append(log)
         proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=asyncio.subprocess.STDOUT,
                                                     stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})},
                                                     cwd=cwd, start_new_session=True)
         self.processes.append((name, proc))
 
-    async def wait_http(self, name: str, url: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                for proc_name, proc in self.processes:
-                    if proc.returncode is not None:
-                        raise RuntimeError(f"{proc_name} exited; see {STATE / (proc_name + '.log')}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(url, timeout=2)).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"{name} did not answer at {url}; see {STATE}")
+    async def wait_http(self, name: str, url: str, within: float = 60) -> None:
+        try:
+            async with asyncio.timeout(within), httpx.AsyncClient() as client:
+                while True:
+                    for proc_name, proc in self.processes:
+                        if proc.returncode is not None:
+                            raise RuntimeError(f"{proc_name} exited; see {STATE / (proc_name + '.log')}")
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get(url, timeout=2)).status_code == 200:
+                            return
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise RuntimeError(f"{name} did not answer at {url} within {within:.0f}s; see {STATE}") from None
 
     async def start_hub(self) -> None:
         hub_state = STATE / "hub"
-        hub_state.mkdir(parents=True, exist_ok=True)
         await self.spawn("jupyterhub", str(VENV_BIN / "jupyterhub"), "-f", str(ROOT / "deploy/jupyterhub/jupyterhub_config_docker.py"),
                          cwd=hub_state, env={
                              "BINDER_SERVICE_API_TOKEN": self.token,
@@ -111,13 +114,19 @@ class Demo:
 
     async def start_git(self) -> str:
         repos = STATE / "repos"
-        shutil.rmtree(repos, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, repos, ignore_errors=True)
         work = repos / "hello-binder"
-        shutil.copytree(EXAMPLE, work)
+        await asyncio.to_thread(shutil.copytree, EXAMPLE, work)
+        # Fixed names and dates: the commit, and so the image name, depend only on the example's
+        # content, so a second run finds the image it built the first time instead of adding one.
+        fixed = {"GIT_AUTHOR_NAME": "binderapi demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
+                 "GIT_COMMITTER_NAME": "binderapi demo", "GIT_COMMITTER_EMAIL": "demo@localhost",
+                 "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z"}
         for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "."],
-                     ["git", "-c", "user.name=binderapi demo", "-c", "user.email=demo@localhost", "commit", "-qm", "Example"]):
-            proc = await asyncio.create_subprocess_exec(*argv, cwd=work)
-            assert await proc.wait() == 0, argv
+                     ["git", "-c", "commit.gpgsign=false", "commit", "-qm", "Example"]):
+            proc = await asyncio.create_subprocess_exec(*argv, cwd=work, env={**os.environ, **fixed})
+            if await proc.wait() != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed in {work}")
         await self.spawn("git-daemon", "git", "daemon", f"--base-path={repos}", "--export-all", "--reuseaddr",
                          "--listen=127.0.0.1", f"--port={self.git_port}", str(repos))
         url = f"git://127.0.0.1:{self.git_port}/hello-binder"
@@ -178,11 +187,13 @@ class Demo:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+        for log in self.logs:
+            log.close()
 
     async def run(self, once: bool) -> None:
-        STATE.mkdir(parents=True, exist_ok=True)
         try:
             with Step(1, 4, f"JupyterHub with DockerSpawner on http://127.0.0.1:{self.hub_port}"):
+                say(f"servers run in containers named {self.prefix}-*")
                 await self.start_hub()
             with Step(2, 4, "git server with the bundled example repository"):
                 repo_url = await self.start_git()
@@ -193,12 +204,12 @@ class Demo:
             open_url = f"{ready['url']}lab/tree/hello.ipynb?token={ready['token']}"
             print(open_url, flush=True)
             say(f"ready. Open {open_url}")
+            async with httpx.AsyncClient() as client:
+                page = await client.get(open_url, follow_redirects=True)
+            say(f"the URL answers {page.status_code} ({'JupyterLab' if 'jupyterlab' in page.text.lower() else 'not JupyterLab'})")
+            if page.status_code != 200:
+                raise RuntimeError(f"the launched server answered {page.status_code} at {open_url}")
             if once:
-                async with httpx.AsyncClient() as client:
-                    page = await client.get(open_url, follow_redirects=True)
-                say(f"the URL answers {page.status_code} ({'JupyterLab' if 'jupyterlab' in page.text.lower() else 'not JupyterLab'})")
-                if page.status_code != 200:
-                    raise RuntimeError(f"the launched server answered {page.status_code} at {open_url}")
                 return
             say("Ctrl-C stops everything this demo started.")
             stop = asyncio.Event()
@@ -210,10 +221,16 @@ class Demo:
             await self.stop()
 
 
+def open_log(name: str) -> IO[bytes]:
+    """A daemon's log file in the state directory (closed by :meth:`Demo.stop`)."""
+    return (STATE / f"{name}.log").open("wb")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop everything right after the launch")
     args = parser.parse_args()
+    (STATE / "hub").mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(Demo().run(args.once))
     except RuntimeError as e:
