@@ -10,6 +10,9 @@ fails the launch with a message instead of triggering a rebuild.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
@@ -38,6 +41,49 @@ class ImageStore(Protocol):
     async def close(self) -> None: ...
 
 
+class RememberedImages:
+    """An :class:`ImageStore` that remembers, for ``seconds``, the images found present.
+
+    An image is named after the resolved ref it was built from, so once present it does not
+    change: asking the registry again on every request for a built image costs a round trip
+    (most of a cached ``/build``) for nothing. Absent images are never remembered, because a build
+    may push one at any moment.
+    """
+
+    def __init__(self, store: ImageStore, seconds: float, size: int = 65536,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.seconds = seconds
+        self.size = size
+        self._clock = clock
+        self._present: OrderedDict[str, float] = OrderedDict()  # image name -> expiry
+
+    async def image_exists(self, image_name: str) -> bool:
+        expires = self._present.get(image_name)
+        if expires is not None and expires > self._clock():
+            self._present.move_to_end(image_name)
+            return True
+        exists = await self.store.image_exists(image_name)
+        if exists:
+            self._present[image_name] = self._clock() + self.seconds
+            self._present.move_to_end(image_name)
+            while len(self._present) > self.size:
+                self._present.popitem(last=False)
+        else:
+            self._present.pop(image_name, None)
+        return exists
+
+    async def health(self) -> dict[str, Any]:
+        return await self.store.health()
+
+    async def close(self) -> None:
+        self._present.clear()
+        await self.store.close()
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped store's extras (e.g. get_image_manifest)
+        return getattr(self.store, name)
+
+
 # registry_class short names (and BinderHub's class names, via `binderhub.registry.<Name>`)
 KNOWN_REGISTRIES = {
     "docker": "binderapi.registry.docker:DockerRegistry",
@@ -46,13 +92,20 @@ KNOWN_REGISTRIES = {
 
 
 def make_image_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
-    """The store the settings ask for.
+    """The store the settings ask for, behind :class:`RememberedImages` unless
+    ``DockerRegistry.exists_cache_seconds`` is 0.
 
     ``use_registry: false`` asks the engine at ``DockerBuildExecutor.docker_host`` (the socket the
     BinderHub chart mounts in that mode). Otherwise ``BinderHub.registry_class`` is instantiated as
     ``cls(settings.DockerRegistry, http, image_prefix=BinderHub.image_prefix)``, so a class given by
     import path must accept those arguments.
     """
+    store = _make_store(settings, http)
+    seconds = settings.DockerRegistry.exists_cache_seconds
+    return RememberedImages(store, seconds) if seconds > 0 else store
+
+
+def _make_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
     binderhub = settings.BinderHub
     registry = settings.DockerRegistry
     if not binderhub.use_registry:
@@ -65,4 +118,4 @@ def make_image_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
     return cls(registry, http, image_prefix=binderhub.image_prefix)
 
 
-__all__ = ["KNOWN_REGISTRIES", "DockerRegistry", "ImageStore", "LocalImages", "make_image_store"]
+__all__ = ["KNOWN_REGISTRIES", "DockerRegistry", "ImageStore", "LocalImages", "RememberedImages", "make_image_store"]

@@ -247,6 +247,7 @@ class DockerRegistry(Section):
     retries: int = Field(3, ge=1, description="Attempts on a failing registry (5xx, 429, timeouts, refused connections) before the check fails with an error; a failing registry never counts as 'image missing'.")
     retry_delay: float = Field(1.0, ge=0, description="Seconds before the second attempt; doubled for each further one (at most 30).")
     timeout: float = Field(10.0, gt=0, description="Seconds per registry or token-server request.")
+    exists_cache_seconds: float = Field(300.0, ge=0, description="Seconds an image found in the registry (or local engine) is remembered as present, sparing a round trip on every request for an image already built; 0 asks every time. Images are named after the resolved ref, so a present image does not change; only an operator deleting it makes the memory stale, for at most this long. Absent images are never remembered.")
 
 
 class LaunchQuota(Section):
