@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from binderapi.errors import RegistryError
-from binderapi.registry import DockerRegistry, ImageStore, LocalImages, make_image_store
+from binderapi.registry import (
+    DockerRegistry,
+    ImageStore,
+    LocalImages,
+    RememberedImages,
+    make_image_store,
+)
 from binderapi.registry.auth import TokenCache, parse_challenge, pick_challenge
 from binderapi.registry.dockerconfig import default_config_path, resolve_endpoint
 from binderapi.settings import load_settings, models
@@ -190,8 +196,11 @@ async def test_make_image_store_registry_classes(http, registry_class):
     settings = make_settings({"DockerRegistry": {"url": "http://127.0.0.1:5000", "docker_config_path": "/nonexistent"}},
                              registry_class=registry_class, image_prefix="127.0.0.1:5000/binder-")
     store = make_image_store(settings, http)
-    assert isinstance(store, DockerRegistry) and isinstance(store, ImageStore)
-    assert store.image_prefix == "127.0.0.1:5000/binder-"
+    assert isinstance(store, RememberedImages) and isinstance(store, ImageStore)
+    assert isinstance(store.store, DockerRegistry) and store.store.image_prefix == "127.0.0.1:5000/binder-"
+    uncached = make_settings({"DockerRegistry": {"url": "http://127.0.0.1:5000", "exists_cache_seconds": 0}},
+                             registry_class=registry_class)
+    assert isinstance(make_image_store(uncached, http), DockerRegistry)
 
 
 async def test_make_image_store_unknown_class_is_a_clear_error(http):
@@ -203,7 +212,7 @@ async def test_make_image_store_unknown_class_is_a_clear_error(http):
 async def test_use_registry_false_means_the_local_engine(http):
     settings = make_settings({"DockerBuildExecutor": {"docker_host": "/var/run/docker.sock"}}, use_registry=False)
     store = make_image_store(settings, http)
-    assert isinstance(store, LocalImages) and isinstance(store, ImageStore)
+    assert isinstance(store, ImageStore) and isinstance(store.store, LocalImages)
     assert store.docker_host == "unix:///var/run/docker.sock"
     await store.close()
 
@@ -235,6 +244,29 @@ async def test_open_registry_found_and_missing(http, open_registry: RunningRegis
     manifest = await store.get_image_manifest("binder-test/tiny", "v1")
     assert manifest is not None and manifest["mediaType"] == DOCKER_MANIFEST
     assert await store.get_image_manifest("binder-test/tiny", "nope") is None
+
+
+@pytest.mark.docker
+async def test_present_images_are_remembered_absent_ones_never(open_registry: RunningRegistry):
+    manifest_requests: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        if "/manifests/" in request.url.path:
+            manifest_requests.append(request.url.path)
+
+    now = [1000.0]
+    async with httpx.AsyncClient(event_hooks={"request": [count]}) as http:
+        store = RememberedImages(DockerRegistry(registry_config(url=open_registry.url), http), seconds=60,
+                                 clock=lambda: now[0])
+        present, absent = open_registry.images["docker"], f"{open_registry.host}/binder-test/tiny:not-yet"
+        assert [await store.image_exists(present) for _ in range(3)] == [True, True, True]
+        assert len(manifest_requests) == 1
+        assert [await store.image_exists(absent) for _ in range(2)] == [False, False]
+        assert len(manifest_requests) == 3
+        now[0] += 61  # past the memory: the registry is asked again
+        assert await store.image_exists(present) is True
+        assert len(manifest_requests) == 4
+        assert await store.get_image_manifest("binder-test/tiny", "v1") is not None  # the store's extras pass through
 
 
 @pytest.mark.docker
