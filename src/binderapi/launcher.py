@@ -537,6 +537,14 @@ class Launcher:
 
     # -- clean-up ----------------------------------------------------------------------------------
 
+    async def remove_temporary_user(self, username: str) -> None:
+        """Stop a temporary user's server and delete the user (the warm pool's servers)."""
+        try:
+            await self._stop_server(username, "", remove=False)
+            await self._delete_user(username)
+        except HubError as e:
+            log.warning("Could not remove temporary user %s: %s", username, e)
+
     async def _clean_up(self, attempt: Attempt, *, stop_server: bool) -> None:
         """Remove what a failed attempt created. Shielded: a client going away while this runs
         does not stop it half-way."""

@@ -22,5 +22,12 @@ GITHUB_RATE_LIMIT = Gauge("binderhub_github_rate_limit_remaining", "GitHub rate 
 BUILD_QUEUE_LENGTH = Gauge("binderapi_build_queue_length", "Builds waiting for a build slot")
 BUILDS_RUNNING = Gauge("binderapi_builds_running", "Builds holding a build slot")
 BUILD_WATCHERS = Gauge("binderapi_build_watchers", "Event streams attached to builds")
-WARM_POOL_READY = Gauge("binderapi_warm_pool_ready", "Warm servers ready to hand over", ["image"])
-WARM_POOL_HANDOVERS = Counter("binderapi_warm_pool_handovers", "Launches served from the warm pool", ["image"])
+WARM_POOL_SERVERS = Gauge("binderapi_warm_pool_servers", "Warm servers by image and state (ready, starting)",
+                          ["image", "state"])
+WARM_POOL_HANDOVERS = Counter("binderapi_warm_pool_handovers", "Launches that found a warm server (hit) or not (miss)",
+                              ["result"])
+WARM_POOL_REFILLS_SKIPPED = Counter("binderapi_warm_pool_refills_skipped", "Warm server starts skipped for a quota",
+                                    ["reason"])
+WARM_POOL_RETIRED = Counter("binderapi_warm_pool_retired", "Warm servers removed unused (age, idle, lost, shutdown, leftover)",
+                            ["reason"])
+WARM_POOL_START_FAILURES = Counter("binderapi_warm_pool_start_failures", "Warm server starts that failed")
