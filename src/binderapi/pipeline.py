@@ -23,7 +23,15 @@ from .errors import (
     RefNotFoundError,
     UpstreamError,
 )
-from .events import BuildReadyEvent, BuiltEvent, Event, LaunchReadyEvent, WaitingEvent, line
+from .events import (
+    BuildReadyEvent,
+    BuiltEvent,
+    Event,
+    LaunchingEvent,
+    LaunchReadyEvent,
+    WaitingEvent,
+    line,
+)
 from .executors.base import BuildJob
 from .launcher import LaunchRequest
 
@@ -167,7 +175,7 @@ class BuildPipeline:
 
     async def _launch(self, request: BuildRequest, repo: ResolvedRepo, labels: dict[str, str]) -> AsyncIterator[Event]:
         services = self.services
-        await self._check_quota(repo, repo.provider.repo_config(services.settings.BinderHub), labels)
+        repo_config = repo.provider.repo_config(services.settings.BinderHub)
         launch = LaunchRequest(
             image=repo.image_name,
             repo_url=repo.repo_url,
@@ -179,14 +187,20 @@ class BuildPipeline:
             username=request.username,
         )
         started = time.perf_counter()
+        # A warm server already holds its quota slot: only a spawn is checked against the quota.
+        server = services.warm_pool.take(launch, repo_config.get("quota") or 0) if services.warm_pool else None
+        if server is None:
+            await self._check_quota(repo, repo_config, labels)
         metrics.LAUNCHES_INPROGRESS.inc()
         try:
-            server = None
-            async for item in services.launcher.launch(launch):
-                if isinstance(item, Event):
-                    yield item
-                else:
-                    server = item
+            if server is not None:
+                yield LaunchingEvent(message="Handed over a warm server (already running, no spawn needed)\n")
+            else:
+                async for item in services.launcher.launch(launch):
+                    if isinstance(item, Event):
+                        yield item
+                    else:
+                        server = item
             assert server is not None
         except BinderError:
             metrics.LAUNCH_TIME.labels(status="failure", retries=-1).observe(time.perf_counter() - started)

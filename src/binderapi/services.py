@@ -29,6 +29,7 @@ from .registry import ImageStore, make_image_store
 from .settings import Settings
 from .supervisor import Supervisor
 from .tokens import BuildTokens
+from .warmpool import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class Services:
     build_tokens: BuildTokens
     rate_limiter: RateLimiter
     hub_auth: HubAuth
+    warm_pool: WarmPool | None = None  # off by default, never in auth mode
 
     @property
     def builder_info(self) -> dict[str, Any]:
@@ -130,8 +132,13 @@ class Services:
                                      binderhub.build_token_check_origin),
             rate_limiter=RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
                                      settings.RateLimiter.clean_seconds),
-            hub_auth=HubAuth(hub_api_url(settings), http),
+            hub_auth=HubAuth.from_settings(settings, http, hub_api_url(settings)),
         )
+        if settings.WarmPool.enabled:
+            if binderhub.auth_enabled:
+                log.warning("WarmPool.enabled is ignored in auth mode: servers belong to their users")
+            else:
+                services.warm_pool = WarmPool(settings, services.launcher, services.quota, supervisor)
         try:
             await services._start_background()
         except BaseException:
@@ -153,6 +160,8 @@ class Services:
         if binderhub.build_cleaner_class != "none":
             self.supervisor.run_forever("build cleaner", lambda: self.builds.clean_forever(binderhub.build_cleanup_interval))
         await self.quota.start()
+        if self.warm_pool is not None:
+            await self.warm_pool.start()  # after the quota, which counts its servers
 
     def _register_health_checks(self) -> None:
         if self.settings.BinderHub.use_registry:
@@ -161,8 +170,12 @@ class Services:
             self.health.add("JupyterHub API", self.launcher.health)
         self.health.add("Builder", self.backend.check)
         self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
+        if self.warm_pool is not None:
+            self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)
 
     async def close(self) -> None:
+        if self.warm_pool is not None:
+            await self.warm_pool.close()  # first: removing its servers needs the hub client
         await self.supervisor.close()
         for closer in (self.quota.close, self.images.close, self.backend.close):
             try:

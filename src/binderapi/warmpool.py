@@ -1,0 +1,464 @@
+"""The warm pool: servers already started on JupyterHub, handed over instead of spawned.
+
+For each configured image (``WarmPool.images``) and, with ``top_n``, the images this process has
+launched most, the pool keeps a few servers running, each for its own temporary user with its own
+launch token, started through :meth:`Launcher.launch` exactly as a real launch would be. A launch
+of such an image takes one (:meth:`WarmPool.take`, synchronous: no ``await`` between looking and
+taking, so a server is never handed out twice) and the pool starts a replacement in the background.
+Auth mode never uses the pool: there, servers belong to logged-in users.
+
+What a warm server carries (its ``user_options``, hence its ``BINDER_*`` environment) is decided
+before the client is known: ``repo_url``, ``binder_ref_url``, ``binder_launch_host``,
+``binder_request`` and ``binder_persistent_request`` are those of the last launch of that image
+(empty for a configured image not launched yet by this process, whose temporary user is then named
+``binder-<random>``), and ``binder_client_ip`` is always empty: a server never carries another
+client's address. The ``ready`` event itself carries the real request's values.
+
+Warm servers are running servers: the launch quota counts them (their containers or pods, and
+``LaunchQuota.reserved`` while they start). A refill that would exceed ``total_quota`` or the
+repository's quota is skipped (a log line, ``binderapi_warm_pool_refills_skipped_total``); a
+handover needs no quota check, the server already holds its slot.
+
+Servers older than ``max_server_age`` are replaced (keep it below the hub culler's timeout); an
+image without launches for ``idle_shrink_after`` seconds drops to zero servers; shutdown removes
+every server and user the pool still holds.
+
+Recognising leftovers after a crash: the pool marks a ready warm server in JupyterHub itself, with
+the only write its token's scopes allow besides starting and stopping: the server's
+``last_activity`` is set to a time whose microseconds are a checksum of the user name. A handover
+posts a newer activity time, which clears the mark, so a server handed to a client is never taken
+for a leftover. At start-up, ready servers still carrying the mark are stopped and their users
+deleted. (This assumes one binderapi process per hub: a second one would take the first one's
+warm servers for leftovers.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from . import metrics
+from .errors import BinderError
+from .launcher import LaunchedServer, Launcher, LaunchRequest, escape
+from .naming import repo_of_image
+
+if TYPE_CHECKING:
+    from .quota import LaunchQuota
+    from .settings import Settings
+    from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+MARKER_SALT = "binderapi-warm-pool:"
+USERS_PAGE = 200  # JupyterHub's largest page of users
+FAILURE_BACKOFF = (5.0, 300.0)  # first and longest pause after a failed warm start of an image
+
+
+def marker_microseconds(username: str) -> int:
+    """The microseconds of the ``last_activity`` time that marks ``username``'s server as warm."""
+    return zlib.crc32((MARKER_SALT + username).encode()) % 1_000_000
+
+
+def marked_time(username: str, now: datetime) -> datetime:
+    """A time just after ``now`` whose microseconds mark the server as warm (newer than anything
+    the hub recorded when the server became ready, so the hub keeps it)."""
+    return now.replace(microsecond=marker_microseconds(username)) + timedelta(seconds=1)
+
+
+def unmarked_time(username: str, marked: datetime | None, now: datetime) -> datetime:
+    """A time newer than the mark whose microseconds do not mark the server."""
+    when = max(now, marked + timedelta(microseconds=1)) if marked else now
+    if when.microsecond == marker_microseconds(username):
+        when += timedelta(microseconds=1)
+    return when
+
+
+def carries_mark(username: str, last_activity: str | None) -> bool:
+    if not last_activity:
+        return False
+    try:
+        when = datetime.fromisoformat(last_activity.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return when.microsecond == marker_microseconds(username)
+
+
+def hub_time(when: datetime) -> str:
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+@dataclass
+class WarmServer:
+    server: LaunchedServer
+    ready_at: float  # event loop time
+    marked: datetime | None = None  # the last_activity time that marks it, once posted
+
+
+@dataclass
+class ImagePool:
+    """The servers kept for one image, and what new ones are started with."""
+
+    image: str
+    template: LaunchRequest  # the last launch of this image, client address removed
+    repo_quota: int  # the repository's per-repo quota (0: none) as of the last launch
+    last_launch: float  # event loop time of the last launch (or of the pool's start)
+    ready: deque[WarmServer] = field(default_factory=deque)
+    starting: int = 0
+    retry_at: float = 0.0  # no new start before this (after failures)
+    failures: int = 0
+    refill_blocked: str = ""  # the quota that stopped the last refill, for logging changes only
+    published: bool = False  # has metric series (kept off for images that never had a server)
+
+
+class WarmPool:
+    """Owns every warm server: takes, refills, recycles, shrinks, and removes them."""
+
+    def __init__(
+        self, settings: Settings, launcher: Launcher, quota: LaunchQuota, supervisor: Supervisor
+    ) -> None:
+        self.config = settings.WarmPool
+        self.default_repo_quota = settings.BinderHub.per_repo_quota
+        self.launcher = launcher
+        self.quota = quota
+        self.supervisor = supervisor
+        self.pools: dict[str, ImagePool] = {}
+        self.launches: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.leftovers_removed = 0
+        self.swept = False  # the start-up look for leftovers is done
+
+    # -- the launch path -----------------------------------------------------------------------------
+
+    def take(self, request: LaunchRequest, repo_quota: int = 0) -> LaunchedServer | None:
+        """A ready warm server for ``request.image`` (now removed from the pool), or None.
+        Either way the launch is remembered: it keeps the image's pool alive and tells new warm
+        servers what to carry."""
+        if self._closing or request.username is not None:
+            return None
+        loop_time = asyncio.get_running_loop().time()
+        pool = self.pools.get(request.image)
+        if pool is None and not self.config.top_n:
+            metrics.WARM_POOL_HANDOVERS.labels(result="miss").inc()
+            return None  # neither configured nor a candidate for the most launched
+        self.launches[request.image] += 1
+        template = replace(request, client_ip="", username=None, server_name=None)
+        if pool is None:
+            pool = self.pools[request.image] = ImagePool(
+                request.image, template, repo_quota, loop_time
+            )
+        else:
+            pool.template, pool.repo_quota, pool.last_launch = template, repo_quota, loop_time
+        warm = pool.ready.popleft() if pool.ready else None
+        metrics.WARM_POOL_HANDOVERS.labels(result="hit" if warm else "miss").inc()
+        self._publish(pool)
+        self._wake.set()  # refill, or start a pool for a newly popular image
+        if warm is None:
+            return None
+        self._spawn(self._unmark(warm), f"warm pool: unmark {warm.server.username}")
+        return warm.server
+
+    # -- life cycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the configured images' pools and start the background work (leftovers first)."""
+        now = asyncio.get_running_loop().time()
+        for image in self.config.images:
+            empty = LaunchRequest(
+                image=image,
+                repo_url="",
+                ref_url="",
+                launch_host="",
+                binder_request="",
+                binder_persistent_request="",
+                client_ip="",
+            )
+            self.pools[image] = ImagePool(image, empty, self.default_repo_quota, now)
+        self.supervisor.spawn(self._run(), name="warm pool")
+
+    async def close(self) -> None:
+        """Stop and delete every server the pool holds, including those still starting."""
+        self._closing = True
+        self._wake.set()
+        starting = [t for t in self._tasks if t.get_name().startswith("warm pool: start")]
+        for task in starting:
+            task.cancel()  # the launcher removes what a cancelled launch created
+        for pool in self.pools.values():
+            while pool.ready:
+                self._retire(pool.ready.popleft(), pool, "shutdown")
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        for pool in self.pools.values():
+            self._publish(pool)
+
+    async def _run(self) -> None:
+        try:
+            await self.remove_leftovers()
+        except Exception:
+            log.warning("Could not look for warm servers left by a previous process", exc_info=True)
+        self.swept = True
+        interval = max(
+            0.2, min(30.0, self.config.max_server_age / 4, self.config.idle_shrink_after / 4)
+        )
+        while not self._closing:
+            try:
+                await self.maintain()
+            except Exception:
+                log.warning("Warm pool maintenance failed", exc_info=True)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+
+    async def remove_leftovers(self) -> None:
+        """Stop and delete ready servers still marked warm: a previous process's pool."""
+        offset, leftovers = 0, []
+        while True:
+            response = await self.launcher.hub.request(
+                "GET", f"users?state=ready&offset={offset}&limit={USERS_PAGE}"
+            )
+            if response.status != 200 or not isinstance(response.data, list):
+                log.warning(
+                    "Listing JupyterHub users for warm-pool leftovers: HTTP %d %s",
+                    response.status,
+                    response.message,
+                )
+                return
+            for user in response.data:
+                server = (user.get("servers") or {}).get("")
+                if isinstance(server, dict) and carries_mark(
+                    user.get("name", ""), server.get("last_activity")
+                ):
+                    leftovers.append(user["name"])
+            if len(response.data) < USERS_PAGE:
+                break
+            offset += len(response.data)
+        for username in leftovers:
+            log.info("Removing warm server %s left by a previous process", username)
+            await self.launcher.remove_temporary_user(username)
+            metrics.WARM_POOL_RETIRED.labels(reason="leftover").inc()
+        self.leftovers_removed += len(leftovers)
+
+    # -- keeping the pools at their size -------------------------------------------------------------
+
+    def targets(self) -> dict[str, int]:
+        """How many servers each image should have now."""
+        now = asyncio.get_running_loop().time()
+        top = (
+            {image for image, _ in self.launches.most_common(self.config.top_n)}
+            if self.config.top_n
+            else set()
+        )
+        wanted = {}
+        for image, pool in self.pools.items():
+            if now - pool.last_launch > self.config.idle_shrink_after:
+                wanted[image] = 0
+            else:
+                count = self.config.images.get(image, 0)
+                wanted[image] = max(count, self.config.top_n_size) if image in top else count
+        return wanted
+
+    async def maintain(self) -> None:
+        """One pass: drop servers the hub lost, recycle old ones, shrink idle pools, refill."""
+        await self._drop_lost()
+        now = asyncio.get_running_loop().time()
+        targets = self.targets()
+        for pool in list(self.pools.values()):
+            for warm in [w for w in pool.ready if now - w.ready_at > self.config.max_server_age]:
+                pool.ready.remove(warm)
+                self._retire(warm, pool, "age")
+            while len(pool.ready) > targets.get(pool.image, 0):
+                self._retire(pool.ready.pop(), pool, "idle")
+        self.refill()
+
+    async def _drop_lost(self) -> None:
+        """Servers the hub no longer reports as ready (culled, crashed) are never handed out."""
+        for pool in list(self.pools.values()):
+            for warm in list(pool.ready):
+                response = await self.launcher.hub.request(
+                    "GET", f"users/{escape(warm.server.username)}"
+                )
+                server = (
+                    ((response.data or {}).get("servers") or {}).get("")
+                    if response.status == 200
+                    else None
+                )
+                if response.status in (200, 404) and not (
+                    isinstance(server, dict) and server.get("ready")
+                ):
+                    if warm in pool.ready:  # not handed over meanwhile
+                        log.warning(
+                            "Warm server %s of %s is gone; replacing it",
+                            warm.server.username,
+                            pool.image,
+                        )
+                        pool.ready.remove(warm)
+                        self._retire(warm, pool, "lost")
+
+    def refill(self) -> None:
+        """Start servers where pools are short, at most ``refill_concurrency`` at once, within quotas."""
+        if self._closing:
+            return
+        loop_time = asyncio.get_running_loop().time()
+        targets = self.targets()
+        in_flight = sum(p.starting for p in self.pools.values())
+        for pool in self.pools.values():
+            while (
+                in_flight < self.config.refill_concurrency
+                and loop_time >= pool.retry_at
+                and len(pool.ready) + pool.starting < targets[pool.image]
+            ):
+                if not self._quota_allows(pool):
+                    break
+                pool.starting += 1
+                in_flight += 1
+                self.quota.reserved[repo_of_image(pool.image)] += 1
+                self._publish(pool)
+                self._spawn(self._start_one(pool), f"warm pool: start {pool.image}")
+
+    def _quota_allows(self, pool: ImagePool) -> bool:
+        total_quota = self.quota.total_quota
+        blocked = ""
+        if total_quota is not None and self.quota.total_servers() >= total_quota:
+            blocked = "total_quota"
+        elif (
+            pool.repo_quota and self.quota.servers_of(repo_of_image(pool.image)) >= pool.repo_quota
+        ):
+            blocked = "repo_quota"
+        if blocked:
+            metrics.WARM_POOL_REFILLS_SKIPPED.labels(reason=blocked).inc()
+            if pool.refill_blocked != blocked:
+                log.info("Not refilling the warm pool of %s: %s reached", pool.image, blocked)
+        elif pool.refill_blocked:
+            log.info("Refilling the warm pool of %s again", pool.image)
+        pool.refill_blocked = blocked
+        return not blocked
+
+    async def _start_one(self, pool: ImagePool) -> None:
+        server: LaunchedServer | None = None
+        request = pool.template
+        try:
+            async with contextlib.aclosing(self.launcher.launch(request)) as items:
+                async for item in items:
+                    if isinstance(item, LaunchedServer):
+                        server = item
+        except BinderError as e:
+            pool.failures += 1
+            first, longest = FAILURE_BACKOFF
+            pause = min(longest, first * 2 ** (pool.failures - 1))
+            pool.retry_at = asyncio.get_running_loop().time() + pause
+            metrics.WARM_POOL_START_FAILURES.inc()
+            log.warning(
+                "Could not start a warm server for %s (trying again in %gs): %s",
+                pool.image,
+                pause,
+                e.message,
+            )
+        finally:
+            pool.starting -= 1
+            self._release_reservation(pool.image)
+            self._publish(pool)
+        if server is None:
+            self._wake.set()
+            return
+        pool.failures, pool.retry_at = 0, 0.0
+        warm = WarmServer(server, asyncio.get_running_loop().time())
+        if self._closing:
+            self._retire(warm, pool, "shutdown")
+            return
+        pool.ready.append(warm)
+        self._publish(pool)
+        log.info("Warm server %s ready for %s", server.username, pool.image)
+        await self._mark(warm)
+        self._wake.set()
+
+    def _release_reservation(self, image: str) -> None:
+        repo = repo_of_image(image)
+        self.quota.reserved[repo] -= 1
+        if self.quota.reserved[repo] <= 0:
+            del self.quota.reserved[repo]
+
+    # -- hub-side marks and removal ------------------------------------------------------------------
+
+    async def _post_activity(self, username: str, when: datetime) -> bool:
+        stamp = hub_time(when)
+        response = await self.launcher.hub.request(
+            "POST",
+            f"users/{escape(username)}/activity",
+            {"last_activity": stamp, "servers": {"": {"last_activity": stamp}}},
+        )
+        if response.status >= 300:
+            log.info(
+                "Could not set the activity of %s: HTTP %d %s",
+                username,
+                response.status,
+                response.message,
+            )
+        return response.status < 300
+
+    async def _mark(self, warm: WarmServer) -> None:
+        when = marked_time(warm.server.username, datetime.now(UTC))
+        if await self._post_activity(warm.server.username, when):
+            warm.marked = when
+
+    async def _unmark(self, warm: WarmServer) -> None:
+        """Clear the mark of a server handed to a client: it is the client's now."""
+        username = warm.server.username
+        await self._post_activity(username, unmarked_time(username, warm.marked, datetime.now(UTC)))
+
+    def _retire(self, warm: WarmServer, pool: ImagePool, reason: str) -> None:
+        """Stop and delete a server already taken out of ``pool.ready`` (so never handed out)."""
+        metrics.WARM_POOL_RETIRED.labels(reason=reason).inc()
+        self._publish(pool)
+        self._spawn(
+            self.launcher.remove_temporary_user(warm.server.username),
+            f"warm pool: remove {warm.server.username}",
+        )
+        self._wake.set()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    # -- what is visible -----------------------------------------------------------------------------
+
+    def _publish(self, pool: ImagePool) -> None:
+        if not (pool.published or pool.ready or pool.starting):
+            return
+        pool.published = True
+        metrics.WARM_POOL_SERVERS.labels(image=pool.image, state="ready").set(len(pool.ready))
+        metrics.WARM_POOL_SERVERS.labels(image=pool.image, state="starting").set(pool.starting)
+
+    def ready_users(self, image: str) -> list[str]:
+        pool = self.pools.get(image)
+        return [w.server.username for w in pool.ready] if pool else []
+
+    async def health(self) -> dict[str, Any]:
+        """The soft ``Warm pool`` check: ready, starting and wanted servers per image."""
+        targets = self.targets()
+        images = {
+            pool.image: {
+                "ready": len(pool.ready),
+                "starting": pool.starting,
+                "target": targets[pool.image],
+            }
+            for pool in self.pools.values()
+            if pool.ready or pool.starting or targets[pool.image]
+        }
+        return {
+            "ok": all(i["ready"] + i["starting"] >= i["target"] for i in images.values()),
+            "images": images,
+        }
