@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -69,7 +70,7 @@ def configuration_reference() -> str:
     ]
     for name, model in SECTIONS.items():
         parent = section_parent(name)
-        lines += [f"## {name}", "", (model.__doc__ or "").strip()]
+        lines += [f"## {name}", "", inspect.cleandoc(model.__doc__ or "")]
         if parent:
             lines += ["", f"Options not set here are taken from `{parent}`."]
         lines += ["", "| option | default | description |", "|---|---|---|"]
