@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     KubernetesLaunchQuota: models.KubernetesLaunchQuota = Field(default_factory=models.KubernetesLaunchQuota)
     DockerLaunchQuota: models.DockerLaunchQuota = Field(default_factory=models.DockerLaunchQuota)
     Launcher: models.Launcher = Field(default_factory=models.Launcher)
+    HubOAuth: models.HubOAuth = Field(default_factory=models.HubOAuth)
     EventLog: models.EventLog = Field(default_factory=models.EventLog)
     RateLimiter: models.RateLimiter = Field(default_factory=models.RateLimiter)
     RepoProvider: models.RepoProvider = Field(default_factory=models.RepoProvider)

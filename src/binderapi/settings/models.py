@@ -298,6 +298,20 @@ class Launcher(Section):
     api_retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt of a JupyterHub API request; doubled before each further one.")
 
 
+class HubOAuth(Section):
+    """Browser logins in auth mode: binderapi is an OAuth client of JupyterHub, as BinderHub is through JupyterHub's `HubOAuth` (same class name and options)."""
+
+    oauth_client_id: str = Field("service-binder", description="OAuth client id of the `binder` service on the hub (its `oauth_client_id`; JupyterHub requires the `service-` prefix) (env `JUPYTERHUB_CLIENT_ID`).")
+    oauth_redirect_uri: str = Field("", description="The callback URL registered on the hub as the service's `oauth_redirect_uri`, e.g. `https://binder.example.org/oauth_callback` (env `JUPYTERHUB_OAUTH_CALLBACK_URL`). binderapi serves it at `<base_url>oauth_callback`. Empty: that path on the host the browser used.")
+    hub_host: str = Field("", description="Scheme and host browsers reach the hub at, for the authorize redirect; empty takes them from `BinderHub.hub_url`.")
+    hub_prefix: str = Field("", description="The hub's URL prefix (`/hub/` under JupyterHub's `base_url`); empty takes the path of `BinderHub.hub_url` + `hub/`.")
+    api_url: str = Field("", description="Hub API URL binderapi exchanges login codes at (`<api_url>oauth2/token`); empty means `Launcher.hub_api_url`.")
+    api_token: str = secret("", "Client secret sent with login codes: the service's API token. Empty means `BinderHub.hub_api_token`.")
+    base_url: str = Field("", description="Accepted for compatibility with BinderHub's `HubOAuth` settings; binderapi's routes and cookies follow `BinderHub.base_url`.")
+    cookie_name: str = Field("binderapi-session", description="Cookie holding the user's hub token after a login (signed, HttpOnly, SameSite=Lax); the login state cookie is this name + `-oauth-state`.")
+    cookie_secret: str = secret("", "Key signing the login cookies: hex or text. Empty derives one from `BinderHub.build_token_secret`; when that is unset too, a random key per process (logins do not survive a restart or cross replicas).")
+
+
 class EventLog(Section):
     """Where launch events (schema `binderhub.jupyter.org/launch`) are written."""
 
@@ -445,6 +459,8 @@ LEGACY_ENV: dict[str, tuple[str, str]] = {
     "JUPYTERHUB_API_URL": ("Launcher", "hub_api_url"),
     "JUPYTERHUB_ALLOW_NAMED_SERVERS": ("Launcher", "allow_named_servers"),
     "JUPYTERHUB_NAMED_SERVER_LIMIT_PER_USER": ("Launcher", "named_server_limit_per_user"),
+    "JUPYTERHUB_CLIENT_ID": ("HubOAuth", "oauth_client_id"),
+    "JUPYTERHUB_OAUTH_CALLBACK_URL": ("HubOAuth", "oauth_redirect_uri"),
     "BINDERHUB_BUILD_TOKEN_SECRET": ("BinderHub", "build_token_secret"),
     "GITHUB_ACCESS_TOKEN": ("GitHubRepoProvider", "access_token"),
     "GITHUB_CLIENT_ID": ("GitHubRepoProvider", "client_id"),
@@ -459,7 +475,7 @@ SECTIONS: dict[str, type[Section]] = {
     for cls in (
         BinderHub, BuildExecutor, KubernetesBuildExecutor, DockerBuildExecutor, KubernetesCleaner,
         DockerCleaner, DockerRegistry, LaunchQuota, KubernetesLaunchQuota, DockerLaunchQuota, Launcher,
-        EventLog, RateLimiter, RepoProvider, GitHubRepoProvider, GistRepoProvider, GitLabRepoProvider,
+        HubOAuth, EventLog, RateLimiter, RepoProvider, GitHubRepoProvider, GistRepoProvider, GitLabRepoProvider,
         GitRepoProvider, DoiProvider, ZenodoProvider, FigshareProvider, HydroshareProvider,
         DataverseProvider, CKANProvider, SwhidProvider, WarmPool,
     )
