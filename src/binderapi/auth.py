@@ -1,18 +1,28 @@
 """Auth mode: who is asking, according to JupyterHub.
 
 A request carries a JupyterHub token (``Authorization: Bearer <t>`` or ``token <t>``, or a ``token``
-query parameter). binderapi asks the hub whose it is (``GET <hub api>/user``) and caches the answer
-briefly, so a stream of requests costs one hub call per token per minute.
+query parameter), or the login cookie a browser got from binderapi's OAuth flow with the hub
+(:class:`HubOAuth`, what JupyterHub's ``HubOAuth`` does for a service, async and without importing
+JupyterHub). Either way binderapi asks the hub whose token it is (``GET <hub api>/user``) and caches
+the answer briefly, so a stream of requests costs one hub call per token per minute.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import secrets
+import string
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
+from jose import JWTError, jwt
+from starlette.requests import Request
 
 from .errors import BinderError, ForbiddenError
 
@@ -20,6 +30,12 @@ log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60.0
 CACHE_SIZE = 4096
+#: seconds a browser has to come back from the hub's login page (JupyterHub's oauth_state_max_age)
+STATE_MAX_AGE = 600
+ALGORITHM = "HS256"
+# Both cookies are JWTs signed with the same key; the audience keeps one from passing for the other.
+STATE_AUDIENCE = "binderapi-oauth-state"
+SESSION_AUDIENCE = "binderapi-session"
 
 
 def token_from_request(authorization: str | None, query_token: str | None) -> str | None:
@@ -30,12 +46,218 @@ def token_from_request(authorization: str | None, query_token: str | None) -> st
     return query_token or None
 
 
+def cookie_key(cookie_secret: str, build_token_secret: str | None) -> bytes:
+    """The key signing login cookies: ``cookie_secret`` (hex or text), else one derived from the
+    build token secret (never that secret itself), else random for this process."""
+    if cookie_secret.strip():
+        text = cookie_secret.strip()
+        if len(text) % 2 == 0 and len(text) >= 32 and all(c in string.hexdigits for c in text):
+            return bytes.fromhex(text)
+        return text.encode()
+    if build_token_secret:
+        return hmac.new(build_token_secret.strip().encode(), b"binderapi login cookies", hashlib.sha256).digest()
+    log.warning("Generating a random login cookie key: browser logins will not survive a restart or work "
+                "across replicas; set HubOAuth.cookie_secret (or BinderHub.build_token_secret)")
+    return secrets.token_bytes(32)
+
+
+def safe_next(next_url: str, host: str, default: str) -> str:
+    """The path to send a browser to after login: a path on this site, never another host (an open
+    redirect would let a link through our login land anywhere). An absolute URL naming this very
+    host is reduced to its path. Raises :class:`ValueError` for anything else."""
+    if not next_url:
+        return default
+    if "\\" in next_url or any(ord(c) < 0x20 or c == "\x7f" for c in next_url):
+        raise ValueError("next must be a plain path")  # browsers read '/\evil' as '//evil'
+    parts = urlsplit(next_url)
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+            raise ValueError("next must be a path on this site")
+        parts = parts._replace(scheme="", netloc="")
+    if not parts.path.startswith("/") or parts.path.startswith("//"):
+        raise ValueError("next must be a path starting with a single '/'")
+    return urlunsplit(parts)
+
+
+def same_origin(request: Request) -> bool:
+    """True unless the browser says the request comes from another site or origin. The login cookie
+    (SameSite=Lax) is also sent by pages on the same site, e.g. the hub on another port of the
+    same host; those must not start servers in the user's name."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+    return origin != "null"
+
+
+@dataclass
+class LoginState:
+    """What the state cookie binds: the random ``state`` sent to the hub, where to go afterwards,
+    and the redirect URI the code was issued for (the token request must repeat it)."""
+
+    state: str
+    next_url: str
+    redirect_uri: str
+
+
+class HubOAuth:
+    """binderapi as an OAuth client of JupyterHub: the authorize redirect, the code exchange, and
+    the signed cookies holding the login state and, afterwards, the user's hub token."""
+
+    def __init__(self, *, http: httpx.AsyncClient, client_id: str, client_secret: str, authorize_url: str,
+                 token_url: str, redirect_uri: str, base_url: str, cookie_name: str, key: bytes,
+                 timeout: float = 10.0) -> None:
+        self.http = http
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.authorize_url = authorize_url
+        self.token_url = token_url
+        self.redirect_uri = redirect_uri
+        self.base_url = base_url
+        self.cookie_name = cookie_name
+        self.state_cookie_name = cookie_name + "-oauth-state"
+        self.key = key
+        self.timeout = timeout
+        self.login_path = base_url + "oauth_login"
+        self.callback_path = base_url + "oauth_callback"
+        if redirect_uri and urlsplit(redirect_uri).path != self.callback_path:
+            log.warning("HubOAuth.oauth_redirect_uri (%s) does not end in %s, where binderapi serves the "
+                        "OAuth callback: logins will not complete", redirect_uri, self.callback_path)
+
+    @classmethod
+    def from_settings(cls, settings: Any, http: httpx.AsyncClient, hub_api_url: str) -> HubOAuth:
+        binderhub, oauth = settings.BinderHub, settings.HubOAuth
+        hub = urlsplit(binderhub.hub_url)
+        hub_host = (oauth.hub_host or (f"{hub.scheme}://{hub.netloc}" if hub.netloc else "")).rstrip("/")
+        hub_prefix = oauth.hub_prefix or ((hub.path or "/").rstrip("/") + "/hub/")
+        api_url = (oauth.api_url or hub_api_url).rstrip("/") + "/"
+        key = cookie_key(oauth.cookie_secret, binderhub.build_token_secret)
+        return cls(
+            http=http, client_id=oauth.oauth_client_id, client_secret=oauth.api_token or binderhub.hub_api_token,
+            authorize_url=hub_host and hub_host + "/" + hub_prefix.strip("/") + "/api/oauth2/authorize",
+            token_url=api_url + "oauth2/token", redirect_uri=oauth.oauth_redirect_uri,
+            base_url=binderhub.base_url, cookie_name=oauth.cookie_name, key=key,
+            timeout=settings.Launcher.request_timeout,
+        )
+
+    # -- the login redirect and its state ---------------------------------------------------------
+
+    def redirect_uri_for(self, request: Request) -> str:
+        """The configured callback URL, else the callback path on the host the browser used."""
+        return self.redirect_uri or f"{request.url.scheme}://{request.headers.get('host', '')}{self.callback_path}"
+
+    def start_login(self, next_url: str, redirect_uri: str) -> tuple[str, str]:
+        """The hub URL to send the browser to, and the state cookie binding that login to it."""
+        state = secrets.token_urlsafe(24)
+        cookie = jwt.encode({"aud": STATE_AUDIENCE, "state": state, "next": next_url, "redirect_uri": redirect_uri,
+                             "exp": int(time.time()) + STATE_MAX_AGE}, self.key, algorithm=ALGORITHM)
+        query = urlencode({"client_id": self.client_id, "redirect_uri": redirect_uri,
+                           "response_type": "code", "state": state})
+        return f"{self.authorize_url}?{query}", cookie
+
+    def check_state(self, state: str, cookie: str | None) -> LoginState:
+        """The login this callback finishes; :class:`BinderError` when the state does not match the
+        browser's state cookie (a forged or replayed callback, or a login older than 10 minutes)."""
+        if not cookie:
+            raise BinderError(f"Login state missing or expired: start again at {self.login_path}", status_code=400)
+        try:
+            claims = jwt.decode(cookie, self.key, algorithms=[ALGORITHM], audience=STATE_AUDIENCE)
+        except JWTError:
+            raise BinderError(f"Login state invalid or expired: start again at {self.login_path}", status_code=400) from None
+        if not hmac.compare_digest(str(claims.get("state", "")), state):
+            raise ForbiddenError(f"Login state does not match: start again at {self.login_path}")
+        return LoginState(state=state, next_url=claims["next"], redirect_uri=claims["redirect_uri"])
+
+    # -- the code exchange ----------------------------------------------------------------------------
+
+    async def token_for_code(self, code: str, redirect_uri: str) -> tuple[str, int | None]:
+        """Exchange a login code for the user's hub token (as JupyterHub's HubOAuth: the service's API
+        token is the client secret). Returns the token and its lifetime in seconds, when the hub says."""
+        form = {"client_id": self.client_id, "client_secret": self.client_secret,
+                "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+        try:
+            response = await self.http.post(self.token_url, data=form, timeout=self.timeout)
+        except httpx.HTTPError as e:
+            raise BinderError(f"Could not finish the login: the hub at {self.token_url} is unreachable "
+                              f"({type(e).__name__})", status_code=503) from None
+        if response.status_code in (400, 401, 403):
+            raise ForbiddenError(f"JupyterHub refused the login ({_oauth_error(response)}): start again at {self.login_path}")
+        if response.status_code != 200:
+            raise BinderError(f"Could not finish the login: the hub answered {response.status_code}", status_code=503)
+        try:
+            reply = response.json()
+            token = reply["access_token"]
+            expires_in = reply.get("expires_in")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BinderError("Could not finish the login: the hub's token answer has no access_token", status_code=502) from None
+        return token, int(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else None
+
+    # -- the session cookie ---------------------------------------------------------------------------
+
+    def session_cookie(self, token: str, expires_in: int | None) -> str:
+        claims: dict[str, Any] = {"aud": SESSION_AUDIENCE, "token": token}
+        if expires_in:
+            claims["exp"] = int(time.time()) + expires_in
+        return jwt.encode(claims, self.key, algorithm=ALGORITHM)
+
+    def token_from_session(self, cookie: str) -> str:
+        try:
+            claims = jwt.decode(cookie, self.key, algorithms=[ALGORITHM], audience=SESSION_AUDIENCE)
+        except JWTError:
+            raise ForbiddenError(f"Your login cookie is invalid or expired: log in again at {self.login_path}") from None
+        token = claims.get("token")
+        if not isinstance(token, str) or not token:
+            raise ForbiddenError(f"Your login cookie is invalid: log in again at {self.login_path}")
+        return token
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    """The hub's OAuth error (``invalid_grant: ...``), or its status code."""
+    try:
+        body = response.json()
+        error = str(body.get("error") or response.status_code)
+        description = body.get("error_description")
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}"
+    return f"{error}: {description}" if description else error
+
+
 class HubAuth:
-    def __init__(self, api_url: str, http: httpx.AsyncClient, timeout: float = 10.0) -> None:
+    def __init__(self, api_url: str, http: httpx.AsyncClient, timeout: float = 10.0,
+                 oauth: HubOAuth | None = None) -> None:
         self.api_url = api_url.rstrip("/") + "/"
         self.http = http
         self.timeout = timeout
+        self.oauth = oauth
         self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, settings: Any, http: httpx.AsyncClient, hub_api_url: str) -> HubAuth:
+        """With auth mode off there is no login (and no cookie key to warn about)."""
+        oauth = HubOAuth.from_settings(settings, http, hub_api_url) if settings.BinderHub.auth_enabled else None
+        return cls(hub_api_url, http, oauth=oauth)
+
+    async def user_for_request(self, request: Request) -> str:
+        """The hub user behind a request's token, or else its login cookie; :class:`ForbiddenError`
+        naming the login URL when there is neither or they are not valid."""
+        token = token_from_request(request.headers.get("authorization"), request.query_params.get("token"))
+        if token is not None:
+            return await self.user_for_token(token)
+        cookie = request.cookies.get(self.oauth.cookie_name) if self.oauth else None
+        login = self.oauth.login_path if self.oauth else "JupyterHub"
+        if not cookie:
+            raise ForbiddenError(f"Authentication required: log in at {login} (browsers), or send a JupyterHub "
+                                 "API token as 'Authorization: Bearer <token>'")
+        if not same_origin(request):
+            raise ForbiddenError("The login cookie is only accepted from pages of this site; send a JupyterHub "
+                                 "API token as 'Authorization: Bearer <token>' instead")
+        token = self.oauth.token_from_session(cookie)  # type: ignore[union-attr]
+        try:
+            return await self.user_for_token(token)
+        except ForbiddenError:
+            raise ForbiddenError(f"Your JupyterHub login has expired or was revoked: log in again at {login}") from None
 
     async def user_for_token(self, token: str) -> str:
         """The hub user owning ``token``; :class:`ForbiddenError` if the hub does not know it."""

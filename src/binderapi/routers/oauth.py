@@ -1,0 +1,88 @@
+"""``GET /oauth_login`` and ``GET /oauth_callback``: browser logins through JupyterHub (auth mode).
+
+An event stream cannot follow a login redirect, so ``/build`` answers a 403 ``failed`` event naming
+``/oauth_login``; a frontend sends the browser there (with ``?next=`` to come back). binderapi then
+redirects to the hub's authorize page, the hub sends the browser back to ``/oauth_callback`` with a
+code, and binderapi trades the code for the user's hub token, kept in a signed HttpOnly cookie that
+``/build`` accepts. Errors are JSON answers with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from ..auth import STATE_MAX_AGE, HubOAuth, safe_next
+from ..errors import BinderError
+from ..services import ServicesDep
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["auth"])
+
+NO_STORE = {"cache-control": "no-store"}
+
+
+def _error(message: str, status_code: int) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status_code, headers=NO_STORE)
+
+
+def _set_cookie(response: Response, request: Request, oauth: HubOAuth, name: str, value: str,
+                max_age: int | None) -> None:
+    secure = request.url.scheme == "https" or oauth.redirect_uri.startswith("https:")
+    response.set_cookie(name, value, max_age=max_age, path=oauth.base_url, httponly=True, samesite="lax",
+                        secure=secure)
+
+
+def _next_path(next_url: str, oauth: HubOAuth) -> str:
+    """The signed state's ``next``, checked once more: only ever a path on this site."""
+    try:
+        return safe_next(next_url, "", oauth.base_url)
+    except ValueError:
+        return oauth.base_url
+
+
+@router.get("/oauth_login", summary="Log in through JupyterHub (auth mode): redirects to the hub",
+            response_class=Response, responses={302: {"description": "To the hub's authorize page"}})
+async def oauth_login(request: Request, services: ServicesDep, next: str = "") -> Response:
+    oauth = services.hub_auth.oauth
+    if oauth is None:
+        return _error("Logins are only used in auth mode (BinderHub.auth_enabled)", 404)
+    if not oauth.authorize_url:
+        return _error("There is no JupyterHub to log in at: BinderHub.hub_url is not set", 503)
+    try:
+        next_url = safe_next(next, request.headers.get("host", ""), oauth.base_url)
+    except ValueError as e:
+        return _error(f"Refusing to redirect to {next!r} after login: {e}", 400)
+    url, state_cookie = oauth.start_login(next_url, oauth.redirect_uri_for(request))
+    response = RedirectResponse(url, status_code=302, headers=NO_STORE)
+    _set_cookie(response, request, oauth, oauth.state_cookie_name, state_cookie, STATE_MAX_AGE)
+    return response
+
+
+@router.get("/oauth_callback", summary="Where JupyterHub sends the browser back after login (auth mode)",
+            response_class=Response, responses={302: {"description": "To the page the login started from"}})
+async def oauth_callback(request: Request, services: ServicesDep, code: str = "", state: str = "",
+                         error: str = "", error_description: str = "") -> Response:
+    oauth = services.hub_auth.oauth
+    if oauth is None:
+        return _error("Logins are only used in auth mode (BinderHub.auth_enabled)", 404)
+    if error:
+        return _error(f"JupyterHub did not grant the login ({error_description or error}): start again at "
+                      f"{oauth.login_path}", 403)
+    if not code or not state:
+        return _error(f"The login callback needs a code and a state: start again at {oauth.login_path}", 400)
+    try:
+        login = oauth.check_state(state, request.cookies.get(oauth.state_cookie_name))
+        token, expires_in = await oauth.token_for_code(code, login.redirect_uri)
+        user = await services.hub_auth.user_for_token(token)
+    except BinderError as e:
+        response: Response = _error(e.message, e.status_code or 400)
+    else:
+        log.info("Logged in %s through JupyterHub", user)
+        response = RedirectResponse(_next_path(login.next_url, oauth), status_code=302, headers=NO_STORE)
+        _set_cookie(response, request, oauth, oauth.cookie_name, oauth.session_cookie(token, expires_in), expires_in)
+    # the state is single-use, whatever the outcome
+    response.delete_cookie(oauth.state_cookie_name, path=oauth.base_url, httponly=True, samesite="lax")
+    return response
