@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .middleware import ClientAddressMiddleware, CORSMiddleware
 from .netutil import NetworkSet
-from .routers import build, config, health, versions
+from .routers import build, config, health, oauth, versions
 from .services import Services
 from .settings import Settings
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.settings = settings
     prefix = base.rstrip("/")
-    for module in (build, health, versions, config):
+    for module in (build, health, versions, config, oauth):
         app.include_router(module.router, prefix=prefix)
 
     @app.exception_handler(StarletteHTTPException)

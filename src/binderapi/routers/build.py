@@ -19,7 +19,6 @@ from pydantic import TypeAdapter
 from sse_starlette import EventSourceResponse
 from sse_starlette.event import ServerSentEvent
 
-from ..auth import token_from_request
 from ..errors import BinderError, RateLimitExceededError
 from ..events import KEEPALIVE, BuildStreamEvent, Event, FailedEvent, encode, line
 from ..pipeline import BuildPipeline, BuildRequest
@@ -82,10 +81,7 @@ async def check_policy(request: Request, services: Services, audience: str, buil
     settings = services.settings.BinderHub
     username = None
     if settings.auth_enabled:
-        token = token_from_request(request.headers.get("authorization"), request.query_params.get("token"))
-        if token is None:
-            raise BinderError("Authentication required: send a JupyterHub API token as 'Authorization: Bearer <token>'", status_code=403)
-        username = await services.hub_auth.user_for_token(token)
+        username = await services.hub_auth.user_for_request(request)
     has_token = False
     if build_token:
         origin = request_origin(request.headers.get("origin"), request.headers.get("host"))
