@@ -1,0 +1,27 @@
+"""The sizes of each workload: the full run the issue asks for, and ``--quick`` for a first look."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Sizes:
+    cached_levels: list[int] = field(default_factory=lambda: [1, 10, 50, 200])
+    cached_requests: int = 1000  # per level (at least 5 per client; 1 client: a fifth of it)
+    launch_samples: int = 8  # of each kind, interleaved
+    fanout_levels: list[int] = field(default_factory=lambda: [10, 50])
+    idle_levels: list[int] = field(default_factory=lambda: [1000, 10000])
+    idle_hold_seconds: float = 30.0
+    quota_levels: list[int] = field(default_factory=lambda: [10, 10000])
+    quota_checks: int = 10000
+    quota_list_checks: int = 20
+    profile_seconds: int = 20
+
+
+FULL = Sizes()
+QUICK = Sizes(cached_requests=200, launch_samples=2, fanout_levels=[10], idle_levels=[500], idle_hold_seconds=12,
+              quota_levels=[10, 1000], quota_checks=1000, quota_list_checks=10, profile_seconds=5)
+#: what tests/test_bench_smoke.py runs against the test fixtures
+SMOKE = Sizes(cached_levels=[1, 10], cached_requests=20, fanout_levels=[], idle_levels=[20], idle_hold_seconds=2,
+              quota_levels=[10, 100], quota_checks=50, quota_list_checks=3)
