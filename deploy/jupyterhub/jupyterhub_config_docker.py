@@ -32,6 +32,16 @@ Environment (defaults in brackets):
   BINDER_NAMED_SERVER_LIMIT    JupyterHub's named_server_limit_per_user; 0 means none [0]
   BINDER_HUB_ADMIN_API_TOKEN   optional token of a `binder-admin` service that may also mint user
                                tokens (test suites and operators' scripts); unset: no such service
+  BINDER_SERVICE_OAUTH_REDIRECT_URI
+                               auth mode with browser logins: binderapi's callback URL, e.g.
+                               http://127.0.0.1:8585/oauth_callback (binderapi's
+                               HubOAuth.oauth_redirect_uri). Set: the `binder` service becomes an
+                               OAuth client of the hub; unset: token-only auth mode []
+  BINDER_SERVICE_OAUTH_CLIENT_ID
+                               its OAuth client id (binderapi's HubOAuth.oauth_client_id)
+                               [service-binder]
+  BINDER_SERVICE_OAUTH_CONFIRM 1: the hub asks users to approve binderapi's access once; BinderHub's
+                               docs skip that page (`oauth_no_confirm`) for their own service [0]
 """
 
 import os
@@ -92,6 +102,17 @@ c.JupyterHub.services = [{"name": "binder", "api_token": SERVICE_TOKEN}]
 c.JupyterHub.load_roles = [
     {"name": "binder", "services": ["binder"], "scopes": ["admin:users", "servers"]},
 ]
+# Browser logins (auth mode): binderapi sends users to the hub's authorize page and gets their
+# token back at its callback, like any JupyterHub service using HubOAuth.
+OAUTH_REDIRECT_URI = env("BINDER_SERVICE_OAUTH_REDIRECT_URI")
+if OAUTH_REDIRECT_URI:
+    c.JupyterHub.services[0].update(
+        oauth_client_id=env("BINDER_SERVICE_OAUTH_CLIENT_ID", "service-binder"),
+        oauth_redirect_uri=OAUTH_REDIRECT_URI,
+        oauth_no_confirm=not env_flag("BINDER_SERVICE_OAUTH_CONFIRM"),
+    )
+    # Every user may log in to binderapi: JupyterHub's default `user` role plus access to the service.
+    c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", "access:services!service=binder"]})
 ADMIN_TOKEN = env("BINDER_HUB_ADMIN_API_TOKEN")
 if ADMIN_TOKEN:
     c.JupyterHub.services.append({"name": "binder-admin", "api_token": ADMIN_TOKEN})

@@ -21,6 +21,11 @@ Environment (defaults in brackets):
   BINDER_ALLOWED_IMAGE_PREFIX  only images starting with this may be launched, e.g. your
                                BinderHub.image_prefix; empty allows any image []
   BINDER_NAMED_SERVER_LIMIT    JupyterHub's named_server_limit_per_user [0 = none]
+  BINDER_SERVICE_OAUTH_REDIRECT_URI
+                               auth mode with browser logins: binderapi's public callback URL,
+                               e.g. https://binder.example.org/oauth_callback (binderapi's
+                               HubOAuth.oauth_redirect_uri); unset: token-only auth mode []
+  BINDER_SERVICE_OAUTH_CLIENT_ID   its OAuth client id (HubOAuth.oauth_client_id) [service-binder]
 """
 
 import os
@@ -61,6 +66,16 @@ c.JupyterHub.services = [{"name": "binder", "api_token": env("BINDER_SERVICE_API
 c.JupyterHub.load_roles = [{"name": "binder", "services": ["binder"], "scopes": ["admin:users", "servers"]}]
 if not c.JupyterHub.services[0]["api_token"]:
     raise SystemExit("BINDER_SERVICE_API_TOKEN must be set")
+# Browser logins in auth mode: binderapi is an OAuth client of the hub (z2jh: the same keys under
+# hub.services.binder). No approval page for the hub's own Binder, as in BinderHub's docs.
+if env("BINDER_SERVICE_OAUTH_REDIRECT_URI"):
+    c.JupyterHub.services[0].update(
+        oauth_client_id=env("BINDER_SERVICE_OAUTH_CLIENT_ID", "service-binder"),
+        oauth_redirect_uri=env("BINDER_SERVICE_OAUTH_REDIRECT_URI"),
+        oauth_no_confirm=True,
+    )
+    # users may log in to binderapi (z2jh: hub.loadRoles.user.scopes)
+    c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", "access:services!service=binder"]})
 
 c.JupyterHub.allow_named_servers = True  # [z2jh] (or hub.allowNamedServers: true)
 c.JupyterHub.named_server_limit_per_user = int(env("BINDER_NAMED_SERVER_LIMIT", "0"))
