@@ -68,7 +68,7 @@ class BinderHub(Section):
         "`build_only=true`, which is honoured only when it is on.",
     )
     cors_allow_origin: str = Field("", description="Value of `Access-Control-Allow-Origin` on every response (e.g. `*`). Empty sends none.")
-    executor_threads: int = Field(5, ge=1, description="Threads available for the rare calls that must block (file reads of large configs); builds and watches never use threads.")
+    executor_threads: int = Field(5, ge=1, description="Size of BinderHub's thread pool for blocking calls. Accepted for compatibility, without effect: binderapi has no thread pool of its own.")
     keepalive_interval: float = Field(25.0, gt=0, description="Seconds between `:keepalive` comments on an event stream with nothing else to say.")
     trusted_proxies: list[Network] = Field(
         default_factory=list,
