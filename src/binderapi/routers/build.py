@@ -7,6 +7,7 @@ error status.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -153,11 +154,65 @@ async def build(request: Request, prefix: str, spec: str, services: ServicesDep,
         build_token=has_build_token,
         username=username,
     )
-    events = BuildPipeline(services).run(build_request)
+    stream = QuickOrStreaming(frames(BuildPipeline(services).run(build_request), f"/build/{prefix}/{spec}"))
+    headers = {"cache-control": "no-cache", **headers}
+    if await stream.finished_quickly():
+        return Response(stream.body(), media_type="text/event-stream", headers=headers)
     return EventSourceResponse(
-        frames(events, f"/build/{prefix}/{spec}"),
+        stream,
         ping=settings.keepalive_interval,
         ping_message_factory=lambda: _Keepalive(),
         sep="\n",
-        headers={"cache-control": "no-cache", **headers},
+        headers=headers,
     )
+
+
+QUICK_ANSWER_SECONDS = 0.05
+
+
+class QuickOrStreaming:
+    """Runs a stream's frames in a task and tells whether it ended almost at once.
+
+    Most requests for an image that is already built, and every refusal, end within a millisecond:
+    they are answered with one plain response (same bytes), which costs far less than a streaming
+    response's task group, keepalive task and disconnect listener. Anything slower becomes the
+    usual event stream, starting with the frames already made. Stopping the iteration (the client
+    went away) cancels the task.
+    """
+
+    _END = b""
+
+    def __init__(self, source: AsyncIterator[bytes]) -> None:
+        self._source = source
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for frame in self._source:
+                if frame:
+                    self._queue.put_nowait(frame)
+        finally:
+            self._queue.put_nowait(self._END)
+
+    async def finished_quickly(self) -> bool:
+        done, _ = await asyncio.wait((self._task,), timeout=QUICK_ANSWER_SECONDS)
+        return bool(done)
+
+    def body(self) -> bytes:
+        self._task.result()
+        frames = []
+        while (frame := self._queue.get_nowait()) is not self._END:
+            frames.append(frame)
+        return b"".join(frames)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._relay()
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        try:
+            while (frame := await self._queue.get()) is not self._END:
+                yield frame
+            self._task.result()
+        finally:
+            self._task.cancel()
