@@ -721,6 +721,35 @@ async def test_faults_after_the_change(v1: client.CoreV1Api, kube_api: KubeAPISe
     assert kube_api.get_pod("timed-out") is not None
 
 
+async def test_dropped_connections(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    """The answer starts, then the connection is cut: the client sees an aiohttp error, not an
+    answer; with `after`, the change happened anyway."""
+    import aiohttp
+
+    kube_api.drop_next(1, verb="list")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await v1.list_namespaced_pod(NS)
+    await v1.list_namespaced_pod(NS)  # the next connection works
+    kube_api.drop_next(1, verb="create", after=True)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await v1.create_namespaced_pod(NS, pod("cut-off", skip=True))
+    assert kube_api.get_pod("cut-off") is not None
+
+
+async def test_hold_orders_two_clients(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    """A held create is carried out only after release, so the other client's create wins."""
+    kube_api.hold_next(1, verb="create", resource="pods")
+    first = asyncio.ensure_future(v1.create_namespaced_pod(NS, pod("race", skip=True, labels={"by": "first"})))
+    await until(lambda: kube_api.holding == 1)
+    await v1.create_namespaced_pod(NS, pod("race", skip=True, labels={"by": "second"}))
+    kube_api.release_holds()
+    with pytest.raises(ApiException) as info:
+        await asyncio.wait_for(first, LIMIT)
+    assert info.value.status == 409
+    assert kube_api.get_pod("race")["metadata"]["labels"] == {"by": "second"}
+    assert [p["metadata"]["labels"] for p in kube_api.created()] == [{"by": "second"}]
+
+
 async def test_pod_age(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
     kube_api.add_pod("young")
     kube_api.add_pod("old", age=7200, phase="Succeeded")
