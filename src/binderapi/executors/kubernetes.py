@@ -3,6 +3,10 @@
 The pod name is the build name, so a ``409 AlreadyExists`` on create means another replica is
 building the same image: the manager attaches to it (the Kubernetes API is the lock). Phases come
 from a watch (never polling), logs from ``pods/log`` with ``follow``.
+
+Every call survives a flaky apiserver: transient failures (5xx, 429, timeouts, cut connections)
+are retried a few times with backoff, and what still fails becomes a :class:`BuildError` naming
+the apiserver and what it answered, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import BuildError
-from ..kube import ApiException, make_api_client
+from ..kube import (
+    CONNECTION_ERRORS,
+    ApiException,
+    describe,
+    is_transient,
+    make_api_client,
+    retrying,
+)
 from .base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
 from .repo2docker import repo2docker_command
 
@@ -26,8 +39,16 @@ from kubernetes_asyncio import client, watch
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 IMAGE_ANNOTATION = "binderapi/image"
 REPO_ANNOTATION = "binder-repo"
+#: which process created the pod: after a create whose answer was lost, the retry's 409 tells
+#: "we made it" (own it) from "another replica made it" (attach)
+CREATOR_ANNOTATION = "binderapi/creator"
+#: attempts per API call on transient failures, and the first wait between them (then doubled)
+API_ATTEMPTS = 4
+RETRY_DELAY = 0.5
 #: reasons a container waits forever: fail the build instead of waiting for max_age
 HOPELESS_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "ErrImageNeverPull"}
@@ -56,6 +77,7 @@ class KubernetesBuildBackend(BuildBackend):
         self._api_client: client.ApiClient | None = None
         self._lock = asyncio.Lock()
         self._secrets_allowed = self.config.credentials_in_secret
+        self.creator = uuid.uuid4().hex
 
     @property
     def builder_info(self) -> dict[str, Any]:
@@ -69,6 +91,25 @@ class KubernetesBuildBackend(BuildBackend):
                 except RuntimeError as e:
                     raise BuildError(f"Cannot reach Kubernetes: {e}") from None
         return client.CoreV1Api(self._api_client)
+
+    def _failure(self, doing: str, error: BaseException) -> BuildError:
+        """A message an operator can act on: which apiserver, doing what, answered what."""
+        host = self._api_client.configuration.host if self._api_client else "the Kubernetes API"
+        hint = {401: " Check the credentials in the kubeconfig or the service account token.",
+                403: f" Check binderapi's RBAC Role in namespace {self.namespace} (pods: get, list, watch, "
+                     "create, delete; pods/log: get).",
+                422: " The build pod was refused as invalid: check the KubernetesBuildExecutor settings."}
+        extra = hint.get(error.status, "") if isinstance(error, ApiException) else ""
+        if is_transient(error):
+            extra = " The API server is failing or unreachable; try the build again later."
+        return BuildError(f"Kubernetes API {host} failed {doing}: {describe(error)}.{extra}")
+
+    async def _call(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` with retries on transient failures; any failure left is a BuildError."""
+        try:
+            return await retrying(call, attempts=API_ATTEMPTS, delay=RETRY_DELAY)
+        except (ApiException, *CONNECTION_ERRORS) as e:
+            raise self._failure(doing, e) from None
 
     # -- the pod ----------------------------------------------------------------------------------
     def _resources(self) -> dict[str, Any]:
@@ -89,8 +130,6 @@ class KubernetesBuildBackend(BuildBackend):
         return env
 
     def _credentials(self, job: BuildJob) -> dict[str, str]:
-        import json
-
         values = {}
         if job.git_credentials:
             values["GIT_CREDENTIAL_ENV"] = job.git_credentials
@@ -127,7 +166,8 @@ class KubernetesBuildBackend(BuildBackend):
             "metadata": {
                 "name": job.name,
                 "labels": {"name": job.name, "component": COMPONENT_LABEL},
-                "annotations": {REPO_ANNOTATION: job.repo_url, IMAGE_ANNOTATION: job.image_name},
+                "annotations": {REPO_ANNOTATION: job.repo_url, IMAGE_ANNOTATION: job.image_name,
+                                CREATOR_ANNOTATION: self.creator},
             },
             "spec": {
                 "containers": [{
@@ -152,55 +192,93 @@ class KubernetesBuildBackend(BuildBackend):
         if not self.config.sticky_builds:
             return None
         api = await self.api()
-        pods = await api.list_namespaced_pod(self.namespace, label_selector=self.config.builder_pod_selector,
-                                             _request_timeout=self.timeout)
-        nodes = sorted({pod.spec.node_name for pod in pods.items if pod.spec.node_name})
+        try:
+            pods = await self._call("listing the image-builder pods", lambda: api.list_namespaced_pod(
+                self.namespace, label_selector=self.config.builder_pod_selector, _request_timeout=self.timeout))
+        except BuildError as e:  # stickiness only saves time: build anywhere rather than not at all
+            log.warning("Sticky builds: %s Building without a preferred node.", e.message)
+            return None
+        nodes = sorted({pod.spec.node_name for pod in pods.items if pod.spec and pod.spec.node_name})
         return rendezvous_rank(nodes, job.repo_url)[0] if nodes else None
 
     # -- BuildBackend --------------------------------------------------------------------------------
     async def start(self, job: BuildJob) -> None:
         api = await self.api()
+        secret_name, secret_created = await self._store_credentials(api, job)
+        pod = self.pod_manifest(job, sticky_node=await self.sticky_node(job), secret_name=secret_name)
         try:
-            secret_name = await self._store_credentials(api, job)
-            pod = self.pod_manifest(job, sticky_node=await self.sticky_node(job), secret_name=secret_name)
-            await api.create_namespaced_pod(self.namespace, pod, _request_timeout=self.timeout)
-        except ApiException as e:
-            if e.status == 409:
-                raise BuildExistsError(job.name) from None
-            raise BuildError(f"Kubernetes refused to create the build pod {job.name}: {e.status} {e.reason}") from None
-        except (TimeoutError, OSError) as e:
-            raise BuildError(f"The Kubernetes API did not answer when creating the build pod ({type(e).__name__})") from None
+            await self._create_pod(api, pod)
+        except BuildError:
+            if secret_created:
+                with contextlib.suppress(BuildError):
+                    await self._delete(api.delete_namespaced_secret, secret_name or "")
+            raise
         log.info("Created build pod %s for %s", job.name, job.image_name)
 
-    async def _store_credentials(self, api: client.CoreV1Api, job: BuildJob) -> str | None:
-        """Credentials go to a Secret when RBAC allows, else (logged once) into the pod's env."""
+    async def _create_pod(self, api: client.CoreV1Api, pod: dict[str, Any]) -> None:
+        """Create, retrying transient failures. A 409 is another replica's build (attach), unless
+        the pod carries our creator mark: then an earlier attempt made it and only its answer was
+        lost, and the build is ours."""
+        name = pod["metadata"]["name"]
+        for attempt in range(API_ATTEMPTS):
+            try:
+                await api.create_namespaced_pod(self.namespace, pod, _request_timeout=self.timeout)
+                return
+            except ApiException as e:
+                if e.status == 409:
+                    if attempt and await self._created_by_us(api, name):
+                        return
+                    raise BuildExistsError(name) from None
+                if attempt == API_ATTEMPTS - 1 or not is_transient(e):
+                    raise self._failure(f"creating the build pod {name}", e) from None
+                log.info("Creating build pod %s failed (%s); trying again", name, describe(e))
+            except CONNECTION_ERRORS as e:
+                if attempt == API_ATTEMPTS - 1:
+                    raise self._failure(f"creating the build pod {name}", e) from None
+                log.info("Creating build pod %s failed (%s); trying again", name, describe(e))
+            await asyncio.sleep(RETRY_DELAY * 2**attempt)
+
+    async def _created_by_us(self, api: client.CoreV1Api, name: str) -> bool:
+        pod = await self._call(f"reading the build pod {name}",
+                               lambda: api.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout))
+        return (pod.metadata.annotations or {}).get(CREATOR_ANNOTATION) == self.creator
+
+    async def _store_credentials(self, api: client.CoreV1Api, job: BuildJob) -> tuple[str | None, bool]:
+        """Credentials go to a Secret when RBAC allows, else (logged once) into the pod's env.
+        Returns the Secret's name and whether this call created it (and must remove it on failure)."""
         credentials = self._credentials(job)
         if not credentials or not self._secrets_allowed:
-            return None
+            return None, False
         name = f"{job.name}-credentials"
         body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": credentials,
                 "metadata": {"name": name, "labels": {"component": COMPONENT_LABEL, "name": job.name}}}
         try:
-            await api.create_namespaced_secret(self.namespace, body, _request_timeout=self.timeout)
+            await retrying(lambda: api.create_namespaced_secret(self.namespace, body, _request_timeout=self.timeout),
+                           attempts=API_ATTEMPTS, delay=RETRY_DELAY)
         except ApiException as e:
             if e.status == 409:
-                return name
+                return name, False
             if e.status == 403:
                 log.warning("Not allowed to create Secrets in %s: build credentials go in the pod environment", self.namespace)
                 self._secrets_allowed = False
-                return None
-            raise
-        return name
+                return None, False
+            raise self._failure(f"storing the build credentials in Secret {name}", e) from None
+        except CONNECTION_ERRORS as e:
+            raise self._failure(f"storing the build credentials in Secret {name}", e) from None
+        return name, True
 
     async def inspect(self, name: str) -> BuildInfo | None:
         api = await self.api()
-        try:
-            pod = await api.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise BuildError(f"Kubernetes did not answer about build pod {name}: {e.status} {e.reason}") from None
-        return self._info(pod)
+
+        async def read() -> Any:
+            try:
+                return await api.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+        pod = await self._call(f"reading the build pod {name}", read)
+        return self._info(pod) if pod is not None else None
 
     @staticmethod
     def _info(pod: Any) -> BuildInfo:
@@ -226,34 +304,49 @@ class KubernetesBuildBackend(BuildBackend):
         )
 
     async def _phases(self, name: str) -> AsyncIterator[tuple[str, Any]]:
-        """(event type, pod) for the build pod: its current state, then every change."""
+        """(event type, pod) for the build pod: its current state, then every change.
+
+        One LIST, then watches resumed from the last resourceVersion seen (bookmarks keep it
+        fresh); ``410 Gone`` starts again from a LIST. A failing watch is retried with backoff, and
+        ends in a BuildError after ``API_ATTEMPTS`` failures in a row."""
         api = await self.api()
+        selector = f"metadata.name={name}"
+        version: str | None = None
+        failures = 0
         while True:
-            pods = await api.list_namespaced_pod(self.namespace, field_selector=f"metadata.name={name}",
-                                                 _request_timeout=self.timeout)
-            if not pods.items:
-                yield "DELETED", None
-                return
-            yield "MODIFIED", pods.items[0]
-            version = pods.metadata.resource_version
+            if version is None:
+                pods = await self._call(f"listing the build pod {name}", lambda: api.list_namespaced_pod(
+                    self.namespace, field_selector=selector, _request_timeout=self.timeout))
+                if not pods.items:
+                    yield "DELETED", None
+                    return
+                yield "MODIFIED", pods.items[0]
+                version = pods.metadata.resource_version
             stream = watch.Watch()
             try:
-                async with stream.stream(api.list_namespaced_pod, self.namespace, field_selector=f"metadata.name={name}",
-                                         resource_version=version, timeout_seconds=int(self.timeout),
+                async with stream.stream(api.list_namespaced_pod, self.namespace, field_selector=selector,
+                                         resource_version=version, allow_watch_bookmarks=True,
+                                         timeout_seconds=max(1, int(self.timeout)),
                                          _request_timeout=self.timeout + 5) as events:
                     async for event in events:
-                        if event["type"] == "ERROR":
-                            break  # expired or failed watch: relist
-                        if event["type"] != "BOOKMARK":
-                            yield event["type"], event["object"]
-                            if event["type"] == "DELETED":
-                                return
-            except ApiException as e:
-                if e.status != 410:
-                    raise
+                        failures = 0
+                        version = event["raw_object"]["metadata"].get("resourceVersion") or version
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        yield event["type"], event["object"]
+                        if event["type"] == "DELETED":
+                            return
+            except (ApiException, *CONNECTION_ERRORS) as e:
+                if isinstance(e, ApiException) and e.status == 410:
+                    version = None  # expired: start again from a LIST
+                    continue
+                failures += 1
+                if failures >= API_ATTEMPTS or not is_transient(e):
+                    raise self._failure(f"watching the build pod {name}", e) from None
+                log.info("Watching build pod %s failed (%s); resuming", name, describe(e))
+                await asyncio.sleep(RETRY_DELAY * 2 ** (failures - 1))
             finally:
-                with contextlib.suppress(Exception):
-                    stream.stop()
+                stream.stop()
 
     @staticmethod
     def _hopeless(pod: Any) -> str | None:
@@ -276,31 +369,55 @@ class KubernetesBuildBackend(BuildBackend):
         return False
 
     async def follow_logs(self, name: str, tail: int | None = None) -> AsyncIterator[str]:
+        """The builder's output. A stream cut off mid-way is resumed with new lines only; when the
+        apiserver keeps failing, following stops and :meth:`wait` decides the outcome."""
         if not await self._wait_started(name):
             return
         api = await self.api()
-        try:
-            response = await api.read_namespaced_pod_log(name, self.namespace, container="builder", follow=True,
-                                                         tail_lines=tail, _preload_content=False,
-                                                         _request_timeout=None)
-        except ApiException as e:
-            if e.status in (400, 404):  # gone, or not startable
+        tail_lines = tail
+        for _ in range(API_ATTEMPTS):
+            try:
+                response = await retrying(lambda tail_lines=tail_lines: self._open_log(api, name, tail_lines),
+                                          attempts=API_ATTEMPTS, delay=RETRY_DELAY)
+            except (ApiException, *CONNECTION_ERRORS) as e:
+                if not is_transient(e):
+                    raise self._failure(f"reading the log of build pod {name}", e) from None
+                log.warning("Cannot follow the log of build pod %s (%s); waiting for its end without it", name, describe(e))
                 return
-            raise BuildError(f"Could not read the logs of build pod {name}: {e.status} {e.reason}") from None
+            if response is None:
+                return
+            try:
+                async for raw in response.content:
+                    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if text.strip():
+                        yield text
+                return  # the log ends when the builder exits
+            except CONNECTION_ERRORS as e:
+                log.warning("The log stream of build pod %s broke (%s); resuming with new lines", name, describe(e))
+                tail_lines = 0
+            finally:
+                response.release()
+
+    async def _open_log(self, api: client.CoreV1Api, name: str, tail_lines: int | None) -> Any:
+        """The log response once its answer starts (bounded), or None if the pod is gone or its
+        builder never started; the stream itself may then stay quiet as long as the build does."""
         try:
-            async for raw in response.content:
-                text = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if text.strip():
-                    yield text
-        finally:
-            response.release()
+            async with asyncio.timeout(self.timeout):
+                return await api.read_namespaced_pod_log(name, self.namespace, container="builder", follow=True,
+                                                         tail_lines=tail_lines, _preload_content=False,
+                                                         _request_timeout=(self.timeout, None))
+        except ApiException as e:
+            if e.status in (400, 404):
+                return None
+            raise
 
     async def wait(self, name: str) -> int | None:
         last_phase = None
         async for kind, pod in self._phases(name):
             if kind == "DELETED":
                 # BinderHub #583: a deleted pod counts as a success only if it had succeeded
-                return 0 if last_phase == "Succeeded" else None
+                final = pod.status.phase if pod is not None and pod.status else None
+                return 0 if "Succeeded" in (final, last_phase) else None
             last_phase = pod.status.phase if pod.status else None
             reason = self._hopeless(pod)
             if reason:
@@ -311,22 +428,32 @@ class KubernetesBuildBackend(BuildBackend):
 
     async def stop(self, name: str) -> None:
         api = await self.api()
-        for delete, target in ((api.delete_namespaced_pod, name), (api.delete_namespaced_secret, f"{name}-credentials")):
+        await self._delete(api.delete_namespaced_pod, name)
+        await self._delete(api.delete_namespaced_secret, f"{name}-credentials", forbidden_ok=True)
+
+    async def _delete(self, delete: Callable[..., Awaitable[Any]], target: str, forbidden_ok: bool = False) -> None:
+        """Delete at once (grace 0); already gone is fine, and so is a forbidden Secret delete
+        when Secrets are not used."""
+        async def call() -> None:
             try:
                 await delete(target, self.namespace, grace_period_seconds=0, _request_timeout=self.timeout)
             except ApiException as e:
-                if e.status not in (404, 403):
-                    raise BuildError(f"Could not delete {target}: {e.status} {e.reason}") from None
+                if e.status != 404 and not (forbidden_ok and e.status == 403):
+                    raise
+        await self._call(f"deleting {target}", call)
 
     async def list_builds(self) -> list[BuildInfo]:
         api = await self.api()
-        pods = await api.list_namespaced_pod(self.namespace, label_selector=f"component={COMPONENT_LABEL}",
-                                             _request_timeout=self.timeout)
+        pods = await self._call("listing build pods", lambda: api.list_namespaced_pod(
+            self.namespace, label_selector=f"component={COMPONENT_LABEL}", _request_timeout=self.timeout))
         return [self._info(pod) for pod in pods.items]
 
     async def check(self) -> dict[str, Any]:
         await self.api()
-        version = await client.VersionApi(self._api_client).get_code(_request_timeout=self.timeout)
+        try:
+            version = await client.VersionApi(self._api_client).get_code(_request_timeout=self.timeout)
+        except (ApiException, *CONNECTION_ERRORS) as e:
+            raise self._failure("answering /version", e) from None
         return {"ok": True, "backend": "kubernetes", "kubernetes_version": version.git_version,
                 "namespace": self.namespace, "build_image": self.config.build_image}
 

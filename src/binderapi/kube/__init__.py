@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiException", "Informer", "make_api_client"]
+__all__ = ["CONNECTION_ERRORS", "ApiException", "Informer", "describe", "is_transient", "make_api_client", "retrying"]
+
+T = TypeVar("T")
+
+#: what a call to an apiserver that is down, restarting or overloaded raises besides ApiException:
+#: no answer in time, refused or reset connections, answers cut off mid-way
+CONNECTION_ERRORS = (TimeoutError, OSError, aiohttp.ClientError)
+#: answers worth asking again: overload and server-side failures, never a refusal
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 async def make_api_client(kubeconfig: str = "") -> client.ApiClient:
@@ -67,6 +77,7 @@ class Informer:
         self.timeout = timeout
         self.synced = asyncio.Event()
         self.lists = 0
+        self.bookmarks = 0
 
     async def _list(self) -> str:
         pods = await self.api.list_namespaced_pod(self.namespace, label_selector=self.selector,
@@ -97,31 +108,55 @@ class Informer:
             try:
                 async with stream.stream(
                     self.api.list_namespaced_pod, self.namespace, label_selector=self.selector,
-                    resource_version=version, allow_watch_bookmarks=True, timeout_seconds=int(self.timeout),
+                    resource_version=version, allow_watch_bookmarks=True, timeout_seconds=max(1, int(self.timeout)),
                     _request_timeout=self.timeout + 5,
                 ) as events:
                     async for event in events:
-                        kind, obj = event["type"], event["object"]
-                        if kind == "ERROR":
-                            code = getattr(obj, "code", None) or (obj.get("code") if isinstance(obj, dict) else None)
-                            if code == 410:
-                                return  # expired: relist
-                            raise RuntimeError(f"watch error {obj}")
-                        version = obj.metadata.resource_version or version
-                        if kind != "BOOKMARK":
-                            self.on_change(kind, obj)
+                        # bookmarks arrive as plain dicts (kubernetes-asyncio leaves them raw), so
+                        # the version is read from the raw object for every kind of event
+                        version = event["raw_object"]["metadata"].get("resourceVersion") or version
+                        if event["type"] == "BOOKMARK":
+                            self.bookmarks += 1
+                        else:
+                            self.on_change(event["type"], event["object"])
             except ApiException as e:
                 if e.status == 410:
-                    return
+                    return  # expired (kubernetes-asyncio raises the ERROR event): relist
                 raise
             finally:
                 with contextlib.suppress(Exception):
                     stream.stop()
 
 
-async def call(coro: Awaitable[Any], what: str) -> Any:
-    """Await a Kubernetes call, turning API errors into messages people can act on."""
-    try:
-        return await coro
-    except ApiException as e:
-        raise RuntimeError(f"{what}: Kubernetes API answered {e.status} {e.reason}") from e
+def is_transient(error: BaseException) -> bool:
+    """True when asking again may succeed (a failing or unreachable apiserver, not a refusal)."""
+    if isinstance(error, ApiException):
+        return error.status in TRANSIENT_STATUS
+    return isinstance(error, CONNECTION_ERRORS)
+
+
+def describe(error: BaseException) -> str:
+    """One line saying what the apiserver answered, with the message of its ``Status`` body."""
+    if isinstance(error, ApiException):
+        message = ""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = json.loads(error.body).get("message") or ""
+        text = f"{error.status} {error.reason or ''}".strip()
+        return f"{text}: {message}" if message else text
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    return f"connection failed ({type(error).__name__}{': ' + str(error) if str(error) else ''})"
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, attempts: int = 4, delay: float = 0.5) -> T:
+    """``call()`` again after transient failures (5xx, 429, timeouts, broken connections), waiting
+    ``delay`` seconds, doubled each time; the last failure, or any other error, is raised."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except (ApiException, *CONNECTION_ERRORS) as e:
+            if attempt == attempts - 1 or not is_transient(e):
+                raise
+            log.info("Kubernetes API call failed (%s); trying again", describe(e))
+        await asyncio.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
