@@ -444,11 +444,11 @@ class SwhidProvider(RepoProvider):
 class WarmPool(Section):
     """Servers started ahead of demand so a launch hands one over instead of spawning."""
 
-    enabled: bool = Field(False, description="Keep warm servers for the images below.")
-    images: dict[str, int] = Field(default_factory=dict, description="Image name (with tag) -> servers kept ready.")
+    enabled: bool = Field(False, description="Keep warm servers for the images below (docs/warm-pool.md). Ignored in auth mode, where servers belong to users.")
+    images: dict[str, int] = Field(default_factory=dict, description="Full image name as launched (`image_prefix` + slug + `:` + ref) -> servers kept ready.")
     top_n: int = Field(0, ge=0, description="Also keep `top_n_size` servers for each of the N most launched images.")
     top_n_size: int = Field(1, ge=1, description="Servers kept per image chosen by `top_n`.")
-    max_server_age: float = Field(3000.0, gt=0, description="Seconds after which an unused warm server is replaced (keep below the hub's culler timeout).")
+    max_server_age: float = Field(540.0, gt=0, description="Seconds after which an unused warm server is stopped and replaced. Keep it below the hub culler's idle timeout (600 s in BinderHub's chart), which would otherwise take warm servers first.")
     idle_shrink_after: float = Field(1800.0, gt=0, description="Seconds without a launch of an image after which its pool shrinks to zero.")
     refill_concurrency: int = Field(2, ge=1, description="Warm servers started at once.")
 
