@@ -36,31 +36,38 @@ class KubernetesLaunchQuota(CountingQuota):
         self._api_client: client.ApiClient | None = None
         self.informers: list[Informer] = []
 
-    # single-user pods ----------------------------------------------------------------------------
-    def _images(self, pod: Any) -> list[str]:
-        return [c.image for c in (pod.spec.containers or [])] if pod.spec else []
+    # single-user pods (as JSON dicts, see Informer) ---------------------------------------------
+    @staticmethod
+    def _key(pod: dict[str, Any]) -> str:
+        return pod["metadata"].get("uid") or pod["metadata"]["name"]
 
-    def _user_pod(self, kind: str, pod: Any) -> None:
-        uid = pod.metadata.uid or pod.metadata.name
-        if kind == "DELETED" or (pod.status and pod.status.phase in ENDED):
-            self.removed(uid)
+    @staticmethod
+    def _image(pod: dict[str, Any]) -> str:
+        containers = (pod.get("spec") or {}).get("containers") or []
+        return containers[0].get("image", "") if containers else ""
+
+    @staticmethod
+    def _ended(pod: dict[str, Any]) -> bool:
+        return (pod.get("status") or {}).get("phase") in ENDED
+
+    def _user_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "DELETED" or self._ended(pod):
+            self.removed(self._key(pod))
         else:
-            images = self._images(pod)
-            self.added(uid, images[0] if images else "")
+            self.added(self._key(pod), self._image(pod))
 
-    def _user_resync(self, pods: list[Any]) -> None:
-        self.replace_all({p.metadata.uid or p.metadata.name: (self._images(p) or [""])[0]
-                          for p in pods if not (p.status and p.status.phase in ENDED)})
+    def _user_resync(self, pods: list[dict[str, Any]]) -> None:
+        self.replace_all({self._key(p): self._image(p) for p in pods if not self._ended(p)})
 
     # build pods (for the health check) -----------------------------------------------------------
-    def _build_pod(self, kind: str, pod: Any) -> None:
+    def _build_pod(self, kind: str, pod: dict[str, Any]) -> None:
         if kind == "DELETED":
-            self.build_pods.discard(pod.metadata.name)
+            self.build_pods.discard(pod["metadata"]["name"])
         else:
-            self.build_pods.add(pod.metadata.name)
+            self.build_pods.add(pod["metadata"]["name"])
 
-    def _build_resync(self, pods: list[Any]) -> None:
-        self.build_pods = {p.metadata.name for p in pods}
+    def _build_resync(self, pods: list[dict[str, Any]]) -> None:
+        self.build_pods = {p["metadata"]["name"] for p in pods}
 
     async def start(self) -> None:
         assert self.supervisor is not None
