@@ -12,6 +12,7 @@ import pytest
 
 from binderapi.errors import QuotaExceededError
 from binderapi.kube.quota import KubernetesLaunchQuota
+from binderapi.services import Services, StartupError
 from binderapi.supervisor import Supervisor
 from fixtures.kube import KubeAPIServer
 from fixtures.kubeapi import kube_settings, until
@@ -128,6 +129,14 @@ async def test_bookmarks_keep_the_watch_without_relisting(kube_api, start_quota)
     await until(lambda: all(i.bookmarks >= 5 for i in quota.informers))
     assert [i.lists for i in quota.informers] == [1, 1]
     assert kube_api.count("list", "pods") == 2
+
+
+@pytest.mark.docker
+async def test_unusable_kubeconfig_is_a_clear_startup_error(tmp_path):
+    settings = kube_settings(str(tmp_path / "missing-kubeconfig"), build_class="docker", launch_quota_class="kubernetes")
+    with pytest.raises(StartupError, match="^KubernetesLaunchQuota cannot reach Kubernetes: no in-cluster service "
+                                           "account and no usable kubeconfig at .*missing-kubeconfig"):
+        await Services.start(settings)
 
 
 @pytest.mark.docker

@@ -71,7 +71,12 @@ class KubernetesLaunchQuota(CountingQuota):
 
     async def start(self) -> None:
         assert self.supervisor is not None
-        self._api_client = await make_api_client(self.kubeconfig)
+        try:
+            self._api_client = await make_api_client(self.kubeconfig)
+        except RuntimeError as e:
+            from ..services import StartupError  # here: services imports the quota classes
+
+            raise StartupError(f"KubernetesLaunchQuota cannot reach Kubernetes: {e}") from None
         api = client.CoreV1Api(self._api_client)
         interval = self.config.resync_interval
         self.informers = [
