@@ -61,11 +61,17 @@ def launch_settings(hub, image_prefix, config=None, **binderhub):
 
 async def test_build_and_launch_reaches_a_live_server(client, hub, notebook_repo, image_prefix, tmp_path):
     events_file = tmp_path / "events.jsonl"
-    settings = launch_settings(hub, image_prefix, {"EventLog": {"path": str(events_file)}})
+    settings = launch_settings(hub, image_prefix, {"EventLog": {"path": str(events_file)}},
+                               ready_hold_seconds=1.5, keepalive_interval=0.2)
     spec = git_spec(notebook_repo, "main")
+    raw: list[bytes] = []
     async with serve(settings) as svc:
-        events = await read_events(client, svc.url + "build/" + spec, headers={"Origin": "https://frontend.example"})
+        # read to the end: after a build, the stream is held open (keepalives only) past `ready`
+        events = await read_events(client, svc.url + "build/" + spec, headers={"Origin": "https://frontend.example"},
+                                   until=(), raw=raw)
         metrics = (await client.get(svc.url + "metrics")).text
+    after_ready = b"".join(raw).split(b'"phase":"ready"', 1)[1].split(b"\n\n", 1)[1]
+    assert b"data:" not in after_ready and after_ready.count(b":keepalive") >= 1, after_ready
     phases = [e.get("phase") for e in events]
     assert "building" in phases and "built" in phases
     launching = [e["message"] for e in events if e.get("phase") == "launching"]

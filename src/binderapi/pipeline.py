@@ -8,6 +8,7 @@ event carrying its message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -127,7 +128,8 @@ class BuildPipeline:
         services = self.services
         labels = {"provider": repo.provider.name, "repo": repo.repo_url}
 
-        if await services.images.image_exists(repo.image_name):
+        built_here = not await services.images.image_exists(repo.image_name)
+        if not built_here:
             if request.build_only:
                 yield BuildReadyEvent(message="Done! Found built image\n", imageName=repo.image_name)
                 return
@@ -144,6 +146,10 @@ class BuildPipeline:
             yield BuiltEvent(message="Built image, launching...\n", imageName=repo.image_name)
         async for event in self._launch(request, repo, labels):
             yield event
+        if built_here:
+            # BinderHub's hold (PR #369): an EventSource that reconnects after a long build instead
+            # of closing would launch again; an open stream lets it read `ready` and close.
+            await asyncio.sleep(services.settings.BinderHub.ready_hold_seconds)
 
     async def _build(self, request: BuildRequest, repo: ResolvedRepo) -> AsyncIterator[Event | bytes]:
         services = self.services

@@ -70,6 +70,7 @@ class BinderHub(Section):
     cors_allow_origin: str = Field("", description="Value of `Access-Control-Allow-Origin` on every response (e.g. `*`). Empty sends none.")
     executor_threads: int = Field(5, ge=1, description="Size of BinderHub's thread pool for blocking calls. Accepted for compatibility, without effect: binderapi has no thread pool of its own.")
     keepalive_interval: float = Field(25.0, gt=0, description="Seconds between `:keepalive` comments on an event stream with nothing else to say.")
+    ready_hold_seconds: float = Field(60.0, ge=0, description="Seconds a stream stays open (keepalives only) after the `ready` of a launch whose image this request had to build, as BinderHub does, so an EventSource that reconnects instead of closing does not start another launch. The client closing ends it at once; 0 ends the stream right after `ready`.")
     trusted_proxies: list[Network] = Field(
         default_factory=list,
         description="Networks of reverse proxies whose `X-Forwarded-For` header is believed. Requests from any "
