@@ -10,12 +10,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import cached, fanout, idle, launch, profile, quota
+from . import cached, fanout, idle, launch, profile, quota, wrk
 from .config import FULL, QUICK, Sizes
 from .report import Report, Row
 from .stack import Stack, raise_nofile, say
 
-WORKLOADS = ("cached", "fresh", "launch", "fanout", "idle", "quota", "profile")
+WORKLOADS = ("cached", "wrk", "fresh", "launch", "fanout", "idle", "quota", "profile")
 NEEDS_HUB = {"launch"}
 NEEDS_STACK = set(WORKLOADS) - {"quota"}
 
@@ -58,6 +58,8 @@ async def main(args: argparse.Namespace) -> int:
 async def run_stack_workloads(stack: Stack, report: Report, chosen: list[str], sizes: Sizes) -> None:
     if "cached" in chosen:
         await cached.run(stack, report, sizes.cached_levels, sizes.cached_requests)
+    if "wrk" in chosen:
+        await wrk.run(stack, report, sizes.wrk_levels, sizes.wrk_seconds)
     if "fresh" in chosen:
         await cached.fresh_refs(stack, report)
     if "launch" in chosen:
