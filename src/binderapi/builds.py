@@ -165,6 +165,11 @@ class BuildManager:
                 # its owner died with our previous life: we clean it up when it ends
                 self._launch(Build(job), attach=True, owner=True)
 
+    def in_progress(self, name: str) -> bool:
+        """Whether this process is running (or queueing, or following) the build ``name``."""
+        build = self.builds.get(name)
+        return build is not None and not build.done
+
     def watch(self, job: BuildJob) -> BuildWatch:
         """Join the build of ``job.name``, starting it if nobody is building it."""
         build = self.builds.get(job.name)

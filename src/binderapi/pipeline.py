@@ -128,7 +128,8 @@ class BuildPipeline:
         services = self.services
         labels = {"provider": repo.provider.name, "repo": repo.repo_url}
 
-        built_here = not await services.images.image_exists(repo.image_name)
+        # joining a build in progress needs no registry round trip: thousands may join one build
+        built_here = services.builds.in_progress(repo.build_name) or not await services.images.image_exists(repo.image_name)
         if not built_here:
             if request.build_only:
                 yield BuildReadyEvent(message="Done! Found built image\n", imageName=repo.image_name)

@@ -27,6 +27,7 @@ from .quota import KNOWN_QUOTAS, LaunchQuota
 from .ratelimit import RateLimiter
 from .registry import ImageStore, make_image_store
 from .settings import Settings
+from .streaming import KeepaliveTicker
 from .supervisor import Supervisor
 from .tokens import BuildTokens
 from .warmpool import WarmPool
@@ -86,6 +87,7 @@ class Services:
     build_tokens: BuildTokens
     rate_limiter: RateLimiter
     hub_auth: HubAuth
+    keepalives: KeepaliveTicker
     warm_pool: WarmPool | None = None  # off by default, never in auth mode
 
     @property
@@ -133,6 +135,7 @@ class Services:
             rate_limiter=RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
                                      settings.RateLimiter.clean_seconds),
             hub_auth=HubAuth.from_settings(settings, http, hub_api_url(settings)),
+            keepalives=KeepaliveTicker(binderhub.keepalive_interval),
         )
         if settings.WarmPool.enabled:
             if binderhub.auth_enabled:

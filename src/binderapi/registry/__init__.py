@@ -10,6 +10,7 @@ fails the launch with a message instead of triggering a rebuild.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,7 +48,7 @@ class RememberedImages:
     An image is named after the resolved ref it was built from, so once present it does not
     change: asking the registry again on every request for a built image costs a round trip
     (most of a cached ``/build``) for nothing. Absent images are never remembered, because a build
-    may push one at any moment.
+    may push one at any moment. Concurrent checks of one name share one request.
     """
 
     def __init__(self, store: ImageStore, seconds: float, size: int = 65536,
@@ -57,13 +58,18 @@ class RememberedImages:
         self.size = size
         self._clock = clock
         self._present: OrderedDict[str, float] = OrderedDict()  # image name -> expiry
+        self._asking: dict[str, asyncio.Future[bool]] = {}
 
     async def image_exists(self, image_name: str) -> bool:
         expires = self._present.get(image_name)
         if expires is not None and expires > self._clock():
             self._present.move_to_end(image_name)
             return True
-        exists = await self.store.image_exists(image_name)
+        pending = self._asking.get(image_name)
+        if pending is None:  # concurrent checks of one name share one request
+            pending = self._asking[image_name] = asyncio.ensure_future(self.store.image_exists(image_name))
+            pending.add_done_callback(lambda _: self._asking.pop(image_name, None))
+        exists = await asyncio.shield(pending)
         if exists:
             self._present[image_name] = self._clock() + self.seconds
             self._present.move_to_end(image_name)

@@ -7,7 +7,6 @@ error status.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,13 +16,12 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter
-from sse_starlette import EventSourceResponse
-from sse_starlette.event import ServerSentEvent
 
 from ..errors import BinderError, RateLimitExceededError
-from ..events import KEEPALIVE, BuildStreamEvent, Event, FailedEvent, encode, line
+from ..events import BuildStreamEvent, Event, FailedEvent, encode, line
 from ..pipeline import BuildPipeline, BuildRequest
 from ..services import Services, ServicesDep
+from ..streaming import EventStreamResponse, FrameStream
 from ..tokens import request_origin
 
 log = logging.getLogger(__name__)
@@ -32,13 +30,6 @@ router = APIRouter(tags=["build"])
 EVENT_STREAM_SCHEMA = TypeAdapter(BuildStreamEvent).json_schema(ref_template="#/components/schemas/{model}")
 #: the event models, added to the OpenAPI components by the app so the references above resolve
 EVENT_SCHEMAS = EVENT_STREAM_SCHEMA.pop("$defs")
-
-
-class _Keepalive(ServerSentEvent):
-    """BinderHub's exact keepalive comment, ``:keepalive``."""
-
-    def encode(self) -> bytes:
-        return KEEPALIVE
 
 
 def accepts_event_stream(accept: str | None) -> bool:
@@ -154,65 +145,8 @@ async def build(request: Request, prefix: str, spec: str, services: ServicesDep,
         build_token=has_build_token,
         username=username,
     )
-    stream = QuickOrStreaming(frames(BuildPipeline(services).run(build_request), f"/build/{prefix}/{spec}"))
+    stream = FrameStream(frames(BuildPipeline(services).run(build_request), f"/build/{prefix}/{spec}"))
     headers = {"cache-control": "no-cache", **headers}
     if await stream.finished_quickly():
         return Response(stream.body(), media_type="text/event-stream", headers=headers)
-    return EventSourceResponse(
-        stream,
-        ping=settings.keepalive_interval,
-        ping_message_factory=lambda: _Keepalive(),
-        sep="\n",
-        headers=headers,
-    )
-
-
-QUICK_ANSWER_SECONDS = 0.05
-
-
-class QuickOrStreaming:
-    """Runs a stream's frames in a task and tells whether it ended almost at once.
-
-    Most requests for an image that is already built, and every refusal, end within a millisecond:
-    they are answered with one plain response (same bytes), which costs far less than a streaming
-    response's task group, keepalive task and disconnect listener. Anything slower becomes the
-    usual event stream, starting with the frames already made. Stopping the iteration (the client
-    went away) cancels the task.
-    """
-
-    _END = b""
-
-    def __init__(self, source: AsyncIterator[bytes]) -> None:
-        self._source = source
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        try:
-            async for frame in self._source:
-                if frame:
-                    self._queue.put_nowait(frame)
-        finally:
-            self._queue.put_nowait(self._END)
-
-    async def finished_quickly(self) -> bool:
-        done, _ = await asyncio.wait((self._task,), timeout=QUICK_ANSWER_SECONDS)
-        return bool(done)
-
-    def body(self) -> bytes:
-        self._task.result()
-        frames = []
-        while (frame := self._queue.get_nowait()) is not self._END:
-            frames.append(frame)
-        return b"".join(frames)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._relay()
-
-    async def _relay(self) -> AsyncIterator[bytes]:
-        try:
-            while (frame := await self._queue.get()) is not self._END:
-                yield frame
-            self._task.result()
-        finally:
-            self._task.cancel()
+    return EventStreamResponse(stream, services.keepalives, headers)
