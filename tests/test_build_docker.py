@@ -22,6 +22,7 @@ from fixtures.stack import (
     git_spec,
     manifest_exists,
     namespace_containers,
+    unique,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leaked_build_containers")]
@@ -35,16 +36,6 @@ def slow_dockerfile(seconds: int) -> str:
     cache, which would otherwise make a rerun instant."""
     nonce = uuid.uuid4().hex[:8]
     return f"FROM {BASE_IMAGE}\nRUN echo {nonce} && for i in $(seq {seconds}); do echo tick $i; sleep 1; done\n"
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as c:
-        yield c
 
 
 def final(events):

@@ -34,6 +34,7 @@ from fixtures.stack import (
     docker_settings,
     git_spec,
     manifest_exists,
+    unique,
 )
 
 pytestmark = pytest.mark.docker
@@ -48,16 +49,6 @@ TOLERATIONS = [
 
 def dockerfile() -> str:
     return f"FROM {BASE_IMAGE}\nRUN echo built-by-binderapi-kube-test > /built.txt\n"
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as c:
-        yield c
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 
-import httpx
 import jsonschema
 import pytest
 from jose import jwt
@@ -35,12 +34,6 @@ def notebook_repo(git_server):
 @pytest.fixture(scope="module")
 def image_prefix():
     return f"127.0.0.1:5000/launch-{uuid.uuid4().hex[:6]}-"
-
-
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as c:
-        yield c
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -57,12 +56,6 @@ async def hub(jupyterhub):
     yield jupyterhub
     for user in (await jupyterhub.api("GET", "users")).json():
         await jupyterhub.delete_user(user["name"])
-
-
-@pytest.fixture
-async def client():
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as c:
-        yield c
 
 
 def pool_settings(hub, warm_image, pool, config=None, **binderhub):
