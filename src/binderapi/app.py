@@ -79,6 +79,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     Instrumentator(excluded_handlers=[base + "metrics"], should_group_status_codes=False).instrument(app).expose(
         app, endpoint=base + "metrics", include_in_schema=True, tags=["service"])
 
+    app.add_middleware(build.DirectBuildRoute, base_url=base)  # inside the two below, outside the metrics
     app.add_middleware(ClientAddressMiddleware, base_url=base,
                        trusted_proxies=NetworkSet(binderhub.trusted_proxies), banned=NetworkSet(binderhub.ban_networks))
     app.add_middleware(CORSMiddleware, allow_origin=binderhub.cors_allow_origin, base_url=base)
