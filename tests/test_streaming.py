@@ -38,6 +38,8 @@ class Client:
         self.sent.append(message)
         if message["type"] == "http.response.body":
             self.got_body.set()
+            if not message.get("more_body"):
+                self.gone.set()  # as uvicorn: receive() answers http.disconnect once the response is complete
 
     def body(self) -> bytes:
         return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
@@ -113,3 +115,20 @@ async def test_a_client_leaving_stops_the_source():
     await asyncio.wait_for(stopped.wait(), 5)
     await asyncio.wait_for(response, 5)
     assert not client.ended()  # nothing is sent to a client that left
+
+
+async def test_a_source_ending_before_the_response_starts_still_completes_it():
+    release = asyncio.Event()
+
+    async def late() -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"
+        await release.wait()
+        yield b"data: 2\n\n"
+
+    stream = FrameStream(late())
+    assert await stream.finished_quickly() is False
+    release.set()
+    assert await stream.finished_quickly() is True  # ended, with no response attached yet
+    client = Client()
+    await asyncio.wait_for(EventStreamResponse(stream, KeepaliveTicker(3600)).__call__({}, client.receive, client.send), 5)
+    assert client.body() == b"data: 1\n\ndata: 2\n\n" and client.ended()

@@ -4,16 +4,18 @@ A stream is mostly idle: clients wait minutes for a build, hearing a ``:keepaliv
 ``keepalive_interval``. sse-starlette's ``EventSourceResponse`` runs four tasks per stream in an
 anyio task group (the stream, a ping loop, a disconnect listener, a shutdown watcher): about 50 KB
 and a timer per stream, 670 MB and keepalives seconds late at 10,000 streams (docs/performance.md).
-Here a stream is the request's own coroutine, the task making its frames and one small task
-waiting for the client to leave; a single :class:`KeepaliveTicker` wakes the quiet ones.
+Here a stream costs one task besides the request's own coroutine: the task making the frames
+writes them itself, the request's coroutine only waits for the client to leave, and a single
+:class:`KeepaliveTicker` writes keepalives to the streams that have been quiet.
 
 Frames are complete ``data: ...\\n\\n`` byte strings made elsewhere (:func:`binderapi.events.encode`);
-several made at once go out in one write, which never splits or merges an event.
+frames made before the response started go out in one write, which never splits or merges an event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,26 +23,32 @@ from starlette.responses import Response
 
 from .events import KEEPALIVE
 
+log = logging.getLogger(__name__)
+
 #: a stream that has ended within this long is answered as one plain response
 QUICK_ANSWER_SECONDS = 0.05
 
 
+def _body(chunk: bytes, more: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": chunk, "more_body": more}
+
+
 class FrameStream:
-    """Runs a source of frames in a task, buffering what it makes until the response sends it.
+    """Runs a source of frames in a task; buffers them until a response attaches, then writes them.
 
     Most requests for an image that is already built, and every refusal, end within a
     millisecond; :meth:`finished_quickly` tells so, and :meth:`body` is then the whole answer.
-    Otherwise :class:`EventStreamResponse` sends the frames as they come. Cancelling the stream
-    (the client went away) cancels the source.
+    Otherwise :class:`EventStreamResponse` attaches its ``send`` and the task writes each frame as
+    it comes, and the end of the response when the source ends. :meth:`cancel` (the client left)
+    stops the source.
     """
 
-    __slots__ = ("__weakref__", "_ended", "_frames", "_keepalive_due", "_loop", "_task", "_waiter", "last_sent")
+    __slots__ = ("__weakref__", "_frames", "_loop", "_send", "_task", "ended", "last_sent")
 
     def __init__(self, source: AsyncIterator[bytes]) -> None:
         self._frames: list[bytes] = []  # a list: an empty deque costs half a kilobyte, per stream
-        self._ended = False
-        self._keepalive_due = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._send: Any = None
+        self.ended = False
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
         self._task = asyncio.ensure_future(self._run(source))
@@ -48,16 +56,18 @@ class FrameStream:
     async def _run(self, source: AsyncIterator[bytes]) -> None:
         try:
             async for frame in source:
-                if frame:
+                if not frame:
+                    continue
+                if self._send is None:
                     self._frames.append(frame)
-                    self._wake()
+                else:
+                    await self.write(frame)
+        except Exception:  # the source turns errors into `failed` events; this is a bug, not a hang
+            log.exception("An event stream broke off")
         finally:
-            self._ended = True
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self.ended = True
+        if self._send is not None:  # completing the response also ends the request's wait
+            await self._send(_body(b"", more=False))
 
     async def finished_quickly(self) -> bool:
         done, _ = await asyncio.wait((self._task,), timeout=QUICK_ANSWER_SECONDS)
@@ -68,48 +78,44 @@ class FrameStream:
         self._task.result()
         return b"".join(self._frames)
 
-    def request_keepalive(self) -> None:
-        self._keepalive_due = True
-        self._wake()
+    async def attach(self, send: Any) -> None:
+        """Write what was made so far, then let the task write the rest (and the end) itself."""
+        while self._frames:  # more may come while a write waits
+            chunk = b"".join(self._frames)
+            self._frames.clear()
+            await self.write(chunk, send)
+        self._send = send  # no await since the buffer was seen empty: nothing is lost or reordered
+        if self.ended:
+            await send(_body(b"", more=False))
+
+    async def write(self, chunk: bytes, send: Any = None) -> None:
+        self.last_sent = self._loop.time()
+        await (send or self._send)(_body(chunk))
+
+    def keepalive(self) -> None:
+        """Write ``:keepalive`` now, in a task of its own: a slow reader must not hold up the ticker."""
+        if self._send is not None and not self.ended:
+            self.last_sent = self._loop.time()
+            asyncio.ensure_future(self._send(_body(KEEPALIVE))).add_done_callback(_log_failure)
 
     def cancel(self) -> None:
-        """Stop the source and end the stream (its next chunk is the end)."""
         self._task.cancel()
-        self._ended = True
-        self._frames.clear()
-        self._wake()
 
-    async def next_chunk(self) -> bytes | None:
-        """The frames made since the last call, else a keepalive when one is due; None at the end."""
-        while True:
-            if self._frames:
-                chunk = b"".join(self._frames)
-                self._frames.clear()
-                break
-            if self._ended:
-                return None
-            if self._keepalive_due:
-                chunk = KEEPALIVE
-                break
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        self._keepalive_due = False
-        self.last_sent = self._loop.time()
-        return chunk
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("Writing a keepalive failed: %s", task.exception())
 
 
 class KeepaliveTicker:
-    """One timer for every open stream: asks those quiet for ``interval`` for a keepalive.
+    """One timer for every open stream: writes a keepalive to those quiet for ``interval``.
 
     Runs only while streams are open, so nothing is left behind when the last one ends.
     """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.tick = min(1.0, interval / 4)
+        self.tick = min(0.5, interval / 10)  # how late a keepalive may be, at most; a scan is cheap
         self._streams: set[FrameStream] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -131,16 +137,15 @@ class KeepaliveTicker:
             due = loop.time() - self.interval
             for stream in self._streams:
                 if stream.last_sent <= due:
-                    stream.request_keepalive()
-
-
-async def _client_gone(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+                    stream.keepalive()
 
 
 class EventStreamResponse(Response):
-    """``text/event-stream`` from a :class:`FrameStream`, with the ticker's keepalives."""
+    """``text/event-stream`` from a :class:`FrameStream`, with the ticker's keepalives.
+
+    The request's coroutine waits on ``receive()``: the server answers it with ``http.disconnect``
+    when the client leaves, and also once the response is complete.
+    """
 
     media_type = "text/event-stream"
 
@@ -153,16 +158,12 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         stream = self.stream
-        gone = asyncio.ensure_future(_client_gone(receive))
-        gone.add_done_callback(lambda _: stream.cancel())
-        self.ticker.add(stream)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            while (chunk := await stream.next_chunk()) is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not gone.done():
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await stream.attach(send)
+            self.ticker.add(stream)
+            while (await receive())["type"] != "http.disconnect":
+                pass
         finally:
             self.ticker.discard(stream)
-            gone.cancel()
             stream.cancel()
