@@ -6,10 +6,9 @@ created with the bench's namespace label during the round); the time until every
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sys
 import time
-
-import aiodocker
+from pathlib import Path
 
 from .report import Report, Row, percentile
 from .sse import stream
@@ -19,49 +18,28 @@ WORKLOAD = "fan-out onto one new image"
 BINDERHUB = {10: "10 builds, all ready after 7.8 s", 50: "50 builds, all ready after 36 s"}
 
 
-class BuilderStarts:
-    """Counts builder containers created with the stack's namespace label while it is entered."""
+def builder_watcher(namespace: str):
+    """The engine's container events for the stack's builder namespace (the tests' own watcher)."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from fixtures.stack import DockerWatcher
 
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.created = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _follow(self, docker: aiodocker.Docker) -> None:
-        subscriber = docker.events.subscribe(filters={"type": ["container"], "event": ["create"],
-                                                      "label": [f"binderapi.namespace={self.namespace}"]})
-        while await subscriber.get() is not None:
-            self.created += 1
-
-    async def __aenter__(self) -> BuilderStarts:
-        self.docker = aiodocker.Docker()
-        self._task = asyncio.create_task(self._follow(self.docker))
-        await asyncio.sleep(0.3)  # subscribed before the round starts
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.sleep(0.5)  # late events arrive
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
-        with contextlib.suppress(Exception):
-            await self.docker.events.stop()
-        await self.docker.close()
+    return DockerWatcher(namespace)
 
 
 async def round_(stack: Stack, clients: int) -> tuple[float, list[float], int, int]:
     """A new commit, then ``clients`` at once: (all-ready seconds, per-client seconds, builds, errors)."""
     sha = await stack.git.new_nonce("fanout")
     url = stack.build_url("fanout", ref=sha)  # the commit itself: no branch TTL to wait out
-    async with BuilderStarts(stack.build_namespace) as starts:
+    async with builder_watcher(stack.build_namespace) as watcher:
         started = time.perf_counter()
         results = await asyncio.gather(*(stream(url, keep_events=False) for _ in range(clients)))
         elapsed = time.perf_counter() - started
     errors = [r for r in results if not r.ok]
     if errors:
         print(f"[bench] fan-out error: {errors[0].describe()}")
-    return elapsed, [r.seconds for r in results], starts.created, len(errors)
+    return elapsed, [r.seconds for r in results], len(watcher.actions("create")), len(errors)
 
 
 async def run(stack: Stack, report: Report, levels: list[int]) -> None:
