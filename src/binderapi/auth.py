@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
-from jose import JWTError, jwt
 from starlette.requests import Request
 
+from . import signing
 from .errors import BinderError, ForbiddenError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ CACHE_SECONDS = 60.0
 CACHE_SIZE = 4096
 #: seconds a browser has to come back from the hub's login page (JupyterHub's oauth_state_max_age)
 STATE_MAX_AGE = 600
-ALGORITHM = "HS256"
 # Both cookies are JWTs signed with the same key; the audience keeps one from passing for the other.
 STATE_AUDIENCE = "binderapi-oauth-state"
 SESSION_AUDIENCE = "binderapi-session"
@@ -151,8 +150,8 @@ class HubOAuth:
     def start_login(self, next_url: str, redirect_uri: str) -> tuple[str, str]:
         """The hub URL to send the browser to, and the state cookie binding that login to it."""
         state = secrets.token_urlsafe(24)
-        cookie = jwt.encode({"aud": STATE_AUDIENCE, "state": state, "next": next_url, "redirect_uri": redirect_uri,
-                             "exp": int(time.time()) + STATE_MAX_AGE}, self.key, algorithm=ALGORITHM)
+        cookie = signing.sign({"aud": STATE_AUDIENCE, "state": state, "next": next_url, "redirect_uri": redirect_uri,
+                              "exp": int(time.time()) + STATE_MAX_AGE}, self.key)
         query = urlencode({"client_id": self.client_id, "redirect_uri": redirect_uri,
                            "response_type": "code", "state": state})
         return f"{self.authorize_url}?{query}", cookie
@@ -163,8 +162,8 @@ class HubOAuth:
         if not cookie:
             raise BinderError(f"Login state missing or expired: start again at {self.login_path}", status_code=400)
         try:
-            claims = jwt.decode(cookie, self.key, algorithms=[ALGORITHM], audience=STATE_AUDIENCE)
-        except JWTError:
+            claims = signing.verify(cookie, self.key, STATE_AUDIENCE)
+        except signing.InvalidToken:
             raise BinderError(f"Login state invalid or expired: start again at {self.login_path}", status_code=400) from None
         if not hmac.compare_digest(str(claims.get("state", "")), state):
             raise ForbiddenError(f"Login state does not match: start again at {self.login_path}")
@@ -200,12 +199,12 @@ class HubOAuth:
         claims: dict[str, Any] = {"aud": SESSION_AUDIENCE, "token": token}
         if expires_in:
             claims["exp"] = int(time.time()) + expires_in
-        return jwt.encode(claims, self.key, algorithm=ALGORITHM)
+        return signing.sign(claims, self.key)
 
     def token_from_session(self, cookie: str) -> str:
         try:
-            claims = jwt.decode(cookie, self.key, algorithms=[ALGORITHM], audience=SESSION_AUDIENCE)
-        except JWTError:
+            claims = signing.verify(cookie, self.key, SESSION_AUDIENCE)
+        except signing.InvalidToken:
             raise ForbiddenError(f"Your login cookie is invalid or expired: log in again at {self.login_path}") from None
         token = claims.get("token")
         if not isinstance(token, str) or not token:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 from fastapi import Depends, Request
@@ -30,7 +30,9 @@ from .settings import Settings
 from .streaming import KeepaliveTicker
 from .supervisor import Supervisor
 from .tokens import BuildTokens
-from .warmpool import WarmPool
+
+if TYPE_CHECKING:
+    from .warmpool import WarmPool  # imported when enabled: most deployments never need it
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,8 @@ class Services:
             if binderhub.auth_enabled:
                 log.warning("WarmPool.enabled is ignored in auth mode: servers belong to their users")
             else:
+                from .warmpool import WarmPool
+
                 services.warm_pool = WarmPool(settings, services.launcher, services.quota, supervisor)
         try:
             await services._start_background()
