@@ -289,7 +289,6 @@ async def test_cleaner_removes_orphans(git_server):
     assert await namespace_containers() == []
 
 
-@pytest.mark.usefixtures()
 def test_events_doc_lists_every_event_type():
     from pathlib import Path
 
