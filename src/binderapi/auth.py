@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import string
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,10 +48,7 @@ def cookie_key(cookie_secret: str, build_token_secret: str | None) -> bytes:
     """The key signing login cookies: ``cookie_secret`` (hex or text), else one derived from the
     build token secret (never that secret itself), else random for this process."""
     if cookie_secret.strip():
-        text = cookie_secret.strip()
-        if len(text) % 2 == 0 and len(text) >= 32 and all(c in string.hexdigits for c in text):
-            return bytes.fromhex(text)
-        return text.encode()
+        return signing.key_from_text(cookie_secret)
     if build_token_secret:
         return hmac.new(build_token_secret.strip().encode(), b"binderapi login cookies", hashlib.sha256).digest()
     log.warning("Generating a random login cookie key: browser logins will not survive a restart or work "

@@ -6,9 +6,19 @@ process serving no build token and no login never needs.
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 ALGORITHM = "HS256"
+
+
+def key_from_text(text: str) -> bytes:
+    """A signing key as operators write secrets: hex (``openssl rand -hex 32``, as
+    ``BINDERHUB_BUILD_TOKEN_SECRET`` holds it) or plain text."""
+    text = text.strip()
+    if len(text) % 2 == 0 and len(text) >= 32 and all(c in string.hexdigits for c in text):
+        return bytes.fromhex(text)
+    return text.encode()
 
 
 class InvalidToken(Exception):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
-import string
 import sys
 import time
 from collections.abc import Callable
@@ -29,10 +28,7 @@ def token_key(secret: str | None) -> bytes:
         log.warning("Generating random build token secret: build tokens will not survive a restart or work "
                     "across replicas; set BinderHub.build_token_secret")
         return secrets.token_bytes(32)
-    text = secret.strip()
-    if len(text) % 2 == 0 and len(text) >= 32 and all(c in string.hexdigits for c in text):
-        return bytes.fromhex(text)
-    return text.encode()
+    return signing.key_from_text(secret)
 
 
 def request_origin(origin_header: str | None, host_header: str | None) -> str:
