@@ -91,6 +91,13 @@ async def check_policy(request: Request, services: Services, audience: str, buil
     return username, has_token, headers
 
 
+def log_incident(context: str) -> str:
+    """Log the exception being handled under a fresh incident id; the message a user sees."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("Unexpected error in %s (incident %s)", context, incident)
+    return f"Internal Server Error (incident {incident}); the operator's log has the details."
+
+
 async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIterator[bytes]:
     """Encode events; any error ends the stream with exactly one ``failed`` event."""
     try:
@@ -102,9 +109,7 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
     except BinderError as e:
         yield encode(FailedEvent(message=line(e.message), status_code=e.status_code))
     except Exception:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("Unexpected error in %s (incident %s)", context, incident)
-        yield encode(FailedEvent(message=f"Internal Server Error (incident {incident}); the operator's log has the details.\n", status_code=500))
+        yield encode(FailedEvent(message=line(log_incident(context)), status_code=500))
 
 
 @router.get(
@@ -184,8 +189,6 @@ class DirectBuildRoute:
                                             request.query_params.get("build_only", ""),
                                             request.query_params.get("build_token", ""))
         except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("Unexpected error in %s (incident %s)", scope["path"], incident)
-            response = failure_response(f"Internal Server Error (incident {incident}); the operator's log has the details.", 500)
+            response = failure_response(log_incident(scope["path"]), 500)
         del request  # not kept (parsed headers, query) for the hour a stream may last
         await response(scope, receive, send)
