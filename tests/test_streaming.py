@@ -132,3 +132,36 @@ async def test_a_source_ending_before_the_response_starts_still_completes_it():
     client = Client()
     await asyncio.wait_for(EventStreamResponse(stream, KeepaliveTicker(3600)).__call__({}, client.receive, client.send), 5)
     assert client.body() == b"data: 1\n\ndata: 2\n\n" and client.ended()
+
+
+async def test_a_reader_too_slow_for_one_keepalive_gets_no_pile_of_them():
+    never = asyncio.Event()
+
+    async def waiting() -> AsyncIterator[bytes]:
+        yield b"data: waiting\n\n"
+        await never.wait()
+
+    class StalledClient(Client):
+        """Takes the first frame, then stops reading: every later write waits (a full socket)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes_waiting = 0
+            self.stalled = asyncio.Event()
+
+        async def send(self, message: dict) -> None:
+            if message["type"] == "http.response.body" and self.got_body.is_set():
+                self.writes_waiting += 1
+                self.stalled.set()
+                await self.gone.wait()
+                return
+            await super().send(message)
+
+    ticker = KeepaliveTicker(0.02)
+    client = StalledClient()
+    response = asyncio.ensure_future(EventStreamResponse(FrameStream(waiting()), ticker).__call__({}, client.receive, client.send))
+    await asyncio.wait_for(client.stalled.wait(), 5)
+    await asyncio.sleep(ticker.interval * 10)  # ten more keepalives due while the first cannot be written
+    assert client.writes_waiting == 1
+    client.gone.set()
+    await asyncio.wait_for(response, 5)

@@ -43,11 +43,12 @@ class FrameStream:
     stops the source.
     """
 
-    __slots__ = ("__weakref__", "_frames", "_loop", "_send", "_task", "ended", "last_sent")
+    __slots__ = ("__weakref__", "_frames", "_keepalive", "_loop", "_send", "_task", "ended", "last_sent")
 
     def __init__(self, source: AsyncIterator[bytes]) -> None:
         self._frames: list[bytes] = []  # a list: an empty deque costs half a kilobyte, per stream
         self._send: Any = None
+        self._keepalive: asyncio.Future[None] | None = None  # the keepalive being written, if any
         self.ended = False
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
@@ -93,10 +94,13 @@ class FrameStream:
         await (send or self._send)(_body(chunk))
 
     def keepalive(self) -> None:
-        """Write ``:keepalive`` now, in a task of its own: a slow reader must not hold up the ticker."""
-        if self._send is not None and not self.ended:
-            self.last_sent = self._loop.time()
-            asyncio.ensure_future(self._send(_body(KEEPALIVE))).add_done_callback(_log_failure)
+        """Write ``:keepalive`` now, in a task of its own: a slow reader must not hold up the ticker.
+        While a reader is too slow to take the last one, no other piles up behind it."""
+        if self._send is None or self.ended or (self._keepalive is not None and not self._keepalive.done()):
+            return
+        self.last_sent = self._loop.time()
+        self._keepalive = asyncio.ensure_future(self._send(_body(KEEPALIVE)))
+        self._keepalive.add_done_callback(_log_failure)
 
     def cancel(self) -> None:
         self._task.cancel()
