@@ -220,23 +220,21 @@ class KubernetesBuildBackend(BuildBackend):
         the pod carries our creator mark: then an earlier attempt made it and only its answer was
         lost, and the build is ours."""
         name = pod["metadata"]["name"]
-        for attempt in range(API_ATTEMPTS):
+        attempts = 0
+
+        async def create() -> None:
+            nonlocal attempts
+            attempts += 1
             try:
                 await api.create_namespaced_pod(self.namespace, pod, _request_timeout=self.timeout)
-                return
             except ApiException as e:
-                if e.status == 409:
-                    if attempt and await self._created_by_us(api, name):
-                        return
-                    raise BuildExistsError(name) from None
-                if attempt == API_ATTEMPTS - 1 or not is_transient(e):
-                    raise self._failure(f"creating the build pod {name}", e) from None
-                log.info("Creating build pod %s failed (%s); trying again", name, describe(e))
-            except CONNECTION_ERRORS as e:
-                if attempt == API_ATTEMPTS - 1:
-                    raise self._failure(f"creating the build pod {name}", e) from None
-                log.info("Creating build pod %s failed (%s); trying again", name, describe(e))
-            await asyncio.sleep(RETRY_DELAY * 2**attempt)
+                if e.status != 409:
+                    raise
+                if attempts > 1 and await self._created_by_us(api, name):
+                    return
+                raise BuildExistsError(name) from None
+
+        await self._call(f"creating the build pod {name}", create)
 
     async def _created_by_us(self, api: client.CoreV1Api, name: str) -> bool:
         pod = await self._call(f"reading the build pod {name}",
