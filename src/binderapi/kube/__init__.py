@@ -19,6 +19,8 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from .. import retry
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CONNECTION_ERRORS", "ApiException", "Informer", "describe", "is_transient", "make_api_client", "retrying"]
@@ -156,12 +158,5 @@ def describe(error: BaseException) -> str:
 async def retrying(call: Callable[[], Awaitable[T]], *, attempts: int = 4, delay: float = 0.5) -> T:
     """``call()`` again after transient failures (5xx, 429, timeouts, broken connections), waiting
     ``delay`` seconds, doubled each time; the last failure, or any other error, is raised."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except (ApiException, *CONNECTION_ERRORS) as e:
-            if attempt == attempts - 1 or not is_transient(e):
-                raise
-            log.info("Kubernetes API call failed (%s); trying again", describe(e))
-        await asyncio.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")
+    return await retry.retrying(call, attempts=attempts, delay=delay, what="Kubernetes API call",
+                                transient=is_transient, describe=describe, level=logging.INFO)

@@ -7,18 +7,13 @@ after the last attempt it becomes a :class:`~binderapi.errors.RegistryError` the
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .. import retry
 from ..errors import RegistryError
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-
-MAX_DELAY = 30.0
 
 
 class TransientError(Exception):
@@ -26,20 +21,12 @@ class TransientError(Exception):
 
 
 async def retrying(op: Callable[[], Awaitable[T]], *, attempts: int, delay: float, what: str) -> T:
-    """Run ``op`` up to ``attempts`` times, waiting ``delay``, ``2 * delay``, ... between tries.
-
-    Any other exception (a definite refusal such as rejected credentials) passes through at once.
-    """
-    last: TransientError | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            return await op()
-        except TransientError as e:
-            last = e
-            if attempt == attempts:
-                break
-            wait = min(delay * 2 ** (attempt - 1), MAX_DELAY)
-            log.warning("%s failed (attempt %d of %d): %s; retrying in %.1fs", what, attempt, attempts, e, wait)
-            await asyncio.sleep(wait)
-    plural = "s" if attempts != 1 else ""
-    raise RegistryError(f"{last} (gave up after {attempts} attempt{plural})") from last
+    """Run ``op`` up to ``attempts`` times (:func:`binderapi.retry.retrying`), retrying only
+    :class:`TransientError`; any other exception (a definite refusal such as rejected credentials)
+    passes through at once."""
+    try:
+        return await retry.retrying(op, attempts=attempts, delay=delay, what=what,
+                                    transient=lambda e: isinstance(e, TransientError))
+    except TransientError as e:
+        plural = "s" if attempts != 1 else ""
+        raise RegistryError(f"{e} (gave up after {attempts} attempt{plural})") from e
