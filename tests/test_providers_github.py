@@ -238,8 +238,8 @@ async def test_unknown_gist(gists):
 # -- confined API paths (issue #10 item 7) ----------------------------------------------------
 
 TRAVERSALS = [
-    "../../victim/private/commits/HEAD",  # "../" resolved by the client: /repos/victim/private/...
-    "x/../../../victim/private/commits/HEAD",
+    "../../../victim/private/commits/HEAD",  # "../" resolved by the client: /repos/victim/private/...
+    "x/../../../../victim/private/commits/HEAD",
     "..",
     "%2e%2e/%2e%2e/victim/private/commits/HEAD",  # a second encoding, decoded by a lenient server
     "..%2F..%2Fvictim%2Fprivate",
