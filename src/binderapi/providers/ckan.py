@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..settings import models
 
 #: a CKAN dataset name (lower case, digits, ``-``, ``_``) or id (a UUID), and an activity id
-_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # it becomes part of an image tag (<= 128)
 
 
 class CKANProvider(RepoProvider):
