@@ -3,6 +3,8 @@ and the provider listings of ``/_config`` and ``/api/repoproviders``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from urllib.parse import quote
 
@@ -118,3 +120,35 @@ async def test_frontend_listings_show_enabled_providers(client):
                  "urlEncode": False},
         "ref": {"enabled": True, "default": "HEAD"},
     }
+
+
+async def raw_get_events(url: str, raw_path: str) -> list[dict]:
+    """GET ``raw_path`` exactly as written (HTTP clients resolve ``../`` before sending; an attacker's
+    ``curl --path-as-is`` does not), reading the event stream until the server closes it."""
+    parts = httpx.URL(url)
+    reader, writer = await asyncio.open_connection(parts.host, parts.port)
+    writer.write(f"GET {raw_path} HTTP/1.1\r\nHost: {parts.host}\r\nAccept: text/event-stream\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    await writer.drain()
+    body = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return [json.loads(line[5:]) for line in body.split(b"\n") if line.startswith(b"data:")]
+
+
+@pytest.mark.parametrize("ref", [
+    "../../../victim/private/commits/HEAD",
+    "x/../../../../victim/private/commits/HEAD",
+    "%2E%2E%2F%2E%2E%2Fvictim%2Fprivate%2Fcommits%2FHEAD",
+    "..%5C..%5Cvictim%5Cprivate",
+    "HEAD%3Fx%3D1",
+])
+async def test_ref_cannot_reach_another_repository_through_the_service(fake_github, ref):
+    """Issue #10 item 7: with the operator's token, a ``../`` ref sent GitHub
+    ``GET /repos/<victim>/<private>/...``, an oracle for private repositories."""
+    fake_github.set_ref("victim/private", "HEAD", SHA)
+    fake_github.private["victim/private"] = "t0ken"
+    async with serve(settings_for(fake_github, access_token="t0ken")) as svc:
+        events = await raw_get_events(svc.url, f"/build/gh/o/r/{ref}?build_only=true")
+    assert [r.path for r in fake_github.requests] == []
+    assert [e["phase"] for e in events] == ["failed"], events
+    assert "is not a valid GitHub ref" in events[0]["message"]

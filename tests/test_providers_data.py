@@ -40,8 +40,9 @@ async def test_zenodo_version_doi(zenodo, fake_doi, fake_zenodo):
     assert await provider.get_resolved_spec() == "10.5281/zenodo.3242074"
     assert provider.get_repo_url() == "10.5281/zenodo.3242074"
     assert await provider.get_resolved_ref_url() == f"{fake_doi.url}/10.5281/zenodo.3242074"
-    assert provider.get_build_slug() == "zenodo-3242074"
-    assert naming.image_name("", provider.get_build_slug(), "3242074").startswith("zenodo-2d3242074-")
+    # the landing host and the DOI name the image (BinderHub: "zenodo-3242074", see test_providers_identity)
+    assert provider.get_build_slug() == "zenodo-127.0.0.1/10.5281/zenodo.3242074"
+    assert naming.image_name("", provider.get_build_slug(), "3242074").startswith("zenodo-2d127-2e0-2e0-2e1-2f10-2e5281-2fzenodo-2e3242074-")
     assert [r.path for r in fake_zenodo.requests] == ["/record/3242074", "/records/3242074"]
 
 
@@ -92,14 +93,14 @@ def figshare(fake_doi, fake_figshare, doi_registry):
     fake_figshare.articles["9782777"] = [1, 2, 3]
     fake_doi.dois["10.6084/m9.figshare.9782777.v1"] = f"{fake_figshare.url}/articles/code/Binder-ready/9782777/1"
     fake_doi.dois["10.6084/m9.figshare.9782777"] = f"{fake_figshare.url}/articles/code/Binder-ready/9782777"
-    return lambda: doi_registry({"FigshareProvider": {"api_base_url": fake_figshare.url + "/v2"}})
+    return lambda: doi_registry({"FigshareProvider": {"api_base_url": fake_figshare.url + "/v2", "hosts": ["127.0.0.1"]}})
 
 
 async def test_figshare_versioned_doi(figshare, fake_figshare):
     provider = figshare().create("figshare", "10.6084/m9.figshare.9782777.v1")
     assert await provider.get_resolved_ref() == "9782777.v1"
     assert await provider.get_resolved_spec() == "10.6084/m9.figshare.9782777.v1"
-    assert provider.get_build_slug() == "figshare-9782777.v1"
+    assert provider.get_build_slug() == "figshare-127.0.0.1/10.6084/m9.figshare.9782777.v1"
     assert fake_figshare.count("/v2/") == 0  # the version was in the DOI
 
 
@@ -108,6 +109,7 @@ async def test_figshare_unversioned_doi_takes_latest(figshare, fake_doi):
     assert await provider.get_resolved_ref() == "9782777.v3"
     assert await provider.get_resolved_spec() == "10.6084/m9.figshare.9782777.v3"
     assert await provider.get_resolved_ref_url() == f"{fake_doi.url}/10.6084/m9.figshare.9782777.v3"
+    assert provider.get_repo_url() == "10.6084/m9.figshare.9782777.v3"  # given the bare DOI, repo2docker builds v1
 
 
 async def test_figshare_unknown(figshare):
@@ -163,7 +165,7 @@ async def test_dataverse(dataverse, fake_dataverse):
     assert await provider.get_resolved_spec() == "10.7910/DVN/TJCLKP"
     assert await provider.get_resolved_ref_url() == "https://doi.org/10.7910/DVN/TJCLKP"
     assert provider.get_repo_url() == "10.7910/DVN/TJCLKP"
-    assert provider.get_build_slug() == "dataverse-dvn-2ftjclkp"
+    assert provider.get_build_slug() == "dataverse-127.0.0.1/10.7910/dvn/tjclkp"
     api = [r for r in fake_dataverse.requests if r.path.startswith("/api/")]
     assert api[0].path == "/api/datasets/:persistentId" and "persistentId=doi:10.7910/DVN/TJCLKP" in api[0].query
 
@@ -197,7 +199,7 @@ async def test_ckan_dataset(ckan, fake_ckan):
     assert provider.get_repo_url() == url
     assert await provider.get_resolved_spec() == url
     assert await provider.get_resolved_ref_url() == url
-    assert provider.get_build_slug() == "ckan-sample-dataset-1"
+    assert provider.get_build_slug() == f"ckan-{url}"
     assert fake_ckan.requests[0].path == "/api/3/action/package_show"
     assert fake_ckan.requests[0].query == "id=sample-dataset-1"
 

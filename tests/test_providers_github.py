@@ -233,3 +233,62 @@ async def test_secret_gists_need_permission(gists):
 
 async def test_unknown_gist(gists):
     assert await gists().create("gist", "someone/nope").get_resolved_ref() is None
+
+
+# -- confined API paths (issue #10 item 7) ----------------------------------------------------
+
+TRAVERSALS = [
+    "../../../victim/private/commits/HEAD",  # "../" resolved by the client: /repos/victim/private/...
+    "x/../../../../victim/private/commits/HEAD",
+    "..",
+    "%2e%2e/%2e%2e/victim/private/commits/HEAD",  # a second encoding, decoded by a lenient server
+    "..%2F..%2Fvictim%2Fprivate",
+    "..\\..\\victim\\private",
+    "HEAD?ref=main",
+    "HEAD#x",
+    "feature//x",
+    "a\nb",
+]
+
+
+@pytest.mark.parametrize("ref", TRAVERSALS)
+async def test_ref_cannot_leave_the_repository_api_path(github, fake_github, ref):
+    fake_github.set_ref("victim/private", "HEAD", SHA)
+    with pytest.raises(SpecError, match="is not a valid GitHub ref"):
+        await github(access_token="t0ken").create("gh", f"binder-examples/octave/{ref}").get_resolved_ref()
+    assert fake_github.count() == 0
+
+
+async def test_api_path_quotes_every_part_even_past_the_parser(github, fake_github):
+    """The second layer: a ref the parser let through still cannot change the path."""
+    provider = github().create("gh", "binder-examples/octave/HEAD")
+    provider.unresolved_ref = "%2e%2e/x?y#z"
+    assert provider._api_url().endswith("/repos/binder-examples/octave/commits/%252e%252e/x%3Fy%23z")
+    provider.unresolved_ref = "../../victim/private"
+    with pytest.raises(SpecError, match="cannot be part of an upstream API path"):
+        provider._api_url()
+
+
+async def test_sha_on_an_unknown_repository_asks_github(github, fake_github):
+    """A 40-hex ref is not taken on trust (a cheap queue flood): GitHub is asked, and its answer
+    is cached either way."""
+    registry = github()
+    for _ in range(2):
+        assert await registry.create("gh", f"nobody/nothing/{SHA}").get_resolved_ref() is None
+        assert await registry.create("gh", f"binder-examples/octave/{SHA2[:-1]}3").get_resolved_ref() is None
+    assert [r.path for r in fake_github.requests] == [
+        f"/repos/nobody/nothing/commits/{SHA}", f"/repos/binder-examples/octave/commits/{SHA2[:-1]}3"]
+
+
+@pytest.mark.parametrize("ref", ["..", "%2e%2e", "a\\b", "x?y"])
+async def test_gist_ref_is_checked(gists, fake_github, ref):
+    with pytest.raises(SpecError, match="is not a valid Gist ref"):
+        await gists().create("gist", f"someone/8f7c2f0341ef4180b0dc53ed7/{ref}").get_resolved_ref()
+    assert fake_github.count() == 0
+
+
+async def test_gist_sha_on_an_unknown_gist_asks_github(gists, fake_github):
+    registry = gists()
+    for _ in range(2):
+        assert await registry.create("gist", f"someone/0123456789abcdef/{SHA}").get_resolved_ref() is None
+    assert [r.path for r in fake_github.requests] == ["/gists/0123456789abcdef"]

@@ -59,3 +59,26 @@ async def test_private_token_in_header_and_credentials(gitlab, fake_gitlab):
 def test_malformed_specs(gitlab, spec):
     with pytest.raises(SpecError):
         gitlab().create("gl", spec)
+
+
+@pytest.mark.parametrize("spec", [
+    "group%2Fproject/..",  # one dot segment would drop "commits" from the path
+    "group%2Fproject/..%2F..%2F..%2Fvictim%252Fprivate",
+    "group%2Fproject/%252e%252e",
+    "group%2Fproject/a%5Cb",
+    "group%2Fproject/HEAD%3Fx",
+    "group%2F..%2Fproject/HEAD",
+    "group%2Fpro%2525ject/HEAD",
+    "group%2F.hidden/HEAD",
+])
+async def test_api_path_is_confined(gitlab, fake_gitlab, spec):
+    with pytest.raises(SpecError):
+        await gitlab(private_token="glpat-123").create("gl", spec).get_resolved_ref()
+    assert fake_gitlab.requests == []
+
+
+async def test_sha_on_an_unknown_project_asks_gitlab(gitlab, fake_gitlab):
+    registry = gitlab()
+    for _ in range(2):
+        assert await registry.create("gl", f"nobody%2Fnothing/{SHA}").get_resolved_ref() is None
+    assert [r.path for r in fake_gitlab.requests] == [f"/api/v4/projects/nobody%2Fnothing/repository/commits/{SHA}"]

@@ -80,3 +80,21 @@ async def test_release_of_unbuildable_target(swh, fake_swh):
     fake_swh.releases[REL] = ("content", "6" * 40)
     with pytest.raises(SpecError, match="cannot be built"):
         await swh().create("swhid", f"swh:1:rel:{REL}").get_resolved_ref()
+
+
+@pytest.mark.parametrize("spec", [
+    f"swh:1:rev:{REV}/../../snapshot/{SNP}",
+    f"swh:1:rev:{REV[:-1]}%2e",
+    f"swh:1:rev:../../{REV[:34]}",
+])
+def test_id_cannot_move_the_api_path(swh, fake_swh, spec):
+    """Issue #10 item 7, audited: only a 40-hex id reaches the API path."""
+    with pytest.raises(SpecError, match="is not a Software Heritage identifier"):
+        swh().create("swhid", spec)
+    assert fake_swh.requests == []
+
+
+async def test_qualifiers_never_reach_the_api(swh, fake_swh):
+    provider = swh().create("swhid", f"swh:1:rev:{REV};origin=../../../snapshot/{SNP}?x#y")
+    assert await provider.get_resolved_ref() == REV
+    assert [r.path for r in fake_swh.requests] == [f"/api/1/revision/{REV}/"]

@@ -4,10 +4,15 @@ The site's action API lives beside the dataset page (``<prefix>/api/3/action/``)
 versioned by its ``metadata_modified`` time; a URL naming an activity (``/history/<id>`` or
 ``?activity_id=``) pins that past version for good. The URL is the user's, so its host is checked
 against ``denied_networks`` like every provider request.
+
+Any site can name a dataset ``x`` and claim any ``metadata_modified``, so the image name carries the
+whole dataset address (scheme, host, path prefix, dataset, activity), not BinderHub's bare
+``ckan-<dataset>``: a dataset on one site can never be served an image built from another.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
@@ -20,6 +25,9 @@ from .doi import epoch_seconds
 
 if TYPE_CHECKING:
     from ..settings import models
+
+#: a CKAN dataset name (lower case, digits, ``-``, ``_``) or id (a UUID), and an activity id
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # it becomes part of an image tag (<= 128)
 
 
 class CKANProvider(RepoProvider):
@@ -44,10 +52,14 @@ class CKANProvider(RepoProvider):
         parts = urlsplit(self.repo)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SpecError(f'"{redact(self.repo)}" is not a CKAN dataset URL (http or https).')
+        if parts.username is not None or parts.password is not None:
+            raise SpecError("Credentials do not belong in the CKAN dataset URL.")
         if "/dataset/" not in parts.path:
             raise SpecError(f'"{redact(self.repo)}" is not a CKAN dataset URL: it has no "/dataset/" in its path.')
         # CKAN may live under a path prefix (https://example.org/data/dataset/<id>)
         url_prefix, _, rest = parts.path.partition("/dataset/")
+        if any(part in (".", "..") for part in url_prefix.split("/")):
+            raise SpecError(f'"{redact(self.repo)}" is not a CKAN dataset URL: its path has "." or ".." in it.')
         segments = rest.split("/")
         self.dataset_id = segments[0]
         if not self.dataset_id:
@@ -58,7 +70,14 @@ class CKANProvider(RepoProvider):
         elif parse_qs(parts.query).get("activity_id"):
             activity = parse_qs(parts.query)["activity_id"][0]
         self.activity_id = activity or None
-        self.api = f"{parts.scheme}://{parts.netloc}{url_prefix}/api/3/action/"
+        for value in (self.dataset_id, self.activity_id or "x"):
+            if not _ID.fullmatch(value):
+                raise SpecError(f'"{redact(self.repo)}" is not a CKAN dataset URL: "{value[:100]}" is not a dataset or activity id.')
+        site = f"{parts.scheme}://{parts.netloc}{url_prefix}"
+        self.api = f"{site}/api/3/action/"
+        #: what identifies the dataset version built: the site (scheme, host, port, path), the
+        #: dataset and the activity; other query parameters or a fragment change nothing
+        self.identity = f"{site}/dataset/{self.dataset_id}" + (f"/history/{self.activity_id}" if self.activity_id else "")
         self.record_id: str | None = None
 
     async def get_resolved_ref(self) -> str | None:
@@ -72,10 +91,10 @@ class CKANProvider(RepoProvider):
         return self.record_id
 
     async def _resolve(self, url: str) -> Resolution:
-        response = await _http.fetch(self.context, self.config, "The CKAN site", url)
+        response = await _http.fetch(self.context, self.config, "CKAN site", url)
         if 400 <= response.status_code < 500:  # CKAN answers 403 for private, 404 for unknown
             return Resolution(None, self.config.cache_404_ttl)
-        body = _http.json_body("The CKAN site", response)
+        body = _http.json_body("CKAN site", response)
         result = body.get("result") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(result, dict) or "metadata_modified" not in result:
             raise UpstreamError(f"The CKAN site {response.url.host} gave no dataset version (HTTP {response.status_code}).")
@@ -94,4 +113,4 @@ class CKANProvider(RepoProvider):
         return self.repo
 
     def get_build_slug(self) -> str:
-        return f"ckan-{self.dataset_id}"
+        return f"ckan-{self.identity}"

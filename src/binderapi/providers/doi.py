@@ -4,6 +4,12 @@ The "ref" of a record is its version: a record id, ``<article>.v<n>``, a modific
 dataset version. repo2docker is given the DOI (or HydroShare URL) and fetches the data itself; this
 module only pins down which version will be built, so the image name changes when the record does.
 DOI redirects are followed hop by hop, each hop checked against ``denied_networks``.
+
+Record ids and versions are not content addresses: anyone who registers a DOI can make it land on a
+page whose id matches someone else's record. So the image name of a DOI record carries the DOI itself
+and the host it landed on (``zenodo-<host>/<doi>``), unlike BinderHub's ``zenodo-<record>``: nobody
+can pre-build an image that another DOI will be served. (Moving from BinderHub, such images are
+rebuilt once.)
 """
 
 from __future__ import annotations
@@ -11,19 +17,20 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
-
-import escapism
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from ..errors import SpecError, UpstreamError
 from . import _http
 from ._cache import Resolution
+from ._paths import segments
 from .base import RepoProvider
 
 if TYPE_CHECKING:
     from ..settings import models
 
 _DOI = re.compile(r"10\.\d+/\S+")
+#: what a landing page's record id may be (it becomes an image tag)
+_RECORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def epoch_seconds(timestamp: str) -> str:
@@ -47,17 +54,20 @@ class _DoiProvider(RepoProvider):
         super().__init__(spec, **kwargs)
         self.parse_spec(spec)
         self.record_id: str | None = None
+        #: the host the record was found on (part of the image name)
+        self.host = ""
 
     def parse_spec(self, spec: str) -> None:
-        if not _DOI.fullmatch(spec):
-            raise SpecError(f'"{spec}" is not a DOI (of the form 10.1234/...).')
+        if not _DOI.fullmatch(spec) or len(spec) > 500:
+            raise SpecError(f'"{spec[:200]}" is not a DOI (of the form 10.1234/...).')
+        segments(spec, split=True)  # no "." or ".." segment may move the resolver's path
 
     async def landing_url(self) -> str | None:
         """Where the DOI resolver sends the DOI (after every redirect), or ``None`` if it knows no
         such DOI or the landing page does not exist."""
         resolver = self.config.doi_resolver_url.rstrip("/")
         response = await _http.fetch(
-            self.context, self.config, "The DOI resolver", f"{resolver}/{quote(self.spec, safe='/')}",
+            self.context, self.config, "DOI resolver", f"{resolver}/{segments(self.spec, split=True)}",
             follow_redirects=True, max_redirects=self.config.max_redirects)
         if response.status_code in (404, 410):
             return None
@@ -68,19 +78,32 @@ class _DoiProvider(RepoProvider):
     async def get_resolved_ref(self) -> str | None:
         if self.record_id is None:
             cache = self.context.cache(self.name.lower(), self.config)
-            self.record_id = await cache.get_or_compute(self.spec, lambda stale: self.resolve())
+            found = await cache.get_or_compute(self.spec, lambda stale: self.resolve())
+            if found is not None:
+                self.host, self.record_id = found
         return self.record_id
 
     async def resolve(self) -> Resolution:
+        """``(host, record id)`` or ``None``, with its lifetime."""
         raise NotImplementedError
+
+    def allowed_landing(self, landing: str, hosts: list[str]) -> str:
+        """The landing page's host, if it is one of ``hosts``; else :class:`SpecError`."""
+        host = urlsplit(landing).hostname or ""
+        if host not in hosts:
+            raise SpecError(f"{self.spec} is not a {self.name} DOI: it resolves to {host}, not to {', '.join(hosts)}.")
+        return host
 
     def not_found(self) -> Resolution:
         return Resolution(None, self.config.cache_404_ttl)
 
     async def get_resolved_spec(self) -> str:
-        record_id = await self._require_ref()
+        await self._require_ref()
+        return self._versioned_doi()
+
+    def _versioned_doi(self) -> str:
         head, sep, _ = self.spec.partition(self.doi_marker)
-        return f"{head}{self.doi_marker}.{record_id}" if sep else self.spec
+        return f"{head}{self.doi_marker}.{self.record_id}" if sep and self.record_id else self.spec
 
     def get_repo_url(self) -> str:
         return self.spec
@@ -89,7 +112,8 @@ class _DoiProvider(RepoProvider):
         return f"{self.config.doi_resolver_url.rstrip('/')}/{await self.get_resolved_spec()}"
 
     def get_build_slug(self) -> str:
-        return f"{self.name.lower()}-{self.record_id}"
+        # DOIs are case-insensitive; a host has no "/", so host and DOI cannot be confused
+        return f"{self.name.lower()}-{self.host}/{self.spec.lower()}"
 
 
 class ZenodoProvider(_DoiProvider):
@@ -111,15 +135,13 @@ class ZenodoProvider(_DoiProvider):
         landing = await self.landing_url()
         if landing is None:
             return self.not_found()
-        host = urlsplit(landing).hostname or ""
-        if host not in self.config.hosts:
-            raise SpecError(f"{self.spec} is not a Zenodo DOI: it resolves to {host}, not to {', '.join(self.config.hosts)}.")
+        host = self.allowed_landing(landing, self.config.hosts)
         record_id = urlsplit(landing).path.rstrip("/").rsplit("/", 1)[-1]
-        if not record_id:
-            return self.not_found()
+        if not _RECORD.fullmatch(record_id):
+            raise SpecError(f"{self.spec} does not resolve to a Zenodo record (it lands on {host}{urlsplit(landing).path[:100]}).")
         # a version DOI names its record for good; a concept DOI follows the latest version
         immutable = self.spec.rsplit(".", 1)[-1] == record_id
-        return Resolution(record_id, None if immutable else self.config.cache_ttl)
+        return Resolution((host, record_id), None if immutable else self.config.cache_ttl)
 
 
 class FigshareProvider(_DoiProvider):
@@ -137,6 +159,8 @@ class FigshareProvider(_DoiProvider):
         "ref": {"enabled": False},
     }
     _ARTICLE = re.compile(r"figshare\.(\d+)(?:\.v(\d+))?$", re.IGNORECASE)
+    #: a landing page, ``/articles/[<type>/]<title>/<id>[/<version>]``, read as repo2docker reads it
+    _LANDING = re.compile(r"/articles/(?:[^/]+/){1,2}(\d+)(?:/(\d+))?/?")
 
     def parse_spec(self, spec: str) -> None:
         super().parse_spec(spec)
@@ -146,10 +170,19 @@ class FigshareProvider(_DoiProvider):
         self.article_id, self.version = match.group(1), match.group(2)
 
     async def resolve(self) -> Resolution:
-        if await self.landing_url() is None:
+        landing = await self.landing_url()
+        if landing is None:
             return self.not_found()
+        # repo2docker builds the article the DOI lands on, so that must be the one named here
+        host = self.allowed_landing(landing, self.config.hosts)
+        path = urlsplit(landing).path
+        match = self._LANDING.fullmatch(path)
+        if (not match or match.group(1) != self.article_id
+                or (self.version and match.group(2) != self.version)):
+            raise SpecError(f"{self.spec} does not resolve to Figshare article {self.article_id}"
+                            f"{f' version {self.version}' if self.version else ''} (it lands on {host}{path[:100]}).")
         if self.version:
-            return Resolution(f"{self.article_id}.v{self.version}", None)
+            return Resolution((host, f"{self.article_id}.v{self.version}"), None)
         url = f"{self.config.api_base_url.rstrip('/')}/articles/{self.article_id}/versions"
         response = await _http.fetch(self.context, self.config, "Figshare", url)
         if response.status_code == 404:
@@ -158,7 +191,11 @@ class FigshareProvider(_DoiProvider):
             raise UpstreamError(f"Figshare ({response.url.host}) refused the request (HTTP {response.status_code}).")
         versions = [v.get("version") for v in _http.json_body("Figshare", response) if isinstance(v, dict)]
         latest = max((v for v in versions if isinstance(v, int)), default=1)
-        return Resolution(f"{self.article_id}.v{latest}", self.config.cache_ttl)
+        return Resolution((host, f"{self.article_id}.v{latest}"), self.config.cache_ttl)
+
+    def get_repo_url(self) -> str:
+        # the version the image is named after: given the bare DOI, repo2docker takes version 1
+        return self._versioned_doi()
 
 
 class HydroshareProvider(_DoiProvider):
@@ -198,7 +235,8 @@ class HydroshareProvider(_DoiProvider):
         modified = next((d.get("start_date") for d in body.get("dates", []) if d.get("type") == "modified"), None)
         if not isinstance(modified, str):
             raise UpstreamError(f"HydroShare ({response.url.host}) gave no modification date for {self.resource_id}.")
-        return Resolution(f"{self.resource_id}.v{epoch_seconds(modified)}", self.config.cache_ttl)
+        host = urlsplit(base).hostname or ""
+        return Resolution((host, f"{self.resource_id}.v{epoch_seconds(modified)}"), self.config.cache_ttl)
 
     async def get_resolved_spec(self) -> str:
         return self.get_repo_url()  # HydroShare keeps no history to point at
@@ -208,6 +246,11 @@ class HydroshareProvider(_DoiProvider):
 
     async def get_resolved_ref_url(self) -> str:
         return self.get_repo_url()
+
+    def get_build_slug(self) -> str:
+        # BinderHub's name kept: the one host is the operator's (base_url), and resource ids are
+        # random UUIDs it assigns, which nobody can choose to match another resource's
+        return f"hydroshare-{self.record_id}"
 
 
 class DataverseProvider(_DoiProvider):
@@ -232,6 +275,8 @@ class DataverseProvider(_DoiProvider):
         if self.dataset is None:
             cache = self.context.cache("dataverse", self.config)
             self.dataset = await cache.get_or_compute(self.spec, lambda stale: self.resolve())
+            if self.dataset:
+                self.host, self.record_id = self.dataset["host"], self.dataset["record_id"]
         return self.dataset["record_id"] if self.dataset else None
 
     async def resolve(self) -> Resolution:
@@ -250,6 +295,7 @@ class DataverseProvider(_DoiProvider):
         data = body["data"]
         version = data["latestVersion"]
         return Resolution({
+            "host": parts.hostname or "",
             "record_id": f"{data['id']}.v{version['versionNumber']}.{version['versionMinorNumber']}",
             "identifier": data["identifier"],
             "resolved_spec": f"{data['authority']}/{data['identifier']}",
@@ -266,7 +312,3 @@ class DataverseProvider(_DoiProvider):
 
     async def get_resolved_ref_url(self) -> str:
         return (await self._dataset())["ref_url"]
-
-    def get_build_slug(self) -> str:
-        identifier = self.dataset["identifier"] if self.dataset else self.spec
-        return "dataverse-" + escapism.escape(identifier, escape_char="-").lower()

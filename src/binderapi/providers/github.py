@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 
@@ -19,6 +18,7 @@ from ..errors import SpecError, UpstreamError
 from ..metrics import GITHUB_RATE_LIMIT
 from . import _http
 from ._cache import Resolution
+from ._paths import check_git_ref, segments
 from .base import RepoProvider, is_sha1
 
 if TYPE_CHECKING:
@@ -126,13 +126,16 @@ class GitHubRepoProvider(_GitHubAPI):
 
     def __init__(self, spec: str, **kwargs: Any) -> None:
         super().__init__(spec, **kwargs)
-        user, repo, self.unresolved_ref = tokenize_spec(spec)
+        user, repo, ref = tokenize_spec(spec)
         self.user = _check_name("user", user, spec)
         self.repo = _check_name("repository", repo.removesuffix(".git"), spec)
+        self.unresolved_ref = check_git_ref(ref, spec, "GitHub")
         self.resolved_ref: str | None = None
 
     def _api_url(self) -> str:
-        return f"{self.api_base}/repos/{quote(self.user)}/{quote(self.repo)}/commits/{quote(self.unresolved_ref, safe='/')}"
+        # a ref keeps its "/" (GitHub's API takes "feature/x" as is); every part is quoted alone
+        return (f"{self.api_base}/repos/{segments(self.user)}/{segments(self.repo)}"
+                f"/commits/{segments(self.unresolved_ref, split=True)}")
 
     async def get_resolved_ref(self) -> str | None:
         if self.resolved_ref is None:
@@ -199,13 +202,13 @@ class GistRepoProvider(_GitHubAPI):
             raise SpecError(f'Spec is not of the form "user/gist-id[/ref]", provided: "{spec}".')
         self.user = _check_name("user", parts[0], spec)
         self.gist_id = _check_name("gist", parts[1], spec)
-        self.unresolved_ref = parts[2] if len(parts) == 3 else ""
+        self.unresolved_ref = check_git_ref(parts[2], spec, "Gist") if len(parts) == 3 else ""
         self.resolved_ref: str | None = None
 
     async def get_resolved_ref(self) -> str | None:
         if self.resolved_ref is not None:
             return self.resolved_ref
-        url = f"{self.api_base}/gists/{quote(self.gist_id)}"
+        url = f"{self.api_base}/gists/{segments(self.gist_id)}"
         cache = self.context.cache("gist", self.config)
         gist = await cache.get_or_compute(url, lambda stale: self._fetch(url, stale))
         if gist is None:

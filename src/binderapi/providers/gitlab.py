@@ -8,16 +8,21 @@ query parameters, so they never appear in a logged URL.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from ..errors import SpecError, UpstreamError
 from . import _http
 from ._cache import Resolution
+from ._paths import check_git_ref, segments
 from .base import RepoProvider, is_sha1
 
 if TYPE_CHECKING:
     from ..settings import models
+
+#: a group or project path component, as GitLab allows them
+_PATH_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class GitLabRepoProvider(RepoProvider):
@@ -48,8 +53,9 @@ class GitLabRepoProvider(RepoProvider):
             hint = f' Did you mean "{spec.rstrip("/")}/HEAD"?' if self.namespace else ""
             raise SpecError(f'Spec is not of the form "<url-escaped namespace>/<ref>", provided: "{spec}".{hint}')
         parts = self.namespace.split("/")
-        if len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+        if len(parts) < 2 or not all(_PATH_PART.fullmatch(p) for p in parts):
             raise SpecError(f'"{self.namespace}" is not a GitLab project path (group/project), in "{spec}".')
+        check_git_ref(self.unresolved_ref, spec, "GitLab")
         self.resolved_ref: str | None = None
 
     @property
@@ -74,8 +80,9 @@ class GitLabRepoProvider(RepoProvider):
 
     async def get_resolved_ref(self) -> str | None:
         if self.resolved_ref is None:
-            url = (f"{self.api_base}/projects/{quote(self.namespace, safe='')}"
-                   f"/repository/commits/{quote(self.unresolved_ref, safe='')}")
+            # the project path and the ref are one segment each, their "/" escaped as GitLab expects
+            url = (f"{self.api_base}/projects/{segments(self.namespace)}"
+                   f"/repository/commits/{segments(self.unresolved_ref)}")
             cache = self.context.cache("gitlab", self.config)
             self.resolved_ref = await cache.get_or_compute(url, lambda stale: self._resolve(url))
         return self.resolved_ref

@@ -419,6 +419,7 @@ class FigshareProvider(DoiProvider):
     """`figshare/<DOI>`."""
 
     api_base_url: str = Field("https://api.figshare.com/v2", description="Figshare API base URL, asked for an article's latest version when the DOI names none.")
+    hosts: list[str] = Field(default_factory=lambda: ["figshare.com"], description="Hosts a Figshare DOI may resolve to; a DOI landing elsewhere is refused (repo2docker fetches articles from figshare.com only).")
 
 
 class HydroshareProvider(DoiProvider):
