@@ -16,7 +16,7 @@ import httpx
 import pytest
 from jose import jwt
 
-from binderapi.auth import safe_next
+from binderapi.auth import default_access_scopes, has_scope, safe_next
 from fixtures.server import RunningService, free_port, read_events, serve
 from fixtures.stack import SINGLEUSER_IMAGE, docker_settings, git_spec
 
@@ -93,7 +93,8 @@ async def test_browser_login_then_build_reaches_the_users_own_server(browser, hu
         cookie = set_cookie_headers(done, "binderapi-session").lower()
         assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
         assert "binderapi-session-oauth-state=" in done.headers.get("set-cookie", "")  # state cleared
-        events = await read_events(browser, svc.url + "build/" + spec)
+        # what a browser's EventSource sends along on this page's own origin
+        events = await read_events(browser, svc.url + "build/" + spec, headers={"Sec-Fetch-Site": "same-origin"})
     ready = events[-1]
     assert ready["phase"] == "ready", events[-3:]
     assert ready["url"] == f"{hub.url}user/{user}/"
@@ -121,7 +122,7 @@ async def test_forged_login_cookies_are_refused(browser, hub, case):
             "no token claim": jwt.encode({"aud": "binderapi-session"}, key, algorithm="HS256"),
         }[case]
         events = await read_events(browser, svc.url + "build/" + git_spec("https://example.org/r.git", "main"),
-                                   headers={"Cookie": f"binderapi-session={value}"})
+                                   headers={"Cookie": f"binderapi-session={value}", "Sec-Fetch-Site": "same-origin"})
     assert events[-1]["phase"] == "failed" and events[-1]["status_code"] == 403
     assert "log in again at /oauth_login" in events[-1]["message"]
 
@@ -135,8 +136,57 @@ async def test_a_valid_cookie_from_another_site_is_refused(browser, hub):
                                                          "Origin": "http://evil.example"})
         same_site = await read_events(browser, url, headers={"Cookie": f"binderapi-session={cookie}",
                                                              "Sec-Fetch-Site": "same-site"})
-    for events in (cross, same_site):
-        assert events[-1]["status_code"] == 403 and "only accepted from pages of this site" in events[-1]["message"]
+        # a form or a link on another site, in a browser that says nothing: it could be forged
+        says_nothing = await read_events(browser, url, headers={"Cookie": f"binderapi-session={cookie}"})
+    for events in (cross, same_site, says_nothing):
+        assert len(events) == 1 and events[0]["phase"] == "failed", events
+        assert events[0]["status_code"] == 403 and "only accepted from pages of this site" in events[0]["message"]
+    assert "Sec-Fetch-Site or Origin" in says_nothing[0]["message"]
+
+
+async def test_cookie_needs_a_same_origin_header_but_a_token_needs_none(browser, hub):
+    """The cookie passes with ``Sec-Fetch-Site: same-origin`` or an ``Origin`` naming this host; a
+    token in the header needs neither (scripts). Both then reach the pipeline, which refuses the
+    unknown provider prefix: auth let them through without contacting anything."""
+    token = await hub.user_token(f"nora{uuid.uuid4().hex[:4]}")
+    async with binderapi(hub) as svc:
+        cookie = svc.services.hub_auth.oauth.session_cookie(token, None)
+        url = svc.url + "build/no-such-provider/x/y"
+        host = urlsplit(svc.url).netloc
+        answers = [await read_events(browser, url, headers=headers) for headers in (
+            {"Cookie": f"binderapi-session={cookie}", "Sec-Fetch-Site": "same-origin"},
+            {"Cookie": f"binderapi-session={cookie}", "Origin": f"http://{host}"},
+            {"Authorization": f"Bearer {token}"},
+        )]
+    for events in answers:
+        assert events[-1]["phase"] == "failed" and "no-such-provider" in events[-1]["message"], events
+
+
+async def test_tokens_without_access_to_the_binder_service_are_refused(browser, hub):
+    """As JupyterHub's HubAuth: a token is only good here with ``access:services!service=binder``
+    (tokens made with restricted scopes through the hub's API)."""
+    user = f"rita{uuid.uuid4().hex[:4]}"
+    name_only = await hub.user_token(user, scopes=["read:users:name!user"])
+    with_access = await hub.user_token(user, scopes=["read:users:name!user", "access:services!service=binder"])
+    async with binderapi(hub) as svc:
+        url = svc.url + "build/no-such-provider/x/y"
+        refused = await read_events(browser, url, headers={"Authorization": f"Bearer {name_only}"})
+        as_cookie = await read_events(browser, url, headers={
+            "Cookie": f"binderapi-session={svc.services.hub_auth.oauth.session_cookie(name_only, None)}",
+            "Sec-Fetch-Site": "same-origin"})
+        accepted = await read_events(browser, url, headers={"Authorization": f"token {with_access}"})
+    for events in (refused, as_cookie):
+        assert len(events) == 1 and events[0]["status_code"] == 403, events
+        assert "needs the scope access:services!service=binder" in events[0]["message"]
+    assert "no-such-provider" in accepted[-1]["message"], accepted
+
+
+async def test_a_non_ascii_state_is_a_clear_400(browser, hub):
+    async with binderapi(hub) as svc:
+        await start_login(browser, svc)  # a real state cookie, so the state itself is what is checked
+        answer = await browser.get(svc.url + "oauth_callback", params={"code": "c", "state": "\u00e9t\u00e9-\u2603"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"].startswith("Login state malformed: start again at /oauth_login")
 
 
 async def test_a_callback_with_the_wrong_state_is_refused(browser, hub):
@@ -185,6 +235,15 @@ async def test_login_is_not_served_without_auth_mode(browser):
     async with serve(docker_settings()) as svc:
         response = await browser.get(svc.url + "oauth_login")
     assert response.status_code == 404 and "auth mode" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("scopes", "ok"), [
+    (["access:services!service=binder"], True), (["access:services"], True),
+    (["access:services!service=other", "read:users:name!user"], False), ([], False), (None, False),
+    (["access:servers"], False),
+])
+def test_access_scope_matching(scopes, ok):
+    assert has_scope(scopes, default_access_scopes("service-binder")) is ok
 
 
 @pytest.mark.parametrize(("target", "expected"), [

@@ -51,6 +51,21 @@ def test_bad_tokens_are_refused(case):
         t.verify(token, "gh/a/b/HEAD", "o")
 
 
+@pytest.mark.parametrize("case", ["no exp", "aud list", "aud list of one", "no aud"])
+def test_tokens_without_exp_or_with_a_list_audience_are_refused(case):
+    """A token without ``exp`` would be valid forever; ``aud`` as a list (which JWT allows and
+    python-jose matches by membership) would let one token pass for several specs."""
+    key, exp = bytes.fromhex(SECRET), int(time.time()) + 60
+    claims = {
+        "no exp": {"aud": "gh/a/b/HEAD", "origin": "o"},
+        "aud list": {"aud": ["gh/a/b/HEAD", "gh/c/d/HEAD"], "origin": "o", "exp": exp},
+        "aud list of one": {"aud": ["gh/a/b/HEAD"], "origin": "o", "exp": exp},
+        "no aud": {"origin": "o", "exp": exp},
+    }[case]
+    with pytest.raises(ForbiddenError, match="Invalid build token"):
+        tokens().verify(jwt.encode(claims, key, algorithm="HS256"), "gh/a/b/HEAD", "o")
+
+
 def test_origin_check_can_be_switched_off():
     t = tokens(check_origin=False)
     assert t.verify(t.mint("gh/a/b/HEAD", "elsewhere"), "gh/a/b/HEAD", "o")

@@ -111,7 +111,9 @@ if OAUTH_REDIRECT_URI:
         oauth_redirect_uri=OAUTH_REDIRECT_URI,
         oauth_no_confirm=not env_flag("BINDER_SERVICE_OAUTH_CONFIRM"),
     )
-    # Every user may log in to binderapi: JupyterHub's default `user` role plus access to the service.
+if OAUTH_REDIRECT_URI or env_flag("BINDER_AUTH_ENABLED"):
+    # Every user may use binderapi: JupyterHub's default `user` role plus access to the service.
+    # binderapi, like JupyterHub's HubAuth, accepts a user's token (or login) only with that scope.
     c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", "access:services!service=binder"]})
 ADMIN_TOKEN = env("BINDER_HUB_ADMIN_API_TOKEN")
 if ADMIN_TOKEN:

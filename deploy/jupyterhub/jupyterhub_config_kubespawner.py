@@ -74,7 +74,9 @@ if env("BINDER_SERVICE_OAUTH_REDIRECT_URI"):
         oauth_redirect_uri=env("BINDER_SERVICE_OAUTH_REDIRECT_URI"),
         oauth_no_confirm=True,
     )
-    # users may log in to binderapi (z2jh: hub.loadRoles.user.scopes)
+if env("BINDER_SERVICE_OAUTH_REDIRECT_URI") or env("BINDER_AUTH_ENABLED").lower() in {"1", "true", "yes"}:
+    # users may use binderapi, which (as JupyterHub's HubAuth) accepts a user's token or login only
+    # with this scope (z2jh: hub.loadRoles.user.scopes)
     c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", "access:services!service=binder"]})
 
 c.JupyterHub.allow_named_servers = True  # [z2jh] (or hub.allowNamedServers: true)

@@ -5,6 +5,12 @@ query parameter), or the login cookie a browser got from binderapi's OAuth flow 
 (:class:`HubOAuth`, what JupyterHub's ``HubOAuth`` does for a service, async and without importing
 JupyterHub). Either way binderapi asks the hub whose token it is (``GET <hub api>/user``) and caches
 the answer briefly, so a stream of requests costs one hub call per token per minute.
+
+As JupyterHub's own ``HubAuth`` (``access_scopes``), a token is only accepted when the hub says it
+carries ``access:services!service=<binderapi's service name>`` (or ``access:services``): a token a
+user made for something else (e.g. ``read:users:name`` only) does not act for them here. A *service*
+token (``kind: service``, e.g. tljh-repo2docker's) is accepted too, as BinderHub's
+``HubOAuthenticated`` does, but it may only build: there is no user to launch a server for.
 """
 
 from __future__ import annotations
@@ -75,16 +81,46 @@ def safe_next(next_url: str, host: str, default: str) -> str:
 
 
 def same_origin(request: Request) -> bool:
-    """True unless the browser says the request comes from another site or origin. The login cookie
+    """True when the browser says the request comes from this very origin. The login cookie
     (SameSite=Lax) is also sent by pages on the same site, e.g. the hub on another port of the
-    same host; those must not start servers in the user's name."""
+    same host; those must not start servers in the user's name. A request saying neither
+    (no ``Sec-Fetch-Site``, no ``Origin``) is refused too: every current browser sends
+    ``Sec-Fetch-Site``, so only an old browser or a forged request lacks both, and nothing else
+    would tell a cross-site one apart."""
     fetch_site = request.headers.get("sec-fetch-site")
     if fetch_site and fetch_site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("origin")
     if origin and origin != "null":
         return urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
-    return origin != "null"
+    return bool(fetch_site) and origin != "null"
+
+
+def has_scope(scopes: Any, required: set[str]) -> bool:
+    """True when ``scopes`` (expanded, as the hub's ``GET /user`` lists them) holds one of
+    ``required``, or the same scope without its filter (``access:services`` covers
+    ``access:services!service=binder``), as JupyterHub's ``check_scopes`` reads them."""
+    if not isinstance(scopes, list):
+        return False
+    held = {scope for scope in scopes if isinstance(scope, str)}
+    return any(scope in held or scope.partition("!")[0] in held for scope in required)
+
+
+def default_access_scopes(oauth_client_id: str) -> set[str]:
+    """``access:services!service=<name>``, the name read from the service's OAuth client id
+    (``service-<name>``, JupyterHub's rule), as JupyterHub's HubAuth derives it from
+    ``JUPYTERHUB_SERVICE_NAME``."""
+    name = oauth_client_id.removeprefix("service-") or "binder"
+    return {f"access:services!service={name}"}
+
+
+@dataclass(frozen=True)
+class HubUser:
+    """Whose token a request carries: a hub user (``kind="user"``), or a hub service
+    (``kind="service"``), which may build (``build_only``) but has no servers to launch."""
+
+    name: str
+    kind: str = "user"
 
 
 @dataclass
@@ -161,7 +197,9 @@ class HubOAuth:
             claims = signing.verify(cookie, self.key, STATE_AUDIENCE)
         except signing.InvalidToken:
             raise BinderError(f"Login state invalid or expired: start again at {self.login_path}", status_code=400) from None
-        if not hmac.compare_digest(str(claims.get("state", "")), state):
+        if not state.isascii() or not state.isprintable():  # ours is token_urlsafe: never anything else
+            raise BinderError(f"Login state malformed: start again at {self.login_path}", status_code=400)
+        if not hmac.compare_digest(str(claims.get("state", "")).encode(), state.encode()):
             raise ForbiddenError(f"Login state does not match: start again at {self.login_path}")
         return LoginState(state=state, next_url=claims["next"], redirect_uri=claims["redirect_uri"])
 
@@ -219,22 +257,28 @@ def _oauth_error(response: httpx.Response) -> str:
     return f"{error}: {description}" if description else error
 
 
+class InvalidHubToken(ForbiddenError):
+    """The hub does not know the token (made up, expired, revoked)."""
+
+
 class HubAuth:
     def __init__(self, api_url: str, http: httpx.AsyncClient, timeout: float = 10.0,
-                 oauth: HubOAuth | None = None) -> None:
+                 oauth: HubOAuth | None = None, access_scopes: set[str] | None = None) -> None:
         self.api_url = api_url.rstrip("/") + "/"
         self.http = http
         self.timeout = timeout
         self.oauth = oauth
-        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.access_scopes = access_scopes or default_access_scopes("service-binder")
+        self._cache: OrderedDict[str, tuple[HubUser, float]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Any, http: httpx.AsyncClient, hub_api_url: str) -> HubAuth:
         """With auth mode off there is no login (and no cookie key to warn about)."""
         oauth = HubOAuth.from_settings(settings, http, hub_api_url) if settings.BinderHub.auth_enabled else None
-        return cls(hub_api_url, http, oauth=oauth)
+        scopes = set(settings.HubOAuth.access_scopes) or default_access_scopes(settings.HubOAuth.oauth_client_id)
+        return cls(hub_api_url, http, oauth=oauth, access_scopes=scopes)
 
-    async def user_for_request(self, request: Request) -> str:
+    async def user_for_request(self, request: Request) -> HubUser:
         """The hub user behind a request's token, or else its login cookie; :class:`ForbiddenError`
         naming the login URL when there is neither or they are not valid."""
         token = token_from_request(request.headers.get("authorization"), request.query_params.get("token"))
@@ -246,16 +290,18 @@ class HubAuth:
             raise ForbiddenError(f"Authentication required: log in at {login} (browsers), or send a JupyterHub "
                                  "API token as 'Authorization: Bearer <token>'")
         if not same_origin(request):
-            raise ForbiddenError("The login cookie is only accepted from pages of this site; send a JupyterHub "
-                                 "API token as 'Authorization: Bearer <token>' instead")
+            raise ForbiddenError("The login cookie is only accepted from pages of this site (a browser's "
+                                 "Sec-Fetch-Site or Origin header must say so); send a JupyterHub API token "
+                                 "as 'Authorization: Bearer <token>' instead")
         token = self.oauth.token_from_session(cookie)  # type: ignore[union-attr]
         try:
             return await self.user_for_token(token)
-        except ForbiddenError:
+        except InvalidHubToken:
             raise ForbiddenError(f"Your JupyterHub login has expired or was revoked: log in again at {login}") from None
 
-    async def user_for_token(self, token: str) -> str:
-        """The hub user owning ``token``; :class:`ForbiddenError` if the hub does not know it."""
+    async def user_for_token(self, token: str) -> HubUser:
+        """The hub user or service owning ``token``; :class:`ForbiddenError` if the hub does not
+        know it, or it lacks the scope granting access to binderapi."""
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache.get(key)
         if cached and cached[1] > time.monotonic():
@@ -266,15 +312,22 @@ class HubAuth:
         except httpx.HTTPError as e:
             raise BinderError(f"Could not check your JupyterHub token: the hub at {self.api_url} is unreachable ({type(e).__name__})", status_code=503) from None
         if response.status_code in (401, 403):
-            raise ForbiddenError("Invalid JupyterHub token: log in to JupyterHub and use a current API token")
+            raise InvalidHubToken("Invalid JupyterHub token: log in to JupyterHub and use a current API token")
         if response.status_code != 200:
             raise BinderError(f"Could not check your JupyterHub token: the hub answered {response.status_code}", status_code=503)
-        model = response.json()
-        if model.get("kind", "user") != "user":
-            raise ForbiddenError("Only JupyterHub users can launch servers; this token belongs to a service")
-        name = model["name"]
-        self._cache[key] = (name, time.monotonic() + CACHE_SECONDS)
+        try:
+            model = response.json()
+            user = HubUser(name=model["name"], kind=model.get("kind", "user"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BinderError("Could not check your JupyterHub token: the hub's answer names no user", status_code=503) from None
+        if not isinstance(user.name, str) or user.kind not in ("user", "service"):
+            raise ForbiddenError(f"This JupyterHub token belongs to neither a user nor a service ({user.kind!r})")
+        if not has_scope(model.get("scopes"), self.access_scopes):
+            needed = " or ".join(sorted(self.access_scopes))
+            raise ForbiddenError(f"This JupyterHub token does not grant access to Binder: it needs the scope {needed} "
+                                 "(create a token with it, or ask the hub's admin for a role that grants it)")
+        self._cache[key] = (user, time.monotonic() + CACHE_SECONDS)
         self._cache.move_to_end(key)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-        return name
+        return user

@@ -31,11 +31,19 @@ def sign(claims: dict[str, Any], key: str | bytes) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def verify(token: str, key: str | bytes, audience: str) -> dict[str, Any]:
-    """The claims of a valid token; :class:`InvalidToken` saying why otherwise."""
+def verify(token: str, key: str | bytes, audience: str, *, require_exp: bool = False) -> dict[str, Any]:
+    """The claims of a valid token; :class:`InvalidToken` saying why otherwise.
+
+    ``aud`` must be exactly ``audience``, one string: JWT allows a list, and python-jose accepts a
+    list that merely contains it, so a token made for several specs would pass for each of them.
+    ``require_exp``: a token without ``exp`` is refused instead of being valid forever."""
     from jose import JWTError, jwt
 
     try:
-        return jwt.decode(token, key, algorithms=[ALGORITHM], audience=audience)
+        claims = jwt.decode(token, key, algorithms=[ALGORITHM], audience=audience,
+                            options={"require_aud": True, "require_exp": require_exp})
     except JWTError as e:
         raise InvalidToken(str(e)) from None
+    if claims.get("aud") != audience:
+        raise InvalidToken("Invalid audience: must be the single string " + repr(audience))
+    return claims

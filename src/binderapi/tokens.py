@@ -1,7 +1,7 @@
 """Build tokens: short-lived HS256 JWTs an external frontend's server mints for one spec.
 
-Claims as BinderHub: ``aud`` = ``<prefix>/<spec>``, ``origin`` = the host the token is meant to be
-used from, ``exp``. A valid token exempts the request from the per-IP rate limit; an invalid one
+Claims as BinderHub: ``aud`` = ``<prefix>/<spec>`` (one string), ``origin`` = the host the token is
+meant to be used from, ``exp`` (required: a token without it would be valid forever). A valid token exempts the request from the per-IP rate limit; an invalid one
 is refused.
 """
 
@@ -51,7 +51,7 @@ class BuildTokens:
     def verify(self, token: str, audience: str, origin: str) -> dict[str, Any]:
         """The claims of a valid token; :class:`ForbiddenError` otherwise."""
         try:
-            claims = signing.verify(token, self.key, audience)
+            claims = signing.verify(token, self.key, audience, require_exp=True)
         except signing.InvalidToken as e:
             log.info("Invalid build token for %s: %s", audience, e)
             raise ForbiddenError("Invalid build token") from None

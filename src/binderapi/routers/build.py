@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
+from ..auth import HubUser
 from ..errors import BinderError, RateLimitExceededError
 from ..events import BuildStreamEvent, Event, FailedEvent, encode, line
 from ..pipeline import BuildPipeline, BuildRequest
@@ -49,6 +50,14 @@ def accepts_event_stream(accept: str | None) -> bool:
     return False
 
 
+def streams_without_accept(request: Request, build_only: bool) -> bool:
+    """API clients that send no ``Accept: text/event-stream`` (tljh-repo2docker's BinderHub backend,
+    httpx's default ``*/*``) still get the stream for a ``build_only`` request carrying a token in
+    its ``Authorization`` header: a crawler or a link followed in a browser sends no such header,
+    so a bare GET still never starts a build. In auth mode the token is checked as always."""
+    return build_only and bool(request.headers.get("authorization", "").strip())
+
+
 def raw_spec(request: Request, prefix: str) -> str:
     """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives."""
     raw = request.scope.get("raw_path") or request.url.path.encode()
@@ -67,13 +76,13 @@ def failure_response(message: str, status_code: int | None = None, headers: dict
     return Response(body, media_type="text/event-stream", headers={"cache-control": "no-cache", **(headers or {})})
 
 
-async def check_policy(request: Request, services: Services, audience: str, build_token: str) -> tuple[str | None, bool, dict[str, str]]:
-    """Auth, build token, rate limit, in BinderHub's order. Returns the hub user (auth mode),
-    whether a valid build token came, and the rate-limit headers; raises :class:`BinderError`."""
+async def check_policy(request: Request, services: Services, audience: str, build_token: str) -> tuple[HubUser | None, bool, dict[str, str]]:
+    """Auth, build token, rate limit, in BinderHub's order. Returns the hub user or service (auth
+    mode), whether a valid build token came, and the rate-limit headers; raises :class:`BinderError`."""
     settings = services.settings.BinderHub
-    username = None
+    user = None
     if settings.auth_enabled:
-        username = await services.hub_auth.user_for_request(request)
+        user = await services.hub_auth.user_for_request(request)
     has_token = False
     if build_token:
         origin = request_origin(request.headers.get("origin"), request.headers.get("host"))
@@ -81,14 +90,14 @@ async def check_policy(request: Request, services: Services, audience: str, buil
         has_token = True
     headers: dict[str, str] = {}
     limiter = services.rate_limiter
-    if limiter.enabled and not has_token and username is None:
+    if limiter.enabled and not has_token and user is None:
         state = limiter.increment(request.state.client_ip)
         headers = state.headers()
         if state.exceeded:
             error = RateLimitExceededError(f"Rate limit exceeded. Try again in {state.retry_after()} seconds.")
             error.headers = headers  # type: ignore[attr-defined]
             raise error
-    return username, has_token, headers
+    return user, has_token, headers
 
 
 def log_incident(context: str) -> str:
@@ -131,18 +140,22 @@ async def build(request: Request, prefix: str, spec: str, services: ServicesDep,
 async def build_response(request: Request, services: Services, prefix: str, build_only: str, build_token: str) -> Response:
     """The whole answer to ``GET /build/<prefix>/<spec>`` (the spec is read from the raw path)."""
     settings = services.settings.BinderHub
-    if not accepts_event_stream(request.headers.get("accept")):
-        return failure_response("Missing Accept header: text/event-stream", 400)
     wants_build_only = build_only.lower() == "true"
+    if not accepts_event_stream(request.headers.get("accept")) and not streams_without_accept(request, wants_build_only):
+        return failure_response("Missing Accept header: text/event-stream (API clients may instead send "
+                                "build_only=true with a token in the Authorization header)", 400)
     if wants_build_only and not settings.enable_api_only_mode:
         return failure_response(
             "Building but not launching is not permitted when the API only mode was not enabled by "
             "setting `enable_api_only_mode` to True. ", 400)
     spec = raw_spec(request, prefix)
     try:
-        username, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
+        user, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
     except BinderError as e:
         return failure_response(e.message, e.status_code, getattr(e, "headers", None))
+    if user is not None and user.kind == "service" and not wants_build_only:
+        return failure_response(f"The token of JupyterHub service {user.name!r} may only build (build_only=true): "
+                                "servers are launched for users, with a user's token or login", 403)
     spec = spec.rstrip("/")
     host = request.headers.get("host", "")
     build_request = BuildRequest(
@@ -154,7 +167,7 @@ async def build_response(request: Request, services: Services, prefix: str, buil
         origin=settings.normalized_origin or host,
         request_origin=request.headers.get("origin") or request.headers.get("sec-fetch-site") or "",
         build_token=has_build_token,
-        username=username,
+        username=user.name if user is not None and user.kind == "user" else None,
     )
     stream = FrameStream(frames(BuildPipeline(services).run(build_request), f"/build/{prefix}/{spec}"))
     headers = {"cache-control": "no-cache", **headers}

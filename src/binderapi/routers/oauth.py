@@ -80,7 +80,7 @@ async def oauth_callback(request: Request, services: ServicesDep, code: str = ""
     except BinderError as e:
         response: Response = _error(e.message, e.status_code or 400)
     else:
-        log.info("Logged in %s through JupyterHub", user)
+        log.info("Logged in %s through JupyterHub", user.name)
         response = RedirectResponse(_next_path(login.next_url, oauth), status_code=302, headers=NO_STORE)
         _set_cookie(response, request, oauth, oauth.cookie_name, oauth.session_cookie(token, expires_in), expires_in)
     # the state is single-use, whatever the outcome

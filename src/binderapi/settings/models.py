@@ -311,6 +311,7 @@ class HubOAuth(Section):
     base_url: str = Field("", description="Accepted for compatibility with BinderHub's `HubOAuth` settings; binderapi's routes and cookies follow `BinderHub.base_url`.")
     cookie_name: str = Field("binderapi-session", description="Cookie holding the user's hub token after a login (signed, HttpOnly, SameSite=Lax); the login state cookie is this name + `-oauth-state`.")
     cookie_secret: str = secret("", "Key signing the login cookies: hex or text. Empty derives one from `BinderHub.build_token_secret`; when that is unset too, a random key per process (logins do not survive a restart or cross replicas).")
+    access_scopes: list[str] = Field(default_factory=list, description="Auth mode: a hub token (or login) is accepted only when the hub lists one of these scopes for it, as JupyterHub's `HubAuth.access_scopes`; `access:services` also covers `access:services!service=<name>`. Empty: `access:services!service=<name>`, the name taken from `oauth_client_id` (`service-<name>`). Grant it to users with a role (`{name: user, scopes: [self, \"access:services!service=binder\"]}`) and to service tokens that build (e.g. tljh-repo2docker's).")
 
 
 class EventLog(Section):
