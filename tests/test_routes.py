@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
+from fixtures.server import EVENT_STREAM, serve
 from fixtures.server import make_settings as _make_settings
-from fixtures.server import read_events, serve
 
 
 def make_settings(**binderhub):
@@ -152,11 +154,14 @@ async def test_ban_networks(client):
         metrics = await client.get(svc.url + "metrics")
         health = await client.get(svc.url + "health")
         versions = await client.get(svc.url + "versions")
-        events = await read_events(client, svc.url + "build/gh/binder-examples/requirements/HEAD")
+        build = await client.get(svc.url + "build/gh/binder-examples/requirements/HEAD", headers=EVENT_STREAM)
     assert config.status_code == metrics.status_code == 403
     assert config.json()["detail"] == "Requests from the loopback network are not allowed"
     assert health.status_code == versions.status_code == 200
-    assert events == [{"phase": "failed", "status_code": 403, "message": "Requests from the loopback network are not allowed\n"}]
+    # HTTP 403 as from BinderHub, with the failed event stream clients read
+    assert build.status_code == 403 and build.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(build.text.removeprefix("data: ")) == {
+        "phase": "failed", "status_code": 403, "message": "Requests from the loopback network are not allowed\n"}
 
 
 async def test_forwarded_for_is_only_believed_from_trusted_proxies(client):
@@ -174,3 +179,52 @@ async def test_forwarded_for_is_only_believed_from_trusted_proxies(client):
         # the right-most untrusted hop counts, not what the client put first
         chained = await client.get(svc.url + "_config", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
     assert banned.status_code == 403 and allowed.status_code == 200 and chained.status_code == 403
+
+
+@pytest.mark.parametrize("forwarded", [
+    "203.0.113.9, 198.51.100.7:4711",  # the proxy appended a port
+    "203.0.113.9, [2001:db8::7]:4711",  # the same, IPv6
+    "203.0.113.9,198.51.100.7",
+])
+async def test_forwarded_for_never_falls_back_to_the_client_written_hop(client, forwarded):
+    """A right-most hop the hand-written parser could not read sent it to the left-most one, which the
+    client writes: a banned client got in. The trusted proxy's hop is what counts."""
+    settings = make_settings(build_class="docker", trusted_proxies=["127.0.0.0/8"],
+                             ban_networks={"198.51.100.0/24": "test-net-2", "2001:db8::/32": "doc-net"})
+    async with serve(settings) as svc:
+        r = await client.get(svc.url + "_config", headers={"X-Forwarded-For": forwarded})
+    assert r.status_code == 403, r.text
+
+
+async def rate_limited(client, svc, forwarded: list[str]) -> list[httpx.Response]:
+    """One /build request per X-Forwarded-For value, each refused before any upstream is asked."""
+    return [await client.get(svc.url + "build/gh/o", headers={**EVENT_STREAM, "X-Forwarded-For": hop})
+            for hop in forwarded]
+
+
+async def test_rotating_the_client_written_hop_does_not_reset_the_rate_limit(client):
+    settings = _make_settings({"RateLimiter": {"limit": 1, "period_seconds": 600}}, build_class="docker",
+                              use_registry=False, trusted_proxies=["127.0.0.0/8"])
+    async with serve(settings) as svc:
+        unknown = await rate_limited(client, svc, [f"203.0.113.{i}, unknown" for i in range(3)])
+        ported = await rate_limited(client, svc, [f"203.0.113.{i}, 198.51.100.7:{4000 + i}" for i in range(3)])
+    assert [r.status_code for r in unknown] == [200, 429, 429]
+    assert [r.status_code for r in ported] == [200, 429, 429]
+
+
+async def test_rate_limit_is_per_ipv6_64_and_answers_429_with_retry_after(client):
+    settings = _make_settings({"RateLimiter": {"limit": 1, "period_seconds": 600}}, build_class="docker",
+                              use_registry=False, trusted_proxies=["127.0.0.0/8"])
+    async with serve(settings) as svc:
+        same_64 = await rate_limited(client, svc, ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"])
+        other_64 = await rate_limited(client, svc, ["2001:db8:1:3::1"])
+    first, second = same_64
+    assert first.status_code == 200 and "Spec is not of the form" in first.text
+    assert second.status_code == 429
+    assert 1 <= int(second.headers["retry-after"]) <= 600
+    assert second.headers["x-ratelimit-remaining"] == "0"
+    assert second.headers["content-type"].startswith("text/event-stream")
+    event = json.loads(second.text.removeprefix("data: "))
+    assert event["phase"] == "failed" and event["status_code"] == 429
+    assert event["message"] == f"Rate limit exceeded. Try again in {second.headers['retry-after']} seconds.\n"
+    assert other_64[0].status_code == 200

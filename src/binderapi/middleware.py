@@ -8,7 +8,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .events import FailedEvent, encode
-from .netutil import NetworkSet, client_ip
+from .netutil import NetworkSet, client_address
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -21,22 +21,23 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class ClientAddressMiddleware:
     """Sets ``scope["state"]["client_ip"]`` and refuses clients from ``ban_networks``.
 
+    It runs inside uvicorn's ``ProxyHeadersMiddleware`` (wired in the app), which alone decides how
+    much of ``X-Forwarded-For`` to believe.
+
     ``/health`` and ``/versions`` stay open so federation peers can probe. A banned ``/build``
-    request gets what every ``/build`` client understands: HTTP 200 and a ``failed`` event.
+    request gets HTTP 403 (as from BinderHub) with the body every stream client reads: a ``failed`` event.
     """
 
-    def __init__(self, app: ASGIApp, *, base_url: str, trusted_proxies: NetworkSet, banned: NetworkSet) -> None:
+    def __init__(self, app: ASGIApp, *, base_url: str, banned: NetworkSet) -> None:
         self.app = app
         self.base_url = base_url
-        self.trusted = trusted_proxies
         self.banned = banned
         self.open_paths = {base_url + "health", base_url + "versions"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        peer = scope["client"][0] if scope.get("client") else ""
-        ip = client_ip(peer, _header(scope, b"x-forwarded-for"), self.trusted)
+        ip = client_address(scope.get("client"))
         scope.setdefault("state", {})["client_ip"] = ip
         if self.banned and scope["path"] not in self.open_paths:
             label = self.banned.match(ip)
@@ -46,7 +47,7 @@ class ClientAddressMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send, message: str) -> None:
         if scope["path"].startswith(self.base_url + "build/"):
-            status, content_type = 200, b"text/event-stream"
+            status, content_type = 403, b"text/event-stream"
             body = encode(FailedEvent(message=message + "\n", status_code=403))
         else:
             status, content_type = 403, b"application/json"

@@ -40,16 +40,11 @@ class NetworkSet:
         return None
 
 
-def client_ip(peer: str | None, forwarded_for: str | None, trusted: NetworkSet) -> str:
-    """The client's address. ``X-Forwarded-For`` is believed only when the direct peer is a trusted
-    proxy; then the right-most address not itself a trusted proxy is the client."""
-    peer = peer or ""
-    if not forwarded_for or not trusted or trusted.match(peer) is None:
-        return peer
-    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if parse_ip(hop) is None:
-            break  # garbage in the header: stop believing it
-        if trusted.match(hop) is None:
-            return hop
-    return hops[0] if hops and parse_ip(hops[0]) else peer
+def client_address(client: tuple[str, int] | list | None) -> str:
+    """The client's address from the ASGI scope, set by uvicorn's ``ProxyHeadersMiddleware`` (the
+    right-most ``X-Forwarded-For`` hop not in ``trusted_proxies``, port stripped) or the peer.
+    IPv4-mapped IPv6 addresses become IPv4. A hop a trusted proxy wrote as ``unknown`` stays as it
+    is: one shared identity (one rate-limit bucket), never the client-written hops to its left."""
+    host = client[0] if client else ""
+    ip = parse_ip(host) if host else None
+    return str(ip) if ip is not None else host
