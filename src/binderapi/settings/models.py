@@ -321,7 +321,7 @@ class EventLog(Section):
 
 
 class RateLimiter(Section):
-    """Per-client-IP fixed-window limit on `/build`."""
+    """Per-client fixed-window limit on `/build` (an IPv6 client is its /64); over it, HTTP 429 with `Retry-After`."""
 
     limit: int = Field(10, ge=0, description="Requests per window; 0 disables the limit.")
     period_seconds: int = Field(3600, ge=1, description="Window length in seconds.")
