@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 
+from binderapi.pipeline import BuildRequest, ResolvedRepo, format_appendix
 from fixtures.server import EVENT_STREAM, serve
 from fixtures.server import make_settings as _make_settings
 
@@ -228,3 +230,60 @@ async def test_rate_limit_is_per_ipv6_64_and_answers_429_with_retry_after(client
     assert event["phase"] == "failed" and event["status_code"] == 429
     assert event["message"] == f"Rate limit exceeded. Try again in {second.headers['retry-after']} seconds.\n"
     assert other_64[0].status_code == 200
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example PATH=/tmp/evil",  # ENV BINDER_URL={binder_url} would set PATH in a shared image
+    'evil.example"', "evil.example;id", "evil.example:99999", "[not-ipv6]", "a..b",
+])
+async def test_a_hostile_host_header_is_refused_before_any_work(client, host):
+    async with serve(make_settings(build_class="docker", enable_api_only_mode=True)) as svc:
+        build = await client.get(svc.url + "build/gh/o/r/HEAD", headers={**EVENT_STREAM, "Host": host})
+        config = await client.get(svc.url + "_config", headers={"Host": host})
+        fine = await client.get(svc.url + "build/gh/o", headers={**EVENT_STREAM, "Host": "binder.example:8443"})
+    assert build.status_code == 400 and build.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(build.text.removeprefix("data: ")) == {
+        "phase": "failed", "status_code": 400, "message": "Invalid Host header: expected one host[:port]\n"}
+    assert config.status_code == 400 and config.json() == {"detail": "Invalid Host header: expected one host[:port]"}
+    assert fine.status_code == 200 and "Spec is not of the form" in fine.text
+
+
+async def test_two_host_headers_are_refused():
+    async with serve(make_settings(build_class="docker")) as svc:
+        port = svc.server.config.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /_config HTTP/1.1\r\nHost: binder.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_allowed_hosts(client):
+    async with serve(make_settings(build_class="docker", allowed_hosts=["Binder.Example", "127.0.0.1"])) as svc:
+        listed = await client.get(svc.url + "_config", headers={"Host": "binder.example:8443"})
+        own = await client.get(svc.url + "_config")
+        other = await client.get(svc.url + "_config", headers={"Host": "evil.example"})
+        probe = await client.get(svc.url + "health", headers={"Host": "10.1.2.3:8585"})  # a kubelet probe
+    assert listed.status_code == own.status_code == 200
+    assert other.status_code == 400 and other.json() == {"detail": "Unknown host evil.example: not one of this service's names"}
+    assert probe.status_code in (200, 503)
+
+
+def test_appendix_values_cannot_add_variables_or_commands():
+    """Whatever a URL holds, each placeholder fills one shell/Dockerfile word: no whitespace, quote,
+    ``$``, ``;``, ``&`` or newline reaches the appendix baked into a shared image."""
+    appendix = "ENV BINDER_URL={binder_url} REPO_URL={repo_url}\nRUN echo {ref_url} {persistent_binder_url} ${{HOME}}"
+    request = BuildRequest("git", "https%3A%2F%2Fgit.example%2Fr/HEAD", launch_host="http://evil.example PATH=/tmp/evil/")
+    repo = ResolvedRepo(provider=None, ref="0" * 40, resolved_spec="https%3A%2F%2Fgit.example%2Fr/" + "0" * 40,
+                        repo_url='https://git.example/r "$(id)";id&', ref_url="https://git.example/r\nRUN id #?",
+                        image_name="", build_name="")
+    rendered = format_appendix(appendix, request, repo)
+    first, second = rendered.split("\n")
+    env = first.removeprefix("ENV ").split(" ")
+    assert [pair.split("=", 1)[0] for pair in env] == ["BINDER_URL", "REPO_URL"]
+    assert env[0] == "BINDER_URL=http://evil.example%20PATH=/tmp/evil/v2/git/https%3A%2F%2Fgit.example%2Fr/HEAD"
+    assert env[1] == "REPO_URL=https://git.example/r%20%22%24%28id%29%22%3Bid%26"
+    assert second.split(" ")[:3] == ["RUN", "echo", "https://git.example/r%0ARUN%20id%20%23%3F"]
+    assert second.endswith(" ${HOME}")  # the appendix's own shell variables stay
+    assert format_appendix(appendix.replace("{binder_url}", "https://binder.example/v2/gh/o/r/HEAD"), request, repo).startswith(
+        "ENV BINDER_URL=https://binder.example/v2/gh/o/r/HEAD ")

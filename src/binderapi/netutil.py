@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,3 +49,24 @@ def client_address(client: tuple[str, int] | list | None) -> str:
     host = client[0] if client else ""
     ip = parse_ip(host) if host else None
     return str(ip) if ip is not None else host
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?P<name>{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?")
+
+
+def host_name(host: str | None) -> str | None:
+    """The name (lower case, IPv6 in brackets) of a ``Host`` header value that is a well-formed
+    ``host[:port]``; ``None`` for anything else. The value ends up in URLs, events, logs and the
+    build appendix, so whitespace, quotes or ``=`` must never get through."""
+    match = _HOST.fullmatch(host or "")
+    if match is None or len(host or "") > 260:
+        return None
+    if match["port"] is not None and not 0 < int(match["port"]) <= 65535:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return None
+    return match["name"].lower().rstrip(".") or None

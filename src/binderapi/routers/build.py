@@ -157,7 +157,7 @@ async def build_response(request: Request, services: Services, prefix: str, buil
         http_status = 429 if isinstance(e, RateLimitExceededError) else 200
         return failure_response(e.message, e.status_code, getattr(e, "headers", None), http_status)
     spec = spec.rstrip("/")
-    host = request.headers.get("host", "")
+    host = request.url.netloc  # the Host header, checked by HostHeaderMiddleware, or our own address
     build_request = BuildRequest(
         prefix=prefix,
         spec=spec,

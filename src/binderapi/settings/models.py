@@ -76,6 +76,13 @@ class BinderHub(Section):
         description="Networks of reverse proxies whose `X-Forwarded-For` header is believed. Requests from any "
         "other peer are identified by the peer address, so a banned client cannot walk around `ban_networks`.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names this service answers to (the `Host` header, port ignored, e.g. `binder.example.org`). "
+        "Empty: any well-formed `host[:port]`. A malformed or unlisted `Host` is refused with 400 before any work, "
+        "because the host becomes `binder_launch_host`, the build appendix's `binder_url` and the build token origin "
+        "(set `badge_base_url` so that no request header reaches them at all).",
+    )
 
     # -- logging ---------------------------------------------------------------------------------
     log_level: LogLevel = Field(30, description="Log level, by name (`INFO`) or number (`20`).")
@@ -149,6 +156,17 @@ class BinderHub(Section):
     @classmethod
     def _slashes(cls, value: str) -> str:
         return "/" + value.strip("/") + "/" if value.strip("/") else "/"
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        from ..netutil import host_name
+
+        names = [host_name(host) for host in value]
+        bad = [host for host, name in zip(value, names, strict=True) if name is None]
+        if bad:
+            raise ValueError(f"not a host name: {', '.join(map(repr, bad))}")
+        return [name for name in names if name]
 
     @field_validator("hub_url", "hub_url_local")
     @classmethod
