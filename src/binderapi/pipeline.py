@@ -178,7 +178,7 @@ class BuildPipeline:
         try:
             await self.services.quota.check(repo.image_name, repo_config, repo.repo_url)
         except QuotaExceededError as e:
-            metrics.LAUNCH_COUNT.labels(status=e.quota_kind, **labels).inc()
+            metrics.count_launch(e.quota_kind, **labels)
             raise
 
     async def _launch(self, request: BuildRequest, repo: ResolvedRepo, labels: dict[str, str]) -> AsyncIterator[Event]:
@@ -212,12 +212,12 @@ class BuildPipeline:
             assert server is not None
         except BinderError:
             metrics.LAUNCH_TIME.labels(status="failure", retries=-1).observe(time.perf_counter() - started)
-            metrics.LAUNCH_COUNT.labels(status="failure", **labels).inc()
+            metrics.count_launch("failure", **labels)
             raise
         finally:
             metrics.LAUNCHES_INPROGRESS.dec()
         metrics.LAUNCH_TIME.labels(status="success", retries=server.retries).observe(time.perf_counter() - started)
-        metrics.LAUNCH_COUNT.labels(status="success", **labels).inc()
+        metrics.count_launch("success", **labels)
         services.event_log.emit_launch(
             provider=repo.provider.name, spec=request.spec, ref=repo.ref, status="success",
             build_token=request.build_token, origin=request.origin, request_origin=request.request_origin,
