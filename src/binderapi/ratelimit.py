@@ -47,8 +47,9 @@ class RateLimitState:
 
 
 class RateLimiter:
-    """``limit`` requests per ``period_seconds`` per client bucket (:func:`client_bucket`). ``remaining`` keeps counting below zero so
-    the log shows how hard a client pushes; expired windows are swept every ``clean_seconds``."""
+    """``limit`` requests per ``period_seconds`` per client bucket (:func:`client_bucket`).
+    ``remaining`` keeps counting below zero so the log shows how hard a client pushes; expired
+    windows are swept every ``clean_seconds``."""
 
     def __init__(self, limit: int, period_seconds: int, clean_seconds: int) -> None:
         self.limit = limit
