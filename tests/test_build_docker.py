@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 
+import aiodocker
 import httpx
 import pytest
 import yaml
@@ -298,3 +299,42 @@ def test_events_doc_lists_every_event_type():
     for name in ("WaitingEvent", "FetchingEvent", "BuildingEvent", "PushingEvent", "LogEvent", "UnknownEvent",
                  "BuiltEvent", "LaunchingEvent", "BuildReadyEvent", "LaunchReadyEvent", "FailedEvent"):
         assert hasattr(events, name) and f"`{name}`" in text, name
+
+
+async def appendix_given_to_repo2docker(client, svc, spec: str, headers: dict[str, str]) -> str:
+    """Start a build and read the ``--appendix`` of the builder container the engine runs."""
+    url = svc.url + "build/" + spec
+    building = asyncio.create_task(read_events(client, url, params={"build_only": "true"}, headers=headers))
+    try:
+        for _ in range(600):
+            containers = await namespace_containers()
+            if containers:
+                break
+            await asyncio.sleep(0.05)
+        async with aiodocker.Docker() as docker:
+            details = await (await docker.containers.get(containers[0]["Id"])).show()
+        command = [*(details["Config"]["Entrypoint"] or []), *details["Config"]["Cmd"]]
+    finally:
+        events = await building
+    assert final(events)["phase"] == "ready"
+    return command[command.index("--appendix") + 1]
+
+
+async def test_the_appendix_gets_a_checked_host_or_the_configured_url(client, git_server):
+    """The appendix is baked into a shared image: its binder_url comes from badge_base_url when set,
+    else from a Host that HostHeaderMiddleware accepted (a hostile one never gets this far)."""
+    config = {"BuildExecutor": {"appendix": "ENV BINDER_URL={binder_url} REPO_URL={repo_url}"}}
+    specs = []
+    for name in ("appendix-host", "appendix-badge"):
+        repo = unique(name)
+        git_server.create_repo(repo, {"Dockerfile": slow_dockerfile(1)})
+        specs.append(git_spec(git_server.daemon_url(repo), "main"))
+    async with serve(docker_settings(config)) as svc:
+        from_host = await appendix_given_to_repo2docker(client, svc, specs[0], {"Host": "binder.example:8443"})
+        hostile = await client.get(svc.url + "build/" + specs[0], headers={"Host": "evil.example PATH=/tmp/evil",
+                                                                           "Accept": "text/event-stream"})
+    async with serve(docker_settings(config, badge_base_url="https://mybinder.example/")) as svc:
+        configured = await appendix_given_to_repo2docker(client, svc, specs[1], {"Host": "binder.example:8443"})
+    assert from_host.split(" ")[1] == f"BINDER_URL=http://binder.example:8443/v2/{specs[0]}"
+    assert configured.split(" ")[1] == f"BINDER_URL=https://mybinder.example/v2/{specs[1]}"
+    assert hostile.status_code == 400 and "Invalid Host header" in hostile.text

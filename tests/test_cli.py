@@ -77,10 +77,18 @@ def test_serves_and_redacts_secrets_from_access_logs():
                       headers={"Authorization": "token hub-secret-value"})
         assert r.status_code == 200
         httpx.get(f"http://127.0.0.1:{port}/nope?token=hub-secret-value")
+        # a git URL with user-info is refused, and its access log line keeps no password
+        refused = httpx.get(f"http://127.0.0.1:{port}/build/git/https%3A%2F%2Fuser%3Apassw0rd-value%40git.example%2Fr/HEAD",
+                            headers={"Accept": "text/event-stream"})
+        assert '"phase":"failed"' in refused.text
+        # the command serves with the request head limits (httpserver.py)
+        flood = httpx.get(f"http://127.0.0.1:{port}/versions", headers={"X-Big": "a" * 100_000})
     finally:
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
+    assert flood.status_code == 431
     assert "/versions" in stderr and "x=visible" in stderr
-    for secret in ("abc123secret", "k3y-value", "hub-secret-value"):
+    assert "/build/git/https%3A//[secret]%40git.example" in stderr
+    for secret in ("abc123secret", "k3y-value", "hub-secret-value", "passw0rd-value"):
         assert secret not in stderr
     assert "[secret]" in stderr

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
 
+from binderapi.pipeline import BuildRequest, ResolvedRepo, format_appendix
+from fixtures.server import EVENT_STREAM, serve
 from fixtures.server import make_settings as _make_settings
-from fixtures.server import read_events, serve
 
 
 def make_settings(**binderhub):
@@ -152,11 +156,14 @@ async def test_ban_networks(client):
         metrics = await client.get(svc.url + "metrics")
         health = await client.get(svc.url + "health")
         versions = await client.get(svc.url + "versions")
-        events = await read_events(client, svc.url + "build/gh/binder-examples/requirements/HEAD")
+        build = await client.get(svc.url + "build/gh/binder-examples/requirements/HEAD", headers=EVENT_STREAM)
     assert config.status_code == metrics.status_code == 403
     assert config.json()["detail"] == "Requests from the loopback network are not allowed"
     assert health.status_code == versions.status_code == 200
-    assert events == [{"phase": "failed", "status_code": 403, "message": "Requests from the loopback network are not allowed\n"}]
+    # HTTP 403 as from BinderHub, with the failed event stream clients read
+    assert build.status_code == 403 and build.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(build.text.removeprefix("data: ")) == {
+        "phase": "failed", "status_code": 403, "message": "Requests from the loopback network are not allowed\n"}
 
 
 async def test_forwarded_for_is_only_believed_from_trusted_proxies(client):
@@ -174,3 +181,109 @@ async def test_forwarded_for_is_only_believed_from_trusted_proxies(client):
         # the right-most untrusted hop counts, not what the client put first
         chained = await client.get(svc.url + "_config", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
     assert banned.status_code == 403 and allowed.status_code == 200 and chained.status_code == 403
+
+
+@pytest.mark.parametrize("forwarded", [
+    "203.0.113.9, 198.51.100.7:4711",  # the proxy appended a port
+    "203.0.113.9, [2001:db8::7]:4711",  # the same, IPv6
+    "203.0.113.9,198.51.100.7",
+])
+async def test_forwarded_for_never_falls_back_to_the_client_written_hop(client, forwarded):
+    """A right-most hop the hand-written parser could not read sent it to the left-most one, which the
+    client writes: a banned client got in. The trusted proxy's hop is what counts."""
+    settings = make_settings(build_class="docker", trusted_proxies=["127.0.0.0/8"],
+                             ban_networks={"198.51.100.0/24": "test-net-2", "2001:db8::/32": "doc-net"})
+    async with serve(settings) as svc:
+        r = await client.get(svc.url + "_config", headers={"X-Forwarded-For": forwarded})
+    assert r.status_code == 403, r.text
+
+
+async def rate_limited(client, svc, forwarded: list[str]) -> list[httpx.Response]:
+    """One /build request per X-Forwarded-For value, each refused before any upstream is asked."""
+    return [await client.get(svc.url + "build/gh/o", headers={**EVENT_STREAM, "X-Forwarded-For": hop})
+            for hop in forwarded]
+
+
+async def test_rotating_the_client_written_hop_does_not_reset_the_rate_limit(client):
+    settings = _make_settings({"RateLimiter": {"limit": 1, "period_seconds": 600}}, build_class="docker",
+                              use_registry=False, trusted_proxies=["127.0.0.0/8"])
+    async with serve(settings) as svc:
+        unknown = await rate_limited(client, svc, [f"203.0.113.{i}, unknown" for i in range(3)])
+        ported = await rate_limited(client, svc, [f"203.0.113.{i}, 198.51.100.7:{4000 + i}" for i in range(3)])
+    assert [r.status_code for r in unknown] == [200, 429, 429]
+    assert [r.status_code for r in ported] == [200, 429, 429]
+
+
+async def test_rate_limit_is_per_ipv6_64_and_answers_429_with_retry_after(client):
+    settings = _make_settings({"RateLimiter": {"limit": 1, "period_seconds": 600}}, build_class="docker",
+                              use_registry=False, trusted_proxies=["127.0.0.0/8"])
+    async with serve(settings) as svc:
+        same_64 = await rate_limited(client, svc, ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"])
+        other_64 = await rate_limited(client, svc, ["2001:db8:1:3::1"])
+    first, second = same_64
+    assert first.status_code == 200 and "Spec is not of the form" in first.text
+    assert second.status_code == 429
+    assert 1 <= int(second.headers["retry-after"]) <= 600
+    assert second.headers["x-ratelimit-remaining"] == "0"
+    assert second.headers["content-type"].startswith("text/event-stream")
+    event = json.loads(second.text.removeprefix("data: "))
+    assert event["phase"] == "failed" and event["status_code"] == 429
+    assert event["message"] == f"Rate limit exceeded. Try again in {second.headers['retry-after']} seconds.\n"
+    assert other_64[0].status_code == 200
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example PATH=/tmp/evil",  # ENV BINDER_URL={binder_url} would set PATH in a shared image
+    'evil.example"', "evil.example;id", "evil.example:99999", "[not-ipv6]", "a..b",
+])
+async def test_a_hostile_host_header_is_refused_before_any_work(client, host):
+    async with serve(make_settings(build_class="docker", enable_api_only_mode=True)) as svc:
+        build = await client.get(svc.url + "build/gh/o/r/HEAD", headers={**EVENT_STREAM, "Host": host})
+        config = await client.get(svc.url + "_config", headers={"Host": host})
+        fine = await client.get(svc.url + "build/gh/o", headers={**EVENT_STREAM, "Host": "binder.example:8443"})
+    assert build.status_code == 400 and build.headers["content-type"].startswith("text/event-stream")
+    assert json.loads(build.text.removeprefix("data: ")) == {
+        "phase": "failed", "status_code": 400, "message": "Invalid Host header: expected one host[:port]\n"}
+    assert config.status_code == 400 and config.json() == {"detail": "Invalid Host header: expected one host[:port]"}
+    assert fine.status_code == 200 and "Spec is not of the form" in fine.text
+
+
+async def test_two_host_headers_are_refused():
+    async with serve(make_settings(build_class="docker")) as svc:
+        port = svc.server.config.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /_config HTTP/1.1\r\nHost: binder.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_allowed_hosts(client):
+    async with serve(make_settings(build_class="docker", allowed_hosts=["Binder.Example", "127.0.0.1"])) as svc:
+        listed = await client.get(svc.url + "_config", headers={"Host": "binder.example:8443"})
+        own = await client.get(svc.url + "_config")
+        other = await client.get(svc.url + "_config", headers={"Host": "evil.example"})
+        probe = await client.get(svc.url + "health", headers={"Host": "10.1.2.3:8585"})  # a kubelet probe
+    assert listed.status_code == own.status_code == 200
+    assert other.status_code == 400 and other.json() == {"detail": "Unknown host evil.example: not one of this service's names"}
+    assert probe.status_code in (200, 503)
+
+
+def test_appendix_values_cannot_add_variables_or_commands():
+    """Whatever a URL holds, each placeholder fills one shell/Dockerfile word: no whitespace, quote,
+    ``$``, ``;``, ``&`` or newline reaches the appendix baked into a shared image."""
+    appendix = "ENV BINDER_URL={binder_url} REPO_URL={repo_url}\nRUN echo {ref_url} {persistent_binder_url} ${{HOME}}"
+    request = BuildRequest("git", "https%3A%2F%2Fgit.example%2Fr/HEAD", launch_host="http://evil.example PATH=/tmp/evil/")
+    repo = ResolvedRepo(provider=None, ref="0" * 40, resolved_spec="https%3A%2F%2Fgit.example%2Fr/" + "0" * 40,
+                        repo_url='https://git.example/r "$(id)";id&', ref_url="https://git.example/r\nRUN id #?",
+                        image_name="", build_name="")
+    rendered = format_appendix(appendix, request, repo)
+    first, second = rendered.split("\n")
+    env = first.removeprefix("ENV ").split(" ")
+    assert [pair.split("=", 1)[0] for pair in env] == ["BINDER_URL", "REPO_URL"]
+    assert env[0] == "BINDER_URL=http://evil.example%20PATH=/tmp/evil/v2/git/https%3A%2F%2Fgit.example%2Fr/HEAD"
+    assert env[1] == "REPO_URL=https://git.example/r%20%22%24%28id%29%22%3Bid%26"
+    assert second.split(" ")[:3] == ["RUN", "echo", "https://git.example/r%0ARUN%20id%20%23%3F"]
+    assert second.endswith(" ${HOME}")  # the appendix's own shell variables stay
+    assert format_appendix(appendix.replace("{binder_url}", "https://binder.example/v2/gh/o/r/HEAD"), request, repo).startswith(
+        "ENV BINDER_URL=https://binder.example/v2/gh/o/r/HEAD ")

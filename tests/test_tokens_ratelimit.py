@@ -10,7 +10,7 @@ import pytest
 from jose import jwt
 
 from binderapi.errors import ForbiddenError
-from binderapi.ratelimit import RateLimiter
+from binderapi.ratelimit import RateLimiter, client_bucket
 from binderapi.tokens import BuildTokens, request_origin, token_key
 
 SECRET = "ab" * 32
@@ -108,3 +108,12 @@ def test_expired_windows_are_swept():
     assert len(limiter) == 100
     limiter.increment("192.0.2.1", now=1000.0 + 61)
     assert len(limiter) == 1
+
+
+def test_ipv6_clients_share_their_64():
+    limiter = RateLimiter(limit=1, period_seconds=100, clean_seconds=1000)
+    assert limiter.increment("2001:db8:a:b::1", now=1000.0).remaining == 0
+    assert limiter.increment("2001:db8:a:b:1234:5678:9abc:def0", now=1001.0).exceeded  # same /64
+    assert not limiter.increment("2001:db8:a:c::1", now=1002.0).exceeded  # the next /64
+    assert not limiter.increment("192.0.2.1", now=1003.0).exceeded and limiter.increment("192.0.2.1", now=1004.0).exceeded
+    assert client_bucket("2001:db8:a:b::1") == "2001:db8:a:b::/64" and client_bucket("unknown") == "unknown"

@@ -10,9 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import __version__
-from .middleware import ClientAddressMiddleware, CORSMiddleware
+from .middleware import ClientAddressMiddleware, CORSMiddleware, HostHeaderMiddleware
 from .netutil import NetworkSet
 from .routers import build, config, health, oauth, versions
 from .services import Services
@@ -80,7 +81,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app, endpoint=base + "metrics", include_in_schema=True, tags=["service"])
 
     app.add_middleware(build.DirectBuildRoute, base_url=base)  # inside the two below, outside the metrics
-    app.add_middleware(ClientAddressMiddleware, base_url=base,
-                       trusted_proxies=NetworkSet(binderhub.trusted_proxies), banned=NetworkSet(binderhub.ban_networks))
+    app.add_middleware(ClientAddressMiddleware, base_url=base, banned=NetworkSet(binderhub.ban_networks))
+    app.add_middleware(HostHeaderMiddleware, base_url=base, allowed_hosts=binderhub.allowed_hosts)
+    # X-Forwarded-For/-Proto believed only from trusted_proxies (an empty list trusts no one); the
+    # client is the right-most hop that is not a trusted proxy, never a hop the client wrote itself
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=[str(n) for n in binderhub.trusted_proxies])
     app.add_middleware(CORSMiddleware, allow_origin=binderhub.cors_allow_origin, base_url=base)
     return app

@@ -219,7 +219,7 @@ class BuildManager:
         status = "success" if outcome.success else "failure"
         if not attach:
             metrics.BUILD_TIME.labels(status=status).observe(time.monotonic() - started)
-            metrics.BUILD_COUNT.labels(status=status, provider=build.job.provider, repo=build.job.repo_url).inc()
+            metrics.count_build(status, provider=build.job.provider, repo=build.job.repo_url)
         log.info("Build %s of %s: %s %s", name, build.job.image_name, status, outcome.message)
         build.finish(outcome)
         if outcome.success:

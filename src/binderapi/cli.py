@@ -113,23 +113,14 @@ async def _serve(settings: Any) -> None:
     import uvicorn
 
     from .app import create_app
+    from .httpserver import uvicorn_config
     from .services import Services, StartupError
 
     try:
         services = await Services.start(settings)
     except StartupError as e:
         sys.exit(f"binderapi: {e}")
-    binderhub = settings.BinderHub
-    config = uvicorn.Config(
-        create_app(settings, services),
-        host=binderhub.ip or "0.0.0.0",
-        port=binderhub.port,
-        log_config=None,  # ours, from setup_logging
-        proxy_headers=False,  # X-Forwarded-For is handled by trusted_proxies, not trusted blindly
-        server_header=False,
-        timeout_graceful_shutdown=5,
-        http="httptools",
-    )
+    config = uvicorn_config(create_app(settings, services), settings.BinderHub)
     try:
         await uvicorn.Server(config).serve()
     finally:

@@ -25,6 +25,17 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="[]/")))
 
 
+# ``scheme://user:password@`` as sent, or percent-encoded once or more (a spec in a path: uvicorn's
+# access log shows ``https%3A//user%3Apassword%40host``)
+_COLON, _SLASH, _AT = (rf"(?:{c}|%(?:25)*{h})" for c, h in ((":", "3A"), ("/", "2F"), ("@", "40")))
+_USERINFO = re.compile(rf"(?P<sep>{_COLON}{_SLASH}{_SLASH})(?:(?!%(?:25)*(?:2F|40))[^/@\s?#])+(?P<at>{_AT})", re.IGNORECASE)
+
+
+def redact_userinfo(text: str) -> str:
+    """Replace the ``user:password`` of every URL in ``text``, in whatever encoding it came."""
+    return _USERINFO.sub(lambda m: f"{m['sep']}{REDACTED}{m['at']}", text)
+
+
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, REDACTED if k.lower() in _SECRET_HEADERS else v) for k, v in headers]
 
@@ -40,9 +51,18 @@ class LevelFormatter(logging.Formatter):
         return super().format(record)
 
 
+def _redact_arg(value: str) -> str:
+    if "?" in value:
+        value = redact_url(value)
+    if "@" in value or "%" in value:
+        value = redact_userinfo(value)
+    return value
+
+
 class RedactingFilter(logging.Filter):
-    """Scrubs credentials from records: URL query secrets (uvicorn's access log passes the path as
-    an argument) and any configured secret value that would otherwise appear verbatim."""
+    """Scrubs credentials from records: URL query secrets and URL user-info (uvicorn's access log
+    passes the path as an argument, and a refused ``git`` spec may hold ``user:password@``) and any
+    configured secret value that would otherwise appear verbatim."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
@@ -50,7 +70,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args and isinstance(record.args, tuple):
-            record.args = tuple(redact_url(a) if isinstance(a, str) and "?" in a else a for a in record.args)
+            record.args = tuple(_redact_arg(a) if isinstance(a, str) else a for a in record.args)
         if self.secrets:
             message = record.getMessage()
             scrubbed = message

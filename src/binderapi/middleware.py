@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (no buffering, so event streams flow): client address, bans, CORS."""
+"""Pure ASGI middleware (no buffering, so event streams flow): Host check, client address, bans, CORS."""
 
 from __future__ import annotations
 
@@ -8,52 +8,75 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .events import FailedEvent, encode
-from .netutil import NetworkSet, client_ip
+from .netutil import NetworkSet, client_address, host_name
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
+async def refuse(scope: Scope, send: Send, base_url: str, message: str, status: int) -> None:
+    """A refusal before any work: on ``/build`` the one-event ``failed`` stream every client reads
+    (with the HTTP status, as BinderHub answers), elsewhere a JSON ``detail``."""
+    if scope["path"].startswith(base_url + "build/"):
+        content_type = b"text/event-stream"
+        body = encode(FailedEvent(message=message + "\n", status_code=status))
+    else:
+        content_type = b"application/json"
+        body = json.dumps({"detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HostHeaderMiddleware:
+    """Refuses (400) a request whose ``Host`` is not a well-formed ``host[:port]``, or not one of
+    ``allowed_hosts`` when that is set. The host becomes ``binder_launch_host``, the appendix's
+    ``binder_url`` (baked into a shared image), the launch event's origin and the token origin:
+    ``Host: evil.example PATH=/tmp/evil`` must never get that far. A request without ``Host``
+    (HTTP/1.0) is answered: its URL is the server's own address."""
+
+    def __init__(self, app: ASGIApp, *, base_url: str, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.base_url = base_url
+        self.allowed = frozenset(allowed_hosts)
+        self.probe_paths = {base_url + "health", base_url + "versions"}  # probes use the pod's address
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        hosts = [value for key, value in scope.get("headers", ()) if key == b"host"]
+        if hosts:
+            name = host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
+            if name is None:
+                return await refuse(scope, send, self.base_url, "Invalid Host header: expected one host[:port]", 400)
+            if self.allowed and name not in self.allowed and scope["path"] not in self.probe_paths:
+                return await refuse(scope, send, self.base_url, f"Unknown host {name}: not one of this service's names", 400)
+        await self.app(scope, receive, send)
 
 
 class ClientAddressMiddleware:
     """Sets ``scope["state"]["client_ip"]`` and refuses clients from ``ban_networks``.
 
+    It runs inside uvicorn's ``ProxyHeadersMiddleware`` (wired in the app), which alone decides how
+    much of ``X-Forwarded-For`` to believe.
+
     ``/health`` and ``/versions`` stay open so federation peers can probe. A banned ``/build``
-    request gets what every ``/build`` client understands: HTTP 200 and a ``failed`` event.
+    request gets HTTP 403 (as from BinderHub) with the body every stream client reads: a ``failed`` event.
     """
 
-    def __init__(self, app: ASGIApp, *, base_url: str, trusted_proxies: NetworkSet, banned: NetworkSet) -> None:
+    def __init__(self, app: ASGIApp, *, base_url: str, banned: NetworkSet) -> None:
         self.app = app
         self.base_url = base_url
-        self.trusted = trusted_proxies
         self.banned = banned
         self.open_paths = {base_url + "health", base_url + "versions"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        peer = scope["client"][0] if scope.get("client") else ""
-        ip = client_ip(peer, _header(scope, b"x-forwarded-for"), self.trusted)
+        ip = client_address(scope.get("client"))
         scope.setdefault("state", {})["client_ip"] = ip
         if self.banned and scope["path"] not in self.open_paths:
             label = self.banned.match(ip)
             if label is not None:
-                return await self._refuse(scope, send, f"Requests from {label} are not allowed")
+                return await refuse(scope, send, self.base_url, f"Requests from {label} are not allowed", 403)
         await self.app(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, send: Send, message: str) -> None:
-        if scope["path"].startswith(self.base_url + "build/"):
-            status, content_type = 200, b"text/event-stream"
-            body = encode(FailedEvent(message=message + "\n", status_code=403))
-        else:
-            status, content_type = 403, b"application/json"
-            body = json.dumps({"detail": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
 
 class CORSMiddleware:

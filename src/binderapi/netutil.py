@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,16 +41,32 @@ class NetworkSet:
         return None
 
 
-def client_ip(peer: str | None, forwarded_for: str | None, trusted: NetworkSet) -> str:
-    """The client's address. ``X-Forwarded-For`` is believed only when the direct peer is a trusted
-    proxy; then the right-most address not itself a trusted proxy is the client."""
-    peer = peer or ""
-    if not forwarded_for or not trusted or trusted.match(peer) is None:
-        return peer
-    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if parse_ip(hop) is None:
-            break  # garbage in the header: stop believing it
-        if trusted.match(hop) is None:
-            return hop
-    return hops[0] if hops and parse_ip(hops[0]) else peer
+def client_address(client: tuple[str, int] | list | None) -> str:
+    """The client's address from the ASGI scope, set by uvicorn's ``ProxyHeadersMiddleware`` (the
+    right-most ``X-Forwarded-For`` hop not in ``trusted_proxies``, port stripped) or the peer.
+    IPv4-mapped IPv6 addresses become IPv4. A hop a trusted proxy wrote as ``unknown`` stays as it
+    is: one shared identity (one rate-limit bucket), never the client-written hops to its left."""
+    host = client[0] if client else ""
+    ip = parse_ip(host) if host else None
+    return str(ip) if ip is not None else host
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?P<name>{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{{1,5}}))?")
+
+
+def host_name(host: str | None) -> str | None:
+    """The name (lower case, IPv6 in brackets) of a ``Host`` header value that is a well-formed
+    ``host[:port]``; ``None`` for anything else. The value ends up in URLs, events, logs and the
+    build appendix, so whitespace, quotes or ``=`` must never get through."""
+    match = _HOST.fullmatch(host or "")
+    if match is None or len(host or "") > 260:
+        return None
+    if match["port"] is not None and not 0 < int(match["port"]) <= 65535:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            return None
+    return match["name"].lower().rstrip(".") or None

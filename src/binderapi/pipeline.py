@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from . import metrics, naming
 from .errors import (
@@ -177,7 +178,7 @@ class BuildPipeline:
         try:
             await self.services.quota.check(repo.image_name, repo_config, repo.repo_url)
         except QuotaExceededError as e:
-            metrics.LAUNCH_COUNT.labels(status=e.quota_kind, **labels).inc()
+            metrics.count_launch(e.quota_kind, **labels)
             raise
 
     async def _launch(self, request: BuildRequest, repo: ResolvedRepo, labels: dict[str, str]) -> AsyncIterator[Event]:
@@ -211,12 +212,12 @@ class BuildPipeline:
             assert server is not None
         except BinderError:
             metrics.LAUNCH_TIME.labels(status="failure", retries=-1).observe(time.perf_counter() - started)
-            metrics.LAUNCH_COUNT.labels(status="failure", **labels).inc()
+            metrics.count_launch("failure", **labels)
             raise
         finally:
             metrics.LAUNCHES_INPROGRESS.dec()
         metrics.LAUNCH_TIME.labels(status="success", retries=server.retries).observe(time.perf_counter() - started)
-        metrics.LAUNCH_COUNT.labels(status="success", **labels).inc()
+        metrics.count_launch("success", **labels)
         services.event_log.emit_launch(
             provider=repo.provider.name, spec=request.spec, ref=repo.ref, status="success",
             build_token=request.build_token, origin=request.origin, request_origin=request.request_origin,
@@ -229,15 +230,29 @@ class _KeepUnknown(dict[str, str]):
         return "{" + key + "}"
 
 
+#: URL characters that mean nothing to a Dockerfile instruction or a shell word; every other one
+#: (whitespace, quotes, ``$``, ``;``, ``&``, ``\``, ``#``, ``?``, ``*``, newlines...) is percent-encoded
+_APPENDIX_SAFE = "/:@%+=,[]"
+
+
+def appendix_value(url: str) -> str:
+    """A URL as it may stand unquoted in the appendix (``ENV BINDER_URL={binder_url}``, a ``RUN``
+    line): the appendix is baked into a shared image, so a value with a space would set other
+    variables (``ENV A=x PATH=/tmp/evil``) or run a command for every later user."""
+    return quote(url, safe=_APPENDIX_SAFE)
+
+
 def format_appendix(appendix: str, request: BuildRequest, repo: ResolvedRepo) -> str:
-    """Fill BinderHub's appendix placeholders; anything else in braces (shell ``${VAR}``) stays."""
+    """Fill BinderHub's appendix placeholders; anything else in braces (shell ``${VAR}``) stays.
+    Each value goes through :func:`appendix_value`; the host in them is ``badge_base_url`` when set, else the
+    request's ``Host``, which HostHeaderMiddleware has checked."""
     if not appendix:
         return ""
     values = _KeepUnknown(
-        binder_url=f"{request.launch_host}v2/{request.prefix}/{request.spec}",
-        persistent_binder_url=f"{request.launch_host}v2/{request.prefix}/{repo.resolved_spec}",
-        repo_url=repo.repo_url,
-        ref_url=repo.ref_url,
+        binder_url=appendix_value(f"{request.launch_host}v2/{request.prefix}/{request.spec}"),
+        persistent_binder_url=appendix_value(f"{request.launch_host}v2/{request.prefix}/{repo.resolved_spec}"),
+        repo_url=appendix_value(repo.repo_url),
+        ref_url=appendix_value(repo.ref_url),
     )
     try:
         return appendix.format_map(values)

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
+
+#: one IPv6 client (one home, one VM) is given a whole /64 and can rotate addresses inside it freely
+IPV6_BUCKET_PREFIX = 64
+
+
+def client_bucket(client: str) -> str:
+    """The rate-limit bucket of a client address: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client  # not an address (e.g. a proxy's ``unknown``): one shared bucket
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/{IPV6_BUCKET_PREFIX}", strict=False))
+    return str(address)
 
 
 @dataclass
@@ -32,8 +47,9 @@ class RateLimitState:
 
 
 class RateLimiter:
-    """``limit`` requests per ``period_seconds`` per key. ``remaining`` keeps counting below zero so
-    the log shows how hard a client pushes; expired windows are swept every ``clean_seconds``."""
+    """``limit`` requests per ``period_seconds`` per client bucket (:func:`client_bucket`).
+    ``remaining`` keeps counting below zero so the log shows how hard a client pushes; expired
+    windows are swept every ``clean_seconds``."""
 
     def __init__(self, limit: int, period_seconds: int, clean_seconds: int) -> None:
         self.limit = limit
@@ -52,6 +68,7 @@ class RateLimiter:
             self._next_clean = now + self.clean_seconds
         elif now >= self._next_clean:
             self._clean(now)
+        key = client_bucket(key)
         window = self._windows.get(key)
         if window is None or now >= window.reset:
             window = self._windows[key] = Window(self.limit, now + self.period)

@@ -2,7 +2,7 @@
 
 This router only parses the request and turns the pipeline's events into SSE frames. Errors are
 HTTP 200 streams ending with a ``failed`` event, because EventSource clients cannot read an HTTP
-error status.
+error status; bans (403) and the rate limit (429) carry their status too, as in BinderHub.
 """
 
 from __future__ import annotations
@@ -70,10 +70,13 @@ def raw_spec(request: Request, prefix: str) -> str:
     return spec
 
 
-def failure_response(message: str, status_code: int | None = None, headers: dict[str, str] | None = None) -> Response:
-    """A complete stream of one ``failed`` event, for refusals before any work starts."""
+def failure_response(message: str, status_code: int | None = None, headers: dict[str, str] | None = None,
+                     http_status: int = 200) -> Response:
+    """A complete stream of one ``failed`` event, for refusals before any work starts. HTTP 200 is
+    what an EventSource reads; the rate limit passes its 429 (as BinderHub answers it)."""
     body = encode(FailedEvent(message=line(message), status_code=status_code))
-    return Response(body, media_type="text/event-stream", headers={"cache-control": "no-cache", **(headers or {})})
+    return Response(body, status_code=http_status, media_type="text/event-stream",
+                    headers={"cache-control": "no-cache", **(headers or {})})
 
 
 async def check_policy(request: Request, services: Services, audience: str, build_token: str) -> tuple[HubUser | None, bool, dict[str, str]]:
@@ -94,8 +97,9 @@ async def check_policy(request: Request, services: Services, audience: str, buil
         state = limiter.increment(request.state.client_ip)
         headers = state.headers()
         if state.exceeded:
-            error = RateLimitExceededError(f"Rate limit exceeded. Try again in {state.retry_after()} seconds.")
-            error.headers = headers  # type: ignore[attr-defined]
+            retry_after = state.retry_after()
+            error = RateLimitExceededError(f"Rate limit exceeded. Try again in {retry_after} seconds.")
+            error.headers = {**headers, "retry-after": str(retry_after)}  # type: ignore[attr-defined]
             raise error
     return user, has_token, headers
 
@@ -129,6 +133,13 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
         "description": "A `text/event-stream` of `data: <json>` frames (see the event schemas) with "
         "`:keepalive` comments. Errors are also HTTP 200 streams ending with a `failed` event.",
         "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
+    }, 403: {
+        "description": "A banned client network: the same stream of one `failed` event (`status_code` 403).",
+        "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
+    }, 429: {
+        "description": "The rate limit: one `failed` event (`status_code` 429), with `Retry-After` and the "
+        "`x-ratelimit-*` headers.",
+        "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
     }},
 )
 async def build(request: Request, prefix: str, spec: str, services: ServicesDep, build_only: str = "",
@@ -152,12 +163,14 @@ async def build_response(request: Request, services: Services, prefix: str, buil
     try:
         user, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
     except BinderError as e:
-        return failure_response(e.message, e.status_code, getattr(e, "headers", None))
+        # BinderHub's 429 is an HTTP error: @jupyterhub/binderhub-client and raise_for_status see it
+        http_status = 429 if isinstance(e, RateLimitExceededError) else 200
+        return failure_response(e.message, e.status_code, getattr(e, "headers", None), http_status)
     if user is not None and user.kind == "service" and not wants_build_only:
         return failure_response(f"The token of JupyterHub service {user.name!r} may only build (build_only=true): "
                                 "servers are launched for users, with a user's token or login", 403)
     spec = spec.rstrip("/")
-    host = request.headers.get("host", "")
+    host = request.url.netloc  # the Host header, checked by HostHeaderMiddleware, or our own address
     build_request = BuildRequest(
         prefix=prefix,
         spec=spec,

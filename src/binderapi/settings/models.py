@@ -57,6 +57,9 @@ class BinderHub(Section):
     # -- service ---------------------------------------------------------------------------------
     ip: str = Field("", description="Address to listen on. Empty means every interface.")
     port: int = Field(8585, ge=0, le=65535, description="Port to listen on.")
+    max_request_header_size: ByteSize = Field(64 * 1024, ge=1024, description="Largest request head (request line and header fields) accepted; a larger one is answered 431 before the app sees it. The service is served by uvicorn directly, so it protects itself.")
+    max_request_headers: int = Field(100, ge=1, description="Most header fields in one request; more are answered 431.")
+    request_header_timeout: float = Field(10.0, gt=0, description="Seconds a client has, from connecting (or from the first byte of its next request), to send a complete request head; a slower one (slow-loris) is answered 408 and disconnected.")
     base_url: str = Field("/", description="URL prefix of every route (a leading and trailing slash are added).")
     debug: bool = Field(False, description="Debug mode: log level DEBUG and tracebacks in the log.")
     config_file: str = Field("", description="Configuration file (YAML, JSON or TOML) to load; relative to the current directory.")
@@ -75,6 +78,13 @@ class BinderHub(Section):
         default_factory=list,
         description="Networks of reverse proxies whose `X-Forwarded-For` header is believed. Requests from any "
         "other peer are identified by the peer address, so a banned client cannot walk around `ban_networks`.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names this service answers to (the `Host` header, port ignored, e.g. `binder.example.org`). "
+        "Empty: any well-formed `host[:port]`. A malformed or unlisted `Host` is refused with 400 before any work, "
+        "because the host becomes `binder_launch_host`, the build appendix's `binder_url` and the build token origin "
+        "(set `badge_base_url` so that no request header reaches them at all).",
     )
 
     # -- logging ---------------------------------------------------------------------------------
@@ -149,6 +159,17 @@ class BinderHub(Section):
     @classmethod
     def _slashes(cls, value: str) -> str:
         return "/" + value.strip("/") + "/" if value.strip("/") else "/"
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        from ..netutil import host_name
+
+        names = [host_name(host) for host in value]
+        bad = [host for host, name in zip(value, names, strict=True) if name is None]
+        if bad:
+            raise ValueError(f"not a host name: {', '.join(map(repr, bad))}")
+        return [name for name in names if name]
 
     @field_validator("hub_url", "hub_url_local")
     @classmethod
@@ -322,7 +343,7 @@ class EventLog(Section):
 
 
 class RateLimiter(Section):
-    """Per-client-IP fixed-window limit on `/build`."""
+    """Per-client fixed-window limit on `/build` (an IPv6 client is its /64); over it, HTTP 429 with `Retry-After`."""
 
     limit: int = Field(10, ge=0, description="Requests per window; 0 disables the limit.")
     period_seconds: int = Field(3600, ge=1, description="Window length in seconds.")

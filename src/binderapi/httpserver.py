@@ -1,0 +1,165 @@
+"""uvicorn as binderapi serves it: the one place its options are chosen, plus the limits on request
+heads that uvicorn does not have.
+
+The Dockerfile serves uvicorn directly, with no proxy in front to cap what a client sends. uvicorn's
+httptools protocol takes a head of any size (1 MB and 8 MB were answered 200), any number of headers
+(20,000 were), and waits for a head forever (a slow-loris client keeps a connection, and its buffers,
+as long as it likes). h11's only limit, ``h11_max_incomplete_event_size``, answers 400 and has no
+clock either. So the httptools protocol is subclassed with three checks, each answered as HTTP says:
+431 for a head too large or with too many fields, 408 for one that does not arrive in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+#: how long a refused connection is drained before it is closed
+LINGER_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    max_bytes: int  # request line and header fields together
+    max_fields: int
+    timeout: float  # seconds from connection (or the request's first byte) to the end of its head
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the refusal is sent by ``send_400_response``."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with :class:`HeadLimits` (set on a subclass by :func:`protocol_class`).
+
+    Bytes are counted twice: exactly, as the parser hands over the URL and each header (a head
+    that arrives in one read), and raw, for every read that ends inside an unfinished head (a
+    head arriving in many reads: the parser would buffer all of it before calling back)."""
+
+    limits: HeadLimits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # a head is expected: the connection's first, or the next one
+        self._head_bytes = 0
+        self._raw_head_bytes = 0
+        self._head_fields = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()  # a connection that never sends a head is a slow-loris one too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # refused: what still comes is read and dropped until the lingering close
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > self.limits.max_bytes:
+                self._refuse(431, "Request header fields too large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = self._raw_head_bytes = self._head_fields = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count(len(url), 0)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4, 1)  # "name: value\r\n", before the parser keeps it
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._raw_head_bytes = 0
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error; a callback's refusal is what stopped the parser."""
+        if self._refusal is None:
+            return super().send_400_response(msg)
+        status, reason = self._refusal
+        self._send_and_close(status, reason)
+
+    def _count(self, size: int, fields: int) -> None:
+        self._head_bytes += size
+        self._head_fields += fields
+        if self._head_fields > self.limits.max_fields:
+            self._refusal = (431, "Too many request header fields")
+            raise _Refused
+        if self._head_bytes > self.limits.max_bytes:
+            self._refusal = (431, "Request header fields too large")
+            raise _Refused
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refusal = (status, reason)
+        self._send_and_close(status, reason)
+
+    def _send_and_close(self, status: int, reason: str) -> None:
+        self._disarm_head_timer()
+        if self.transport.is_closing():
+            return
+        self.logger.info("%s:%s - refused before the app: %d %s", *(self.client or ("?", 0)), status, reason)
+        body = reason.encode()
+        self.transport.write(b"".join([
+            STATUS_LINE[status],
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]))
+        # A lingering close, as nginx does: closing with the client's unread bytes in our buffer
+        # sends a reset that can destroy the answer before the client reads it. So the write side
+        # is shut, the rest is read and dropped, and the connection closed soon in any case.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(408, "Request header not received in time")
+
+
+def protocol_class(limits: HeadLimits) -> type[LimitedHttpToolsProtocol]:
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+
+
+def uvicorn_config(app: Any, binderhub: Any, **options: Any) -> Any:
+    """The uvicorn configuration for ``binderhub`` settings (``options`` override, e.g. in tests)."""
+    import uvicorn
+
+    limits = HeadLimits(binderhub.max_request_header_size, binderhub.max_request_headers,
+                        binderhub.request_header_timeout)
+    return uvicorn.Config(app, **{
+        "host": binderhub.ip or "0.0.0.0",
+        "port": binderhub.port,
+        "log_config": None,  # ours, from setup_logging
+        "proxy_headers": False,  # X-Forwarded-For: the app's ProxyHeadersMiddleware, with trusted_proxies
+        "server_header": False,
+        "timeout_graceful_shutdown": 5,
+        "http": protocol_class(limits),
+        **options,
+    })
