@@ -40,6 +40,7 @@ FINISHED_GRACE_SECONDS = 30.0
 class BuildOutcome:
     success: bool
     message: str = ""
+    status_code: int | None = None  # of the failed event, e.g. 503 when the engine went away
 
 
 class BuildLog:
@@ -207,7 +208,7 @@ class BuildManager:
             build.finish(BuildOutcome(False, "binderapi is shutting down; the build continues and a retry will rejoin it"))
             raise
         except BinderError as e:
-            outcome = BuildOutcome(False, e.message)
+            outcome = BuildOutcome(False, e.message, e.status_code)
         except Exception:
             log.exception("Unexpected error running build %s", name)
             outcome = BuildOutcome(False, f"Unexpected error while running the build {name}; the service log has details")
