@@ -110,7 +110,7 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     assert await manifest_exists(ready["imageName"])
     assert again == [{"phase": "ready", "message": "Done! Found built image\n", "imageName": ready["imageName"]}]
 
-    # the pod exactly as the API server received it (BinderHub's KubernetesBuildExecutor, reference §4.3)
+    # the pod exactly as the API server received it (the pod BinderHub's KubernetesBuildExecutor creates)
     (pod,) = kube_api.created("pods")
     name = pod["metadata"]["name"]
     repo_url = git_server.daemon_url(repo)

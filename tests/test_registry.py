@@ -116,7 +116,7 @@ async def test_token_cache_keeps_tokens_until_shortly_before_expiry():
     assert len(fetches) == 1
 
 
-# -- defaults from the docker config.json (reference §5) ----------------------------------------
+# -- defaults from the docker config.json (as BinderHub reads it) -----------------------------
 
 
 def test_no_config_file_means_anonymous_docker_hub():
