@@ -105,9 +105,11 @@ class KubernetesBuildBackend(BuildBackend):
                      "create, delete; pods/log: get).",
                 422: " The build pod was refused as invalid: check the KubernetesBuildExecutor settings."}
         extra = hint.get(error.status, "") if isinstance(error, ApiException) else ""
-        if is_transient(error):
+        down = is_transient(error)
+        if down:
             extra = " The API server is failing or unreachable; try the build again later."
-        return BuildError(f"Kubernetes API {host} failed {doing}: {describe(error)}.{extra}")
+        return BuildError(f"Kubernetes API {host} failed {doing}: {describe(error)}.{extra}",
+                          status_code=503 if down else None)  # 503: a dependency is down (docs/events.md)
 
     async def _call(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` with retries on transient failures; any failure left is a BuildError."""
