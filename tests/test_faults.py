@@ -1,5 +1,10 @@
 """Faults said plainly: ``/health`` follows a dependency down and back up promptly (a burst of
-probes asks it once), and the launch quota's engine watch reports an outage once, not every 2 s."""
+probes asks it once); the launch quota's engine watch reports an outage once, not every 2 s; an
+engine that goes away mid-build, or a builder stopped from outside, is named as such; and a failed
+event for a dependency that is down (registry, engine) carries ``status_code`` 503.
+
+The engine is taken away through :mod:`fixtures.engineproxy` (a relay the test cuts), never by
+stopping the shared engine; the registry taken away is one the test started itself."""
 
 from __future__ import annotations
 
