@@ -110,7 +110,7 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     assert await manifest_exists(ready["imageName"])
     assert again == [{"phase": "ready", "message": "Done! Found built image\n", "imageName": ready["imageName"]}]
 
-    # the pod exactly as the API server received it (BinderHub's KubernetesBuildExecutor, reference §4.3)
+    # the pod exactly as the API server received it (the pod BinderHub's KubernetesBuildExecutor creates)
     (pod,) = kube_api.created("pods")
     name = pod["metadata"]["name"]
     repo_url = git_server.daemon_url(repo)
@@ -281,6 +281,7 @@ async def test_create_failing_ends_in_a_clear_failed_event(client, git_server, k
     failed, _ = await failed_build(client, settings, git_server)
     assert failed["message"].startswith(f"Kubernetes API {kube_api.url} failed creating the build pod build-")
     assert answer in failed["message"] and "try the build again later" in failed["message"]
+    assert failed["status_code"] == 503  # a dependency is down (docs/events.md)
     assert kube_api.count("create", "pods") == kube_backend.API_ATTEMPTS  # retried, then given up
     assert build_pods(kube_api) == [] and secrets(kube_api) == []  # the credentials Secret went too
 
@@ -289,6 +290,7 @@ async def test_forbidden_create_is_not_retried_and_names_rbac(client, git_server
     kube_api.fail_next(1, 403, verb="create", resource="pods", message='pods is forbidden: User "binder" cannot create')
     failed, _ = await failed_build(client, kube_settings(kubeconfig), git_server)
     assert "403 Forbidden: pods is forbidden" in failed["message"] and "RBAC Role in namespace default" in failed["message"]
+    assert "status_code" not in failed  # a refusal to fix, not a dependency down
     assert kube_api.count("create", "pods") == 1 and build_pods(kube_api) == []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from binderapi.executors.kubernetes import CREDENTIALS_GRACE_SECONDS
 from fixtures.kube import KubeAPIServer
 from fixtures.kubeapi import build_pods, kube_settings, until
 from fixtures.server import serve
@@ -62,3 +63,47 @@ async def test_young_build_is_stopped_once_it_passes_max_age(kube_api, kubeconfi
         assert build_pods(kube_api) == ["build-ageing"]
         kube_api.backdate("build-ageing", 60)  # now 90 s old
         await until(lambda: build_pods(kube_api) == [])
+
+
+def credentials_secrets(kube_api: KubeAPIServer) -> list[str]:
+    return sorted(s.name for s in kube_api.store.items("secrets") if s.name.endswith("-credentials"))
+
+
+async def test_cleaner_removes_credentials_secrets_whose_pod_never_came(kube_api, kubeconfig):
+    """A Secret is written just before its pod: when the pod create failed and the clean-up
+    after it failed too (or the process died in between), nothing else would remove it."""
+    credentials = {"GIT_CREDENTIAL_ENV": "username=u\\npassword=p"}
+
+    def add(build: str, age: float) -> None:
+        kube_api.add_secret(f"{build}-credentials", string_data=credentials, labels={**BUILD, "name": build}, age=age)
+
+    add("build-never-created", age=CREDENTIALS_GRACE_SECONDS + 60)  # the leak
+    add("build-being-created", age=5)  # its pod is about to be created: left alone
+    add("build-running", age=CREDENTIALS_GRACE_SECONDS + 60)  # its pod runs: left alone
+    add_build_pod(kube_api, "build-running", "Running", age=CREDENTIALS_GRACE_SECONDS + 60)
+    kube_api.add_secret("hub-secret", string_data={"token": "x"}, age=99_999)  # not a build's: left alone
+    kube_api.add_secret("old-credentials", string_data={"token": "x"}, age=99_999)  # nor this (no build label)
+
+    settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"credentials_in_secret": True}},
+                             build_cleanup_interval=1)
+    async with serve(settings):
+        await until(lambda: "build-never-created-credentials" not in credentials_secrets(kube_api))
+        passes = cleaner_passes(kube_api)
+        await until(lambda: cleaner_passes(kube_api) >= passes + 2)  # two more passes leave the rest alone
+    assert credentials_secrets(kube_api) == ["build-being-created-credentials", "build-running-credentials",
+                                             "old-credentials"]
+    assert "hub-secret" in {s.name for s in kube_api.store.items("secrets")}
+    lists = [r for r in kube_api.requests if r.verb == "list" and r.resource == "secrets"]
+    assert lists and all(r.query.get("labelSelector") == "component=binderhub-build" for r in lists)
+
+
+async def test_cleaner_without_rbac_to_list_secrets_says_so_once(kube_api, kubeconfig, caplog):
+    kube_api.fail_next(100, 403, verb="list", resource="secrets")
+    settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"credentials_in_secret": True}},
+                             build_cleanup_interval=1)
+    async with serve(settings):
+        passes = cleaner_passes(kube_api)
+        await until(lambda: cleaner_passes(kube_api) >= passes + 2)
+    assert kube_api.count("list", "secrets") == 1  # asked once, then not again
+    warnings = [r for r in caplog.records if "Not allowed to list Secrets" in r.getMessage()]
+    assert len(warnings) == 1

@@ -310,6 +310,7 @@ async def test_hub_down_fails_quickly_and_clearly(counted: Counted) -> None:
     messages, error = await launch(launcher, launch_request())
     assert isinstance(error, LaunchError)
     assert f"JupyterHub API at http://127.0.0.1:{port}/hub/api/ is unreachable" in error.message
+    assert error.status_code == 503  # docs/events.md: a dependency is down
     assert messages == ["Launching server...\n"]  # no launch retries on top of the request's own
     assert len(counted.calls) == launcher.config.api_retries
 
@@ -317,6 +318,7 @@ async def test_hub_down_fails_quickly_and_clearly(counted: Counted) -> None:
 async def test_no_hub_configured_is_a_clear_error(counted: Counted) -> None:
     _, error = await launch(Launcher(make_settings(), counted.client), launch_request())
     assert isinstance(error, LaunchError) and "set BinderHub.hub_url" in error.message
+    assert error.status_code == 500  # a launch that failed for another reason than a dependency down
     assert counted.calls == []
 
 

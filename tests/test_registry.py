@@ -116,7 +116,7 @@ async def test_token_cache_keeps_tokens_until_shortly_before_expiry():
     assert len(fetches) == 1
 
 
-# -- defaults from the docker config.json (reference §5) ----------------------------------------
+# -- defaults from the docker config.json (as BinderHub reads it) -----------------------------
 
 
 def test_no_config_file_means_anonymous_docker_hub():
@@ -288,7 +288,7 @@ async def test_health_counts_not_found_as_healthy(http, open_registry: RunningRe
     down = DockerRegistry(registry_config(url=stopped_registry), http, image_prefix="127.0.0.1/binder-")
     health = await down.health()
     assert health["ok"] is False
-    assert stopped_registry in health["error"]
+    assert f"container registry at {stopped_registry.removeprefix('http://')} cannot be reached" in health["error"]
 
 
 # -- htpasswd basic auth -------------------------------------------------------------------------
@@ -475,16 +475,21 @@ async def test_unexpected_status_is_not_retried(http):
 async def test_registry_that_hangs_times_out(http):
     with ScriptedServer(hang=True) as server:
         store = DockerRegistry(registry_config(url=server.url, retries=2, timeout=0.2), http)
-        with pytest.raises(RegistryError, match=r"did not answer within 0.2s \(gave up after 2 attempts\)"):
+        with pytest.raises(RegistryError, match=r"the container registry at 127.0.0.1:\d+ did not answer within 0.2s "
+                                                r"\(gave up after 2 attempts\)") as error:
             await store.image_exists("127.0.0.1/binder-x:abc")
     assert len(server.requests) == 2
+    assert error.value.status_code == 503  # docs/events.md: a dependency is down
 
 
 @pytest.mark.docker
 async def test_stopped_registry_is_an_error_not_missing(http, stopped_registry: str):
     store = DockerRegistry(registry_config(url=stopped_registry, retries=2), http)
-    with pytest.raises(RegistryError, match=f"cannot reach {stopped_registry}.*gave up after 2 attempts"):
+    host = stopped_registry.removeprefix("http://")
+    with pytest.raises(RegistryError, match=rf"^the container registry at {host} cannot be reached \(Connect"
+                                            r".*\) \(gave up after 2 attempts\)$") as error:
         await store.image_exists("127.0.0.1/binder-x:abc")
+    assert error.value.status_code == 503
 
 
 # -- use_registry: false: the local Docker engine ------------------------------------------------
@@ -505,8 +510,9 @@ async def test_local_images_against_the_engine(tiny_image: str, docker_host: str
 async def test_local_images_without_an_engine_is_an_error(tmp_path):
     store = LocalImages(str(tmp_path / "no-docker.sock"), retries=2, retry_delay=0.01)
     try:
-        with pytest.raises(RegistryError, match="cannot reach the Docker engine at unix://.*no-docker.sock"):
+        with pytest.raises(RegistryError, match="the Docker engine at unix://.*no-docker.sock cannot be reached") as error:
             await store.image_exists("anything:v1")
+        assert error.value.status_code == 503
         health = await store.health()
         assert health["ok"] is False and "no-docker.sock" in health["error"]
     finally:

@@ -40,6 +40,7 @@ FINISHED_GRACE_SECONDS = 30.0
 class BuildOutcome:
     success: bool
     message: str = ""
+    status_code: int | None = None  # of the failed event, e.g. 503 when the engine went away
 
 
 class BuildLog:
@@ -207,7 +208,7 @@ class BuildManager:
             build.finish(BuildOutcome(False, "binderapi is shutting down; the build continues and a retry will rejoin it"))
             raise
         except BinderError as e:
-            outcome = BuildOutcome(False, e.message)
+            outcome = BuildOutcome(False, e.message, e.status_code)
         except Exception:
             log.exception("Unexpected error running build %s", name)
             outcome = BuildOutcome(False, f"Unexpected error while running the build {name}; the service log has details")
@@ -311,7 +312,8 @@ class BuildManager:
         orphans of a restart or of another replica included. Finished builds are kept ``grace``
         seconds so every replica following one has read its exit status."""
         now = time.time()
-        for info in await self.backend.list_builds():
+        infos = await self.backend.list_builds()
+        for info in infos:
             ours = self.builds.get(info.name)
             if info.running:
                 if self.max_age and info.started_at and now - info.started_at > self.max_age:
@@ -320,6 +322,7 @@ class BuildManager:
             elif (ours is None or ours.done) and (info.finished_at is None or now - info.finished_at >= grace):
                 log.info("Removing finished build %s", info.name)
                 await self.backend.stop(info.name)
+        await self.backend.clean_leftovers({info.name for info in infos})
 
     async def clean_forever(self, interval: float) -> None:
         while True:

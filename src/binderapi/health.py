@@ -1,4 +1,10 @@
-"""``/health``: pluggable checks, each cached briefly, concurrent callers sharing one run."""
+"""``/health``: pluggable checks, each cached briefly, concurrent callers sharing one run.
+
+A passing check is cached for its ``cache_seconds`` (BinderHub's 15 s), so frequent probes cost the
+dependency little. A failing one is cached only :data:`FAILURE_CACHE_SECONDS`: a dependency that
+comes back shows as recovered on the next probe, not up to 15 s later. Either way a burst of
+concurrent requests runs a check once (single flight).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: how long a failed check answers for itself before the dependency is asked again
+FAILURE_CACHE_SECONDS = 1.0
 
 CheckFn = Callable[[], Awaitable[dict[str, Any] | bool | None]]
 
@@ -26,12 +35,15 @@ class _Check:
     running: asyncio.Future[dict[str, Any]] | None = field(default=None, repr=False)
 
     async def run(self) -> dict[str, Any]:
-        if self.result is not None and time.monotonic() - self.checked_at < self.cache_seconds:
+        if self.result is not None and time.monotonic() - self.checked_at < self._fresh_for(self.result):
             return self.result
         if self.running is None:
             self.running = asyncio.ensure_future(self._run_once())
             self.running.add_done_callback(lambda _: setattr(self, "running", None))
         return await asyncio.shield(self.running)
+
+    def _fresh_for(self, result: dict[str, Any]) -> float:
+        return self.cache_seconds if result["ok"] else min(self.cache_seconds, FAILURE_CACHE_SECONDS)
 
     async def _run_once(self) -> dict[str, Any]:
         started = time.monotonic()

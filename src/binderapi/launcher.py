@@ -223,12 +223,14 @@ class AttemptFailed(Exception):
     """A launch attempt failed. ``retryable``: a spawn that failed, worth a fresh try.
     ``spawn_ended``: the hub itself has already stopped the server it tried to start."""
 
-    def __init__(self, reason: str, *, retryable: bool, spawn_ended: bool = False, final: str | None = None) -> None:
+    def __init__(self, reason: str, *, retryable: bool, spawn_ended: bool = False, final: str | None = None,
+                 status_code: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.spawn_ended = spawn_ended
         self.final = final  # the whole final message, when it is not "Failed to launch image ...: reason"
+        self.status_code = status_code  # of the failed event; None keeps LaunchError's 500
 
 
 @dataclass
@@ -368,11 +370,11 @@ class Launcher:
                             attempt.username, failure.reason)
                 final = failure.final or f"Failed to launch image {request.image}: {failure.reason}"
                 if not failure.retryable or number == self.config.retries:
-                    raise LaunchError(final) from None
+                    raise LaunchError(final, failure.status_code) from None
                 if reason == previous_reason:
-                    raise LaunchError(final) from None  # the same failure again: it will not go away
+                    raise LaunchError(final, failure.status_code) from None  # the same failure again: it will not go away
                 if deadline - loop.time() <= delay:
-                    raise LaunchError(final) from None  # no time left for another attempt
+                    raise LaunchError(final, failure.status_code) from None  # no time left for another attempt
                 previous_reason = reason
             except BaseException:
                 # BinderError (conflict, hook), or the client went away: remove what was created
@@ -424,8 +426,8 @@ class Launcher:
                 await self._check_user(attempt)
             await self._run_pre_launch_hook(request, attempt)
             await self._start_server(request, attempt, emit)
-        except HubError as e:
-            raise AttemptFailed(str(e), retryable=False) from None
+        except HubError as e:  # unreachable after its retries: a dependency is down (docs/events.md)
+            raise AttemptFailed(str(e), retryable=False, status_code=503) from None
         return LaunchedServer(url=self.server_url(attempt.username, attempt.server_name), token=attempt.token,
                               username=attempt.username, server_name=attempt.server_name,
                               retries=attempt.number - 1)

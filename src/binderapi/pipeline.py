@@ -172,7 +172,7 @@ class BuildPipeline:
                 yield frame
         outcome = watch.outcome
         if not outcome.success:
-            raise BuildError(outcome.message)
+            raise BuildError(outcome.message, outcome.status_code)
 
     async def _check_quota(self, repo: ResolvedRepo, repo_config: dict[str, Any], labels: dict[str, str]) -> None:
         try:

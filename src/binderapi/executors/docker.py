@@ -4,13 +4,16 @@ name, so the engine itself is the lock that joins concurrent requests, even acro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 
 from ..errors import BuildError
@@ -27,6 +30,13 @@ LABEL_NAMESPACE = "binderapi.namespace"
 LABEL_BUILD = "binderhub.build"
 LABEL_IMAGE = "binderhub.image"
 LABEL_REPO = "binder-repo"
+
+#: aiodocker's DockerError status for "could not connect to the engine"
+NO_CONNECTION = 900
+#: what a dropped or refused engine connection raises besides DockerError
+CONNECTION_FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+#: how long the engine may take to answer "are you there?" after a build ended abnormally
+PING_TIMEOUT = 5.0
 
 
 def engine_url(docker_host: str) -> str:
@@ -99,6 +109,8 @@ class DockerBuildBackend(BuildBackend):
             if e.status == 409:
                 await self._check_ours(job.name)
                 raise BuildExistsError(job.name) from None
+            if e.status == NO_CONNECTION:
+                raise self._unreachable(e) from None
             raise BuildError(f"The Docker engine refused to create the build container: {e.message}") from None
         try:
             await container.start()
@@ -136,6 +148,8 @@ class DockerBuildBackend(BuildBackend):
         except DockerError as e:
             if e.status == 404:
                 return None
+            if e.status == NO_CONNECTION:
+                raise self._unreachable(e) from None
             raise BuildError(f"The Docker engine did not answer about build {name}: {e.message}") from None
         labels = container["Config"]["Labels"] or {}
         if labels.get(LABEL_COMPONENT) != COMPONENT_LABEL or labels.get(LABEL_NAMESPACE) != self.namespace:
@@ -159,7 +173,8 @@ class DockerBuildBackend(BuildBackend):
     async def follow_logs(self, name: str, tail: int | None = None) -> AsyncIterator[str]:
         try:
             container = await self.docker.containers.get(name)
-            stream = container.log(stdout=True, stderr=True, follow=True, tail=tail if tail is not None else "all")
+            stream = self._unless_engine_gone(
+                container.log(stdout=True, stderr=True, follow=True, tail=tail if tail is not None else "all"))
         except DockerError as e:
             if e.status == 404:
                 return
@@ -181,8 +196,52 @@ class DockerBuildBackend(BuildBackend):
         except DockerError as e:
             if e.status == 404:
                 return None
-            raise BuildError(f"Lost track of build {name}: {e.message}") from None
-        return int(result.get("StatusCode", 1))
+            raise await self._engine_gone(self._cause(e)) or BuildError(f"Lost track of build {name}: {e.message}") from None
+        except CONNECTION_FAILURES as e:
+            raise await self._engine_gone(self._cause(e)) or BuildError(
+                f"Lost track of build {name}: {self._cause(e)}") from None
+        code = int(result.get("StatusCode", 1))
+        if code in (128 + signal.SIGTERM, 128 + signal.SIGKILL):  # what a stopping engine does to its containers
+            how = f"the build was stopped with {signal.Signals(code - 128).name}, exit code {code}"
+            raise await self._engine_gone(how) or BuildError(
+                f"The build was stopped from outside ({how}), as a restart of the Docker engine or "
+                f"`docker stop` does; try again")
+        return code
+
+    # -- when a build ends abnormally: was it the engine? -------------------------------------------
+
+    @staticmethod
+    def _cause(error: BaseException) -> str:
+        if isinstance(error, DockerError):
+            return error.message
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+    def _unreachable(self, error: DockerError) -> BuildError:
+        return BuildError(f"The Docker engine at {engine_url(self.config.docker_host)} cannot be reached "
+                          f"({self._cause(error)}); try again later", status_code=503)
+
+    async def _engine_gone(self, cause: str) -> BuildError | None:
+        """The error to end a build with when the engine no longer answers (a 503: a dependency
+        is down, not the build broken), or ``None`` when it does and ``cause`` is the build's own."""
+        try:
+            await asyncio.wait_for(self.docker.version(), PING_TIMEOUT)
+        except (DockerError, *CONNECTION_FAILURES) as e:
+            log.warning("The Docker engine went away during a build (%s); it no longer answers: %s", cause, self._cause(e))
+            return BuildError(f"The Docker engine went away during the build ({cause}, and the engine at "
+                              f"{engine_url(self.config.docker_host)} no longer answers); try again", status_code=503)
+        return None
+
+    async def _unless_engine_gone(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        """A build's log stream that broke: an engine gone is said so; else the logs simply end
+        and :meth:`wait` tells how the build did."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except CONNECTION_FAILURES as e:
+            log.info("The log stream of a build broke: %s", self._cause(e))
+            gone = await self._engine_gone(f"the build's log stream broke ({type(e).__name__})")
+            if gone is not None:
+                raise gone from None
 
     async def stop(self, name: str) -> None:
         try:

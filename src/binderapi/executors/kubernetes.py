@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,6 +53,9 @@ RETRY_DELAY = 0.5
 #: reasons a container waits forever: fail the build instead of waiting for max_age
 HOPELESS_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "ErrImageNeverPull"}
+#: a credentials Secret is written just before its pod; one with no pod after this long never got
+#: one (a pod create that failed and whose clean-up failed too, or a process killed in between)
+CREDENTIALS_GRACE_SECONDS = 300.0
 
 
 def rendezvous_rank(buckets: list[str], key: str) -> list[str]:
@@ -77,6 +81,7 @@ class KubernetesBuildBackend(BuildBackend):
         self._api_client: client.ApiClient | None = None
         self._lock = asyncio.Lock()
         self._secrets_allowed = self.config.credentials_in_secret
+        self._may_list_secrets = True
         self.creator = uuid.uuid4().hex
 
     @property
@@ -100,9 +105,11 @@ class KubernetesBuildBackend(BuildBackend):
                      "create, delete; pods/log: get).",
                 422: " The build pod was refused as invalid: check the KubernetesBuildExecutor settings."}
         extra = hint.get(error.status, "") if isinstance(error, ApiException) else ""
-        if is_transient(error):
+        down = is_transient(error)
+        if down:
             extra = " The API server is failing or unreachable; try the build again later."
-        return BuildError(f"Kubernetes API {host} failed {doing}: {describe(error)}.{extra}")
+        return BuildError(f"Kubernetes API {host} failed {doing}: {describe(error)}.{extra}",
+                          status_code=503 if down else None)  # 503: a dependency is down (docs/events.md)
 
     async def _call(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` with retries on transient failures; any failure left is a BuildError."""
@@ -445,6 +452,39 @@ class KubernetesBuildBackend(BuildBackend):
         pods = await self._call("listing build pods", lambda: api.list_namespaced_pod(
             self.namespace, label_selector=f"component={COMPONENT_LABEL}", _request_timeout=self.timeout))
         return [self._info(pod) for pod in pods.items]
+
+    async def clean_leftovers(self, builds: set[str], grace: float = CREDENTIALS_GRACE_SECONDS) -> None:
+        """Remove credentials Secrets (``<build>-credentials``, labelled as builds) whose build pod
+        does not exist and which are older than ``grace``: :meth:`stop` removes a Secret with its
+        pod, but a pod that was never created leaves its Secret to nobody. ``builds`` are the
+        build pods there are (listed before the Secrets, so a Secret written since is young)."""
+        if not self._may_list_secrets:
+            return
+        api = await self.api()
+        try:
+            secrets = await retrying(lambda: api.list_namespaced_secret(
+                self.namespace, label_selector=f"component={COMPONENT_LABEL}", _request_timeout=self.timeout),
+                attempts=API_ATTEMPTS, delay=RETRY_DELAY)
+        except ApiException as e:
+            if e.status != 403:
+                raise self._failure("listing build credentials Secrets", e) from None
+            self._may_list_secrets = False
+            if self._secrets_allowed:
+                log.warning("Not allowed to list Secrets in %s: credentials Secrets of builds whose pod was never "
+                            "created are not removed (kubectl delete secret -l component=%s removes them by hand)",
+                            self.namespace, COMPONENT_LABEL)
+            return
+        except CONNECTION_ERRORS as e:
+            raise self._failure("listing build credentials Secrets", e) from None
+        now = time.time()
+        for secret in secrets.items:
+            meta = secret.metadata
+            build = (meta.labels or {}).get("name") or meta.name.removesuffix("-credentials")
+            created = _epoch(meta.creation_timestamp)
+            if build in builds or not meta.name.endswith("-credentials") or created is None or now - created < grace:
+                continue
+            log.info("Removing credentials Secret %s: its build pod was never created or is gone", meta.name)
+            await self._delete(api.delete_namespaced_secret, meta.name, forbidden_ok=True)
 
     async def check(self) -> dict[str, Any]:
         await self.api()

@@ -2,7 +2,8 @@
 
 BinderHub counted a registry that kept failing as "image missing" and rebuilt, which turned one
 broken registry into a storm of builds. Here a failure worth retrying is a :class:`TransientError`;
-after the last attempt it becomes a :class:`~binderapi.errors.RegistryError` the build stream shows.
+after the last attempt it becomes a :class:`~binderapi.errors.RegistryError` the build stream shows,
+with ``status_code`` 503: the registry (or engine) is down, not the request wrong.
 """
 
 from __future__ import annotations
@@ -29,4 +30,4 @@ async def retrying(op: Callable[[], Awaitable[T]], *, attempts: int, delay: floa
                                     transient=lambda e: isinstance(e, TransientError))
     except TransientError as e:
         plural = "s" if attempts != 1 else ""
-        raise RegistryError(f"{e} (gave up after {attempts} attempt{plural})") from e
+        raise RegistryError(f"{e} (gave up after {attempts} attempt{plural})", status_code=503) from e

@@ -85,6 +85,7 @@ class DockerRegistry:
         self.endpoint: Endpoint = resolve_endpoint(config)
         self.url = self.endpoint.url
         self.name = display_url(self.url)
+        self.host = urlsplit(self.url).netloc.rpartition("@")[2] or self.name
         self.http = http
         self.image_prefix = image_prefix
         self._tokens = TokenCache()
@@ -200,9 +201,10 @@ class DockerRegistry:
             return await self.http.request(method, url, headers=headers, timeout=self.config.timeout,
                                            follow_redirects=True)
         except httpx.TimeoutException:
-            raise TransientError(f"{self.name} did not answer within {self.config.timeout:g}s") from None
+            raise TransientError(f"the container registry at {self.host} did not answer within "
+                                 f"{self.config.timeout:g}s") from None
         except httpx.TransportError as e:
-            raise TransientError(f"cannot reach {self.name}: {_describe(e)}") from None
+            raise TransientError(f"the container registry at {self.host} cannot be reached ({_describe(e)})") from None
 
     def _outcome(self, response: httpx.Response, image: str, tag: str, auth: _Auth) -> httpx.Response | None:
         code = response.status_code
@@ -251,14 +253,14 @@ class DockerRegistry:
         if service and "service" not in url.params:
             params["service"] = service
         url = url.copy_merge_params(params)
-        where = f"the token server {display_url(realm)} of {self.name}"
+        where = f"the token server {display_url(realm)} of the container registry at {self.host}"
         headers = {"Authorization": self._basic} if self._basic else {}
         try:
             response = await self.http.get(url, headers=headers, timeout=self.config.timeout, follow_redirects=True)
         except httpx.TimeoutException:
             raise TransientError(f"{where} did not answer within {self.config.timeout:g}s") from None
         except httpx.TransportError as e:
-            raise TransientError(f"cannot reach {where}: {_describe(e)}") from None
+            raise TransientError(f"{where} cannot be reached ({_describe(e)})") from None
         code = response.status_code
         if code in (401, 403):
             if not self.endpoint.has_credentials:

@@ -63,14 +63,14 @@ class LocalImages:
             if e.status == 404:
                 return False
             if e.status == _NO_CONNECTION:
-                raise TransientError(f"cannot reach {self.name}: {_reason(e)}") from None
+                raise TransientError(f"{self.name} cannot be reached ({_reason(e)})") from None
             if e.status >= 500:
                 raise TransientError(f"{self.name} answered HTTP {e.status} for {image_name}: {e.message}") from None
             raise RegistryError(f"{self.name} answered HTTP {e.status} for {image_name}: {e.message}") from None
         except TimeoutError:
             raise TransientError(f"{self.name} did not answer within {self.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise TransientError(f"cannot reach {self.name}: {type(e).__name__}: {e}") from None
+            raise TransientError(f"{self.name} cannot be reached ({type(e).__name__}: {e})") from None
         return True
 
     async def health(self) -> dict[str, Any]:
@@ -85,9 +85,9 @@ class LocalImages:
         try:
             await self._client().version()
         except aiodocker.DockerError as e:
-            raise TransientError(f"cannot reach {self.name}: {_reason(e)}") from None
+            raise TransientError(f"{self.name} cannot be reached ({_reason(e)})") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise TransientError(f"cannot reach {self.name}: {type(e).__name__}: {e}") from None
+            raise TransientError(f"{self.name} cannot be reached ({type(e).__name__}: {e})") from None
 
     async def close(self) -> None:
         if self._docker is not None:
