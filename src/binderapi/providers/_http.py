@@ -4,7 +4,12 @@ Upstreams fail in two ways that matter to a user. A 4xx is an answer ("no such r
 at once. A 5xx, a timeout or a refused connection is a hiccup: it is retried a bounded number of
 times with exponential backoff, and only then reported as "<upstream> is unreachable", naming the
 host but never a token. Redirects are followed by hand so that every hop passes the
-``denied_networks`` check (a DOI may point anywhere).
+``denied_networks`` check (a DOI may point anywhere), and each hop's connection is pinned to the
+address checked (:class:`PinningTransport`).
+
+Every answer is bounded: its body is streamed and cut off past ``max_response_size``, each attempt
+may take ``request_timeout`` in all (not per read, which a server dripping bytes never trips), and
+the whole call (attempts, waits between them, redirect hops) ``request_deadline``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from ..errors import UpstreamError, UpstreamRateLimitError
-from ._net import check_url, denied_networks, display_url, host_of
+from ._net import Pin, check_url, denied_networks, display_url, host_of
 
 if TYPE_CHECKING:
     from ..settings import models
@@ -27,6 +32,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIRECTS = (301, 302, 303, 307, 308)
+#: request extension carrying the :class:`~._net.Pin` a request must connect through
+PIN = "binderapi.pin"
+
+
+class PinningTransport(httpx.AsyncBaseTransport):
+    """Connects a request carrying a :data:`PIN` to the pinned address instead of resolving its
+    host again, keeping the ``Host`` header and the TLS server name (certificate checked against
+    the host name); requests without one pass through unchanged."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pin: Pin | None = request.extensions.get(PIN)
+        if pin is None or request.url.host != pin.host:
+            return await self.inner.handle_async_request(request)
+        extensions = {k: v for k, v in request.extensions.items() if k != PIN}
+        if request.url.scheme == "https":
+            extensions.setdefault("sni_hostname", pin.host)
+        pinned = httpx.Request(request.method, request.url.copy_with(host=pin.address), headers=request.headers,
+                               stream=request.stream, extensions=extensions)
+        return await self.inner.handle_async_request(pinned)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def make_client(**kwargs: Any) -> httpx.AsyncClient:
+    """The providers' HTTP client: never follows redirects itself (:func:`fetch` checks every hop)
+    and honours pins."""
+    return httpx.AsyncClient(transport=PinningTransport(), follow_redirects=False, **kwargs)
 
 
 async def fetch(
@@ -43,19 +79,43 @@ async def fetch(
 ) -> httpx.Response:
     """GET ``url`` through the shared client; ``upstream`` names it in errors (``"GitHub"``).
 
-    Returns any response below 500 (including redirects when not following them). Credentials
-    (``headers``/``auth``) are only sent to the first host: a redirect elsewhere drops them.
+    Returns any response below 500 (including redirects when not following them), its body read
+    in full (at most ``max_response_size``). Credentials (``headers``/``auth``) are only sent to the
+    first host: a redirect elsewhere drops them. The whole call is bounded by ``request_deadline``.
     """
+    try:
+        async with asyncio.timeout(config.request_deadline):
+            return await _fetch(context, config, upstream, url, headers=headers, params=params, auth=auth,
+                                follow_redirects=follow_redirects, max_redirects=max_redirects)
+    except TimeoutError:
+        raise UpstreamError(
+            f"{upstream} ({host_of(url)}) did not answer within {config.request_deadline:g} seconds "
+            "(retries and redirects included). Please try again later.") from None
+
+
+async def _fetch(
+    context: ProviderContext,
+    config: models.RepoProvider,
+    upstream: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None,
+    params: dict[str, str] | None,
+    auth: httpx.Auth | tuple[str, str] | None,
+    follow_redirects: bool,
+    max_redirects: int,
+) -> httpx.Response:
     denied = denied_networks(config.denied_networks)
     first_host = urlsplit(url).netloc
     for _hop in range(max_redirects + 1):
-        await check_url(url, denied, upstream)
+        pin = await check_url(url, denied, upstream)
         same_host = urlsplit(url).netloc == first_host
         response = await _get_with_retries(
             context, config, upstream, url,
             headers=headers if same_host else None,
             params=params if _hop == 0 else None,
             auth=auth if same_host else None,
+            extensions={PIN: pin} if pin else None,
         )
         location = response.headers.get("location")
         if not (follow_redirects and response.status_code in REDIRECTS and location):
@@ -75,8 +135,9 @@ async def _get_with_retries(
     for attempt in range(1, config.retries + 1):
         started = time.monotonic()
         try:
-            response = await context.http.get(url, timeout=config.request_timeout, **kwargs)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(config.request_timeout):
+                response = await _get_bounded(context, config, upstream, url, **kwargs)
+        except (httpx.TimeoutException, TimeoutError):
             reason = f"no answer within {config.request_timeout:g} seconds"
         except httpx.TransportError as e:
             reason = _transport_reason(e)
@@ -91,6 +152,54 @@ async def _get_with_retries(
         if attempt < config.retries:
             await asyncio.sleep(config.retry_delay * 2 ** (attempt - 1))
     raise UpstreamError(f"{upstream} ({host_of(url)}) is unreachable or failing ({reason}). Please try again later.")
+
+
+async def _get_bounded(
+    context: ProviderContext,
+    config: models.RepoProvider,
+    upstream: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    auth: httpx.Auth | tuple[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """GET ``url``, reading at most ``max_response_size`` bytes of (decoded) body: a larger answer
+    is abandoned, its connection closed, before it can fill the memory."""
+    request = context.http.build_request("GET", url, headers=headers, params=params,
+                                         timeout=config.request_timeout, extensions=extensions)
+    response = await context.http.send(request, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                                       stream=True)
+    limit = config.max_response_size
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(upstream, url, limit)
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(upstream, url, limit)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    # the body is decoded already: the new response must not decode it again
+    kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=kept, content=b"".join(chunks),
+                          request=response.request, extensions=response.extensions)
+
+
+def _too_large(upstream: str, url: str, limit: int) -> UpstreamError:
+    return UpstreamError(f"{upstream} ({host_of(url)}) sent an answer larger than {_size(limit)}, the most "
+                         "this service reads (RepoProvider.max_response_size).")
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n} bytes"
 
 
 def _transport_reason(error: httpx.TransportError) -> str:

@@ -4,15 +4,20 @@ The URL comes from the user, so it is treated as hostile: no argument injection 
 with ``-``, and ``--`` precedes the URL), only the allowed schemes (``file``, ``ext::`` and ``fd::``
 never), no control characters, and its host must not resolve into ``denied_networks``. git itself
 is confined too: ``GIT_ALLOW_PROTOCOL``, no prompts, no HTTP redirects (which would bypass the host
-check), no user or system configuration.
+check), no user or system configuration, HTTP connections pinned to the address checked
+(``http.curloptResolve``), its output and its memory bounded. A 40-hex ref needs no resolution, but
+the repository must still pass the check and exist (one cached ``ls-remote`` of ``HEAD``) before a
+build is queued for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
+import resource
 import signal
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -20,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import SpecError, UpstreamError
 from ..settings.models import NEVER_ALLOWED_GIT_PROTOCOLS
 from ._cache import Resolution
-from ._net import check_host, denied_networks, redact
+from ._net import Pin, check_url, denied_networks, redact
 from .base import RepoProvider, is_sha1
 
 if TYPE_CHECKING:
@@ -96,7 +101,8 @@ def pick_ref(ls_remote: str, ref: str) -> str | None:
 
 
 class GitRepoProvider(RepoProvider):
-    """``git/<url-escaped URL>/<ref>``; a 40-hex ref is used as is, without asking the server."""
+    """``git/<url-escaped URL>/<ref>``; a 40-hex ref is used as is once the repository is known to
+    exist."""
 
     name = "Git"
     config_section = "GitRepoProvider"
@@ -128,30 +134,45 @@ class GitRepoProvider(RepoProvider):
 
     async def get_resolved_ref(self) -> str | None:
         if self.resolved_ref is None:
+            cache = self.context.cache("git", self.config)
             if is_sha1(self.unresolved_ref):
-                self.resolved_ref = self.unresolved_ref
+                # nothing to resolve, but a build is only worth queuing for a repository that exists
+                exists = await cache.get_or_compute((self.repo, None), lambda stale: self._exists())
+                self.resolved_ref = self.unresolved_ref if exists else None
             else:
-                cache = self.context.cache("git", self.config)
                 key = (self.repo, self.unresolved_ref)
                 self.resolved_ref = await cache.get_or_compute(key, lambda stale: self._ls_remote())
         return self.resolved_ref
 
-    async def _ls_remote(self) -> Resolution:
+    async def _exists(self) -> Resolution:
+        resolution = await self._ls_remote("HEAD")
+        return Resolution(True, self.config.cache_ttl) if resolution.value is not None else resolution
+
+    async def _ls_remote(self, ref: str | None = None) -> Resolution:
         host = urlsplit(self.repo).hostname
-        await check_host(host, denied_networks(self.config.denied_networks), "git server")
+        pin = await check_url(self.repo, denied_networks(self.config.denied_networks), "git server")
         # the second pattern lists the commit an annotated tag points to ("refs/tags/<ref>^{}")
-        ref = self.unresolved_ref
-        code, stdout, stderr = await self._run_git("ls-remote", "--", self.repo, ref, f"{ref}^{{}}")
+        ref = ref or self.unresolved_ref
+        code, stdout, stderr = await self._run_git(*_config_args(self.clone_git_config(pin)),
+                                                   "ls-remote", "--", self.repo, ref, f"{ref}^{{}}")
         if code != 0:
             message = redact(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}")
             if _NOT_FOUND.search(stderr):
                 log.info("git ls-remote: %s not found: %s", redact(self.repo), message)
                 return Resolution(None, self.config.cache_404_ttl)
+            if "out of memory" in stderr.lower():
+                raise UpstreamError(
+                    f"The git server {host} sent a list of refs larger than this service reads "
+                    f"(GitRepoProvider.ls_remote_memory_limit is {self.config.ls_remote_memory_limit // 1024**2} MiB).")
             raise UpstreamError(f"The git server {host} is unreachable or failing: {message.removeprefix('fatal: ')}")
-        sha = pick_ref(stdout, self.unresolved_ref)
+        sha = pick_ref(stdout, ref)
         if sha is None:
             return Resolution(None, self.config.cache_404_ttl)
         return Resolution(sha, self.config.cache_ttl)
+
+    def clone_git_config(self, pin: Pin | None) -> list[tuple[str, str]]:
+        """Never follow an HTTP redirect (its target was not checked)."""
+        return [("http.followRedirects", "false"), *super().clone_git_config(pin)]
 
     def _git_env(self) -> dict[str, str]:
         return {
@@ -168,16 +189,28 @@ class GitRepoProvider(RepoProvider):
         }
 
     async def _run_git(self, *args: str) -> tuple[int, str, str]:
-        """Run git without a shell, bounded by ``ls_remote_timeout``; on timeout its whole process
+        """Run git without a shell, bounded by ``ls_remote_timeout``, ``ls_remote_max_output`` bytes
+        of output and ``ls_remote_memory_limit`` of address space; past either its whole process
         group (git and its remote helper) is killed."""
         process = await asyncio.create_subprocess_exec(
             "git", "-c", "http.followRedirects=false", *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=self._git_env(), start_new_session=True,
         )
+        host = urlsplit(self.repo).hostname
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), self.config.ls_remote_timeout)
-        except (TimeoutError, asyncio.CancelledError) as e:
+            if self.config.ls_remote_memory_limit:
+                # set before git connects; the remote helper it forks inherits it
+                limit = self.config.ls_remote_memory_limit
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    resource.prlimit(process.pid, resource.RLIMIT_AS, (limit, limit))
+            async with asyncio.timeout(self.config.ls_remote_timeout):
+                stdout, stderr = await asyncio.gather(
+                    _read_capped(process.stdout, self.config.ls_remote_max_output),
+                    _read_capped(process.stderr, 64 * 1024, truncate=True),
+                )
+                await process.wait()
+        except (TimeoutError, asyncio.CancelledError, _TooMuchOutput) as e:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -185,7 +218,10 @@ class GitRepoProvider(RepoProvider):
             await process.wait()
             if isinstance(e, asyncio.CancelledError):
                 raise
-            host = urlsplit(self.repo).hostname
+            if isinstance(e, _TooMuchOutput):
+                raise UpstreamError(
+                    f"The git server {host} sent more than {self.config.ls_remote_max_output // 1024} KiB of refs, "
+                    "the most this service reads (GitRepoProvider.ls_remote_max_output).") from None
             raise UpstreamError(
                 f"The git server {host} is unreachable: no answer within {self.config.ls_remote_timeout:g} seconds.") from None
         assert process.returncode is not None
@@ -203,3 +239,27 @@ class GitRepoProvider(RepoProvider):
 
     def get_build_slug(self) -> str:
         return self.repo
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, limit: int, truncate: bool = False) -> bytes:
+    """Everything ``stream`` gives until EOF; past ``limit`` bytes :class:`_TooMuchOutput`, or with
+    ``truncate`` the first ``limit`` bytes (the rest is read and dropped)."""
+    assert stream is not None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(65536):
+        if size + len(chunk) > limit:
+            if not truncate:
+                raise _TooMuchOutput
+            chunk = chunk[:max(limit - size, 0)]
+        size += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _config_args(pairs: list[tuple[str, str]]) -> list[str]:
+    return [arg for key, value in pairs for arg in ("-c", f"{key}={value}")]
