@@ -216,3 +216,48 @@ async def test_concurrent_hostile_calls_do_not_pile_up(fake_hostile):
         results = await asyncio.gather(*(fetch(context, config, "Hostile", fake_hostile.url + f"/{n}")
                                          for n in range(8)), return_exceptions=True)
     assert all(isinstance(r, UpstreamError) for r in results)
+
+
+# -- on the Docker engine ---------------------------------------------------------------------------
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaked_build_containers")
+async def test_a_full_sha_on_a_denied_host_starts_no_builder(client, git_server):
+    """A 40-hex ref went straight to repo2docker, whose builder (host network) cloned from
+    ``0.0.0.0``, i.e. this host. Now: one ``failed`` event, no container, no request to the server."""
+    from fixtures.stack import DockerWatcher, docker_settings, unique
+
+    repo = unique("denied-sha")
+    sha = git_server.create_repo(repo, {"Dockerfile": "FROM scratch\n"})
+    before = len(git_server.http_requests())
+    async with DockerWatcher() as watcher, serve(docker_settings()) as svc:
+        for host in ("0.0.0.0", "[::]"):
+            url = f"http://{host}:{git_server.http_port}/{repo}"
+            events = await read_events(client, svc.url + "build/git/" + git_spec(url, sha),
+                                       params={"build_only": "true"})
+            assert [e["phase"] for e in events] == ["failed"], events
+            assert "not allowed to reach" in events[0]["message"]
+    assert watcher.actions("create") == []
+    assert len(git_server.http_requests()) == before
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaked_build_containers")
+async def test_the_builders_clone_uses_the_pinned_address(client, git_server, rebinding_resolver):
+    """A build from a name only binderapi's resolver knows: the builder's git cannot resolve it, so
+    the image can only have been built by cloning from the address binderapi checked and pinned
+    (``http.curloptResolve`` through ``GIT_CONFIG_*`` in the builder's environment)."""
+    from fixtures.stack import BASE_IMAGE, docker_settings, manifest_exists, unique
+
+    repo = unique("pinned-clone")
+    git_server.create_repo(repo, {"Dockerfile": f"FROM {BASE_IMAGE}\nRUN echo pinned > /pinned.txt\n"})
+    url = git_server.http_url(repo).replace("127.0.0.1", REBOUND)
+
+    async def always_loopback(host: str) -> list[str]:
+        return ["127.0.0.1"]
+
+    _net.resolve_host = always_loopback  # restored by the rebinding_resolver fixture's monkeypatch
+    async with serve(docker_settings()) as svc:
+        events = await read_events(client, svc.url + "build/git/" + git_spec(url, "main"),
+                                   params={"build_only": "true"})
+    assert events[-1]["phase"] == "ready", events[-3:]
+    assert await manifest_exists(events[-1]["imageName"])
