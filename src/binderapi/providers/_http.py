@@ -59,10 +59,11 @@ class PinningTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def make_client(**kwargs: Any) -> httpx.AsyncClient:
+def make_client(limits: httpx.Limits | None = None, **kwargs: Any) -> httpx.AsyncClient:
     """The providers' HTTP client: never follows redirects itself (:func:`fetch` checks every hop)
-    and honours pins."""
-    return httpx.AsyncClient(transport=PinningTransport(), follow_redirects=False, **kwargs)
+    and honours pins. (``limits`` go to the transport: a client ignores them given one.)"""
+    transport = PinningTransport(httpx.AsyncHTTPTransport(**({"limits": limits} if limits else {})))
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, **kwargs)
 
 
 async def fetch(
