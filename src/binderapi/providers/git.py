@@ -13,11 +13,9 @@ build is queued for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
-import resource
 import signal
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -145,30 +143,38 @@ class GitRepoProvider(RepoProvider):
         return self.resolved_ref
 
     async def _exists(self) -> Resolution:
-        resolution = await self._ls_remote("HEAD")
-        return Resolution(True, self.config.cache_ttl) if resolution.value is not None else resolution
+        """The repository answers ``ls-remote`` (an empty or HEAD-less one too)."""
+        listing = await self._list("HEAD")
+        if listing is None:
+            return Resolution(None, self.config.cache_404_ttl)
+        return Resolution(True, self.config.cache_ttl)
 
-    async def _ls_remote(self, ref: str | None = None) -> Resolution:
+    async def _ls_remote(self) -> Resolution:
+        listing = await self._list(self.unresolved_ref)
+        sha = pick_ref(listing, self.unresolved_ref) if listing is not None else None
+        if sha is None:
+            return Resolution(None, self.config.cache_404_ttl)
+        return Resolution(sha, self.config.cache_ttl)
+
+    async def _list(self, ref: str) -> str | None:
+        """``git ls-remote`` of ``ref`` (and the commit it peels to, for annotated tags), after the
+        host passed the check and pinned to the address checked; ``None`` if there is no such
+        repository (or it is private)."""
         host = urlsplit(self.repo).hostname
         pin = await check_url(self.repo, denied_networks(self.config.denied_networks), "git server")
-        # the second pattern lists the commit an annotated tag points to ("refs/tags/<ref>^{}")
-        ref = ref or self.unresolved_ref
         code, stdout, stderr = await self._run_git(*_config_args(self.clone_git_config(pin)),
                                                    "ls-remote", "--", self.repo, ref, f"{ref}^{{}}")
         if code != 0:
             message = redact(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}")
             if _NOT_FOUND.search(stderr):
                 log.info("git ls-remote: %s not found: %s", redact(self.repo), message)
-                return Resolution(None, self.config.cache_404_ttl)
+                return None
             if "out of memory" in stderr.lower():
                 raise UpstreamError(
                     f"The git server {host} sent a list of refs larger than this service reads "
                     f"(GitRepoProvider.ls_remote_memory_limit is {self.config.ls_remote_memory_limit // 1024**2} MiB).")
             raise UpstreamError(f"The git server {host} is unreachable or failing: {message.removeprefix('fatal: ')}")
-        sha = pick_ref(stdout, ref)
-        if sha is None:
-            return Resolution(None, self.config.cache_404_ttl)
-        return Resolution(sha, self.config.cache_ttl)
+        return stdout
 
     def clone_git_config(self, pin: Pin | None) -> list[tuple[str, str]]:
         """Never follow an HTTP redirect (its target was not checked)."""
@@ -189,21 +195,22 @@ class GitRepoProvider(RepoProvider):
         }
 
     async def _run_git(self, *args: str) -> tuple[int, str, str]:
-        """Run git without a shell, bounded by ``ls_remote_timeout``, ``ls_remote_max_output`` bytes
-        of output and ``ls_remote_memory_limit`` of address space; past either its whole process
-        group (git and its remote helper) is killed."""
+        """Run git, bounded by ``ls_remote_timeout``, ``ls_remote_max_output`` bytes of output and
+        ``ls_remote_memory_limit`` of address space; past the first two its whole process group (git
+        and its remote helper) is killed. No shell sees the arguments: ``sh`` only sets the limit
+        and execs git with them as they are."""
+        command = ["git", "-c", "http.followRedirects=false", *args]
+        if self.config.ls_remote_memory_limit:
+            # the limit is set before git starts, so the remote helper it forks inherits it
+            kib = str(max(self.config.ls_remote_memory_limit // 1024, 1))
+            command = ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', kib, *command]
         process = await asyncio.create_subprocess_exec(
-            "git", "-c", "http.followRedirects=false", *args,
+            *command,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=self._git_env(), start_new_session=True,
         )
         host = urlsplit(self.repo).hostname
         try:
-            if self.config.ls_remote_memory_limit:
-                # set before git connects; the remote helper it forks inherits it
-                limit = self.config.ls_remote_memory_limit
-                with contextlib.suppress(ProcessLookupError, OSError):
-                    resource.prlimit(process.pid, resource.RLIMIT_AS, (limit, limit))
             async with asyncio.timeout(self.config.ls_remote_timeout):
                 stdout, stderr = await asyncio.gather(
                     _read_capped(process.stdout, self.config.ls_remote_max_output),
