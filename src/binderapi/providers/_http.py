@@ -46,11 +46,11 @@ class PinningTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         pin: Pin | None = request.extensions.get(PIN)
-        if pin is None or request.url.host != pin.host:
+        if pin is None:
             return await self.inner.handle_async_request(request)
         extensions = {k: v for k, v in request.extensions.items() if k != PIN}
         if request.url.scheme == "https":
-            extensions.setdefault("sni_hostname", pin.host)
+            extensions.setdefault("sni_hostname", request.url.raw_host.decode("ascii"))
         pinned = httpx.Request(request.method, request.url.copy_with(host=pin.address), headers=request.headers,
                                stream=request.stream, extensions=extensions)
         return await self.inner.handle_async_request(pinned)
