@@ -109,6 +109,54 @@ async def test_http_connects_to_the_checked_address_keeping_the_host(fake_hostil
     assert rebinding_resolver == [REBOUND]  # checked once; the connection did not ask again
 
 
+@pytest.fixture
+async def tls_echo(tmp_path):
+    """The echo upstream over HTTPS on 127.0.0.1, its certificate for ``REBOUND`` only (trustme CA)."""
+    import ssl
+
+    import trustme
+    import uvicorn
+
+    from fixtures.fakes.hostile import FakeHostile
+    from fixtures.server import free_port
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(REBOUND)
+    cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(FakeHostile().app(), host="127.0.0.1", port=port, log_config=None,
+                                           lifespan="off", ssl_certfile=str(tmp_path / "server.pem")))
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):  # uvicorn offers no start-up event to wait on
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    yield port, context
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def test_https_keeps_the_server_name_and_checks_the_certificate(tls_echo, rebinding_resolver):
+    """Connected to the pinned address, TLS still names (SNI) and verifies the host: the certificate
+    is for the name, not for 127.0.0.1, so a pin that lost the name could not pass verification.
+    And the connection made for the name is not reused for another name at the same address."""
+    import httpx
+
+    from binderapi.providers._http import PinningTransport
+
+    port, trust = tls_echo
+    config = make_settings().RepoProvider
+    transport = PinningTransport(verify=trust)
+    async with httpx.AsyncClient(transport=transport) as http:
+        response = await fetch(ProviderContext(http=http), config, "Hostile", f"https://{REBOUND}:{port}/tls")
+        assert response.json() == {"host": f"{REBOUND}:{port}", "path": "/tls"}
+        with pytest.raises(UpstreamError):  # the same server by address: its certificate does not match
+            await fetch(ProviderContext(http=http), config.model_copy(update={"retries": 1}), "Hostile",
+                        f"https://127.0.0.1:{port}/tls")
+
+
 @pytest.mark.parametrize("transport", ["http", "git"])
 async def test_ls_remote_connects_to_the_checked_address(make_registry, git_server, rebinding_resolver, transport):
     sha = git_server.create_repo(f"pinned-{transport}", {"a": "1"})

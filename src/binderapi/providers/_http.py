@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from ..errors import UpstreamError, UpstreamRateLimitError
-from ._net import Pin, check_url, denied_networks, display_url, host_of
+from ._net import DEFAULT_PORTS, Pin, check_url, denied_networks, display_url, host_of
 
 if TYPE_CHECKING:
     from ..settings import models
@@ -36,33 +38,64 @@ REDIRECTS = (301, 302, 303, 307, 308)
 PIN = "binderapi.pin"
 
 
-class PinningTransport(httpx.AsyncBaseTransport):
-    """Connects a request carrying a :data:`PIN` to the pinned address instead of resolving its
-    host again, keeping the ``Host`` header and the TLS server name (certificate checked against
-    the host name); requests without one pass through unchanged."""
+#: ``(host, port, address)`` the connection being made for the current request must use
+_CONNECT_TO: ContextVar[tuple[str, int, str] | None] = ContextVar("binderapi_connect_to", default=None)
 
-    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self.inner = inner or httpx.AsyncHTTPTransport()
+
+class _PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Opens the connection of a pinned request to its pinned address. Everything else about the
+    connection (pooled under the host name, TLS server name and certificate check) stays the host's."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 (httpcore interface)
+                          local_address: str | None = None, socket_options: Any = None) -> Any:
+        target = _CONNECT_TO.get()
+        if target is not None and (host, port) == target[:2]:
+            host = target[2]
+        return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                            socket_options=socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Any = None) -> Any:
+        return await self.inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class PinningTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport, except that a request carrying a :data:`PIN` connects to the pinned
+    address instead of resolving its host again. Connections stay pooled under the host name, so
+    one is never reused for another name, and TLS names and verifies the host as usual.
+
+    httpx has no public hook for where a connection goes, so this wraps the connection pool's
+    network backend (``_pool._network_backend``); tests/test_providers_net.py fails if that changes.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        pool = self._pool
+        if isinstance(pool, httpcore.AsyncConnectionPool):  # not through a proxy, which resolves itself
+            pool._network_backend = _PinnedNetworkBackend(pool._network_backend)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         pin: Pin | None = request.extensions.get(PIN)
         if pin is None:
-            return await self.inner.handle_async_request(request)
-        extensions = {k: v for k, v in request.extensions.items() if k != PIN}
-        if request.url.scheme == "https":
-            extensions.setdefault("sni_hostname", request.url.raw_host.decode("ascii"))
-        pinned = httpx.Request(request.method, request.url.copy_with(host=pin.address), headers=request.headers,
-                               stream=request.stream, extensions=extensions)
-        return await self.inner.handle_async_request(pinned)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+            return await super().handle_async_request(request)
+        port = request.url.port or DEFAULT_PORTS[request.url.scheme]
+        token = _CONNECT_TO.set((request.url.raw_host.decode("ascii"), port, pin.address))
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            _CONNECT_TO.reset(token)
 
 
 def make_client(limits: httpx.Limits | None = None, **kwargs: Any) -> httpx.AsyncClient:
     """The providers' HTTP client: never follows redirects itself (:func:`fetch` checks every hop)
     and honours pins. (``limits`` go to the transport: a client ignores them given one.)"""
-    transport = PinningTransport(httpx.AsyncHTTPTransport(**({"limits": limits} if limits else {})))
+    transport = PinningTransport(**({"limits": limits} if limits else {}))
     return httpx.AsyncClient(transport=transport, follow_redirects=False, **kwargs)
 
 
