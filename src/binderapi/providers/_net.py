@@ -120,7 +120,11 @@ async def check_url(url: str, denied: NetworkSet, what: str) -> Pin | None:
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
     except ValueError:
         raise SpecError(f"The {what} URL has an invalid port.") from None
-    return Pin(parts.hostname, port, str(address))
+    try:  # the name as curl matches it (``http.curloptResolve``): ASCII, internationalised names encoded
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise SpecError(f"The {what} URL has an invalid host name.") from None
+    return Pin(host, port, str(address))
 
 
 _USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
