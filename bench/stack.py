@@ -276,6 +276,9 @@ class Stack:
             "DockerRegistry": {"url": f"http://{REGISTRY}"},
             "DockerLaunchQuota": {"container_filter": self.hub_container_prefix},
             "GitRepoProvider": {"cache_ttl": self.cache_ttl},
+            # the bench's git daemon listens on 127.0.0.1: the default denied_networks without loopback
+            "RepoProvider": {"denied_networks": ["0.0.0.0/8", "::/128", "169.254.0.0/16", "fe80::/10",
+                                                 "100.100.100.200/32", "fd00:ec2::254/128"]},
             "RateLimiter": {"limit": 0},
         }, indent=2))
         proc = await self._spawn("binderapi", str(VENV_BIN / "binderapi"), "--config-file", str(config),

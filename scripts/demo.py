@@ -149,6 +149,9 @@ class Demo:
             "DockerBuildExecutor": {"build_image": "binderapi/repo2docker:2024.7.0"},
             "DockerRegistry": {"url": f"http://{REGISTRY}"},
             "DockerLaunchQuota": {"container_filter": self.prefix},
+            # the demo's git daemon listens on 127.0.0.1: the default denied_networks without loopback
+            "RepoProvider": {"denied_networks": ["0.0.0.0/8", "::/128", "169.254.0.0/16", "fe80::/10",
+                                                 "100.100.100.200/32", "fd00:ec2::254/128"]},
         }, indent=2))
         await self.spawn("binderapi", str(VENV_BIN / "binderapi"), "--config-file", str(config),
                          "--ip", "127.0.0.1", "--port", str(self.api_port))

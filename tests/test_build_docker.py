@@ -216,6 +216,7 @@ async def test_killed_binderapi_reattaches_after_restart(client, git_server, tmp
         "BinderHub": {k: getattr(settings.BinderHub, k) for k in ("build_class", "enable_api_only_mode", "image_prefix", "launch_quota_class")},
         "DockerBuildExecutor": {"build_image": settings.DockerBuildExecutor.build_image, "namespace": settings.DockerBuildExecutor.namespace},
         "DockerRegistry": {"url": settings.DockerRegistry.url},
+        "RepoProvider": {"denied_networks": settings.RepoProvider.denied_networks},  # the git server is on loopback
     }))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERAPI_")}

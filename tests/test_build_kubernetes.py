@@ -127,6 +127,10 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     credentials = f"{name}-credentials"
     assert container["env"] == [
         {"name": "BINDERAPI_TEST_ENV", "value": "from-extra-envs"},
+        # the git provider's clone follows no redirect (the pin is added for host names, not addresses)
+        {"name": "GIT_CONFIG_COUNT", "value": "1"},
+        {"name": "GIT_CONFIG_KEY_0", "value": "http.followRedirects"},
+        {"name": "GIT_CONFIG_VALUE_0", "value": "false"},
         {"name": "GIT_CREDENTIAL_ENV", "valueFrom": {"secretKeyRef": {"name": credentials, "key": "GIT_CREDENTIAL_ENV"}}},
     ]
     assert {"name": "docker-socket", "mountPath": "/var/run/docker.sock"} in container["volumeMounts"]

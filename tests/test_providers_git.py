@@ -58,12 +58,16 @@ async def test_missing_ref_and_repo_are_not_found(make_registry, git_server, rep
     assert await registry.create("git", spec(missing, "main")).get_resolved_ref() is None
 
 
-async def test_full_sha_needs_no_server(make_registry, git_server):
-    sha = "a" * 40
-    before = len(git_server.http_requests())
-    provider = make_registry().create("git", spec(git_server.http_url("gone"), sha))
-    assert await provider.get_resolved_ref() == sha
-    assert len(git_server.http_requests()) == before
+async def test_full_sha_asks_the_server_once_whether_the_repository_exists(make_registry, git_server):
+    """A 40-hex ref needs no resolution, but a build is not queued for a repository nobody has:
+    one cached ``ls-remote`` of HEAD proves it exists (a flood of random SHAs costs one call)."""
+    git_server.create_repo("by-sha", {"a": "1"})
+    registry = make_registry()
+    url = git_server.http_url("by-sha")
+    assert await registry.create("git", spec(url, "a" * 40)).get_resolved_ref() == "a" * 40
+    assert await registry.create("git", spec(url, "b" * 40)).get_resolved_ref() == "b" * 40
+    assert sum("info/refs" in line for line in git_server.http_requests("by-sha")) == 1
+    assert await registry.create("git", spec(git_server.http_url("gone"), "a" * 40)).get_resolved_ref() is None
 
 
 async def test_deleted_branch_is_not_found_after_ttl(make_registry, git_server):
@@ -120,10 +124,22 @@ async def test_denied_network_refused_before_connecting(make_registry, git_serve
     assert len(git_server.http_requests()) == before
 
 
-async def test_metadata_address_denied_by_default(make_registry):
+@pytest.mark.parametrize("ref", ["main", "a" * 40])
+async def test_metadata_address_denied_by_default(make_registry, ref):
     registry = make_registry()
     with pytest.raises(DeniedNetworkError):
-        await registry.create("git", spec("http://169.254.169.254/latest", "main")).get_resolved_ref()
+        await registry.create("git", spec("http://169.254.169.254/latest", ref)).get_resolved_ref()
+
+
+async def test_full_sha_on_a_denied_host_is_refused_before_connecting(make_registry, git_server):
+    """A 40-hex ref used to skip the check and go straight to the build."""
+    git_server.create_repo("denied-sha", {"a": "1"})
+    registry = make_registry({"RepoProvider": {"denied_networks": ["127.0.0.0/8"]}})
+    before = len(git_server.http_requests())
+    for url in (git_server.http_url("denied-sha"), git_server.daemon_url("denied-sha")):
+        with pytest.raises(DeniedNetworkError, match="not allowed to reach"):
+            await registry.create("git", spec(url, "a" * 40)).get_resolved_ref()
+    assert len(git_server.http_requests()) == before
 
 
 @pytest.mark.parametrize("url, message", [

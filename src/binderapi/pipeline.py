@@ -156,6 +156,7 @@ class BuildPipeline:
     async def _build(self, request: BuildRequest, repo: ResolvedRepo) -> AsyncIterator[Event | bytes]:
         services = self.services
         executor = services.executor_settings
+        git_config = await repo.provider.build_git_config()
         job = BuildJob(
             name=repo.build_name,
             image_name=repo.image_name,
@@ -165,6 +166,7 @@ class BuildPipeline:
             appendix=format_appendix(executor.appendix, request, repo),
             push=services.settings.BinderHub.use_registry and bool(executor.push_secret),
             provider=repo.provider.name,
+            git_config=tuple(git_config),
         )
         yield WaitingEvent(message="Waiting for build to start...\n")
         async with services.builds.watch(job) as watch:

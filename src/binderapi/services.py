@@ -23,6 +23,7 @@ from .executors import KNOWN_BACKENDS, BuildBackend
 from .health import HealthChecks
 from .launcher import Launcher
 from .providers import ProviderContext, ProviderRegistry
+from .providers._http import make_client
 from .quota import KNOWN_QUOTAS, LaunchQuota
 from .ratelimit import RateLimiter
 from .registry import ImageStore, make_image_store
@@ -103,11 +104,10 @@ class Services:
     @classmethod
     async def start(cls, settings: Settings) -> Services:
         binderhub = settings.BinderHub
-        http = httpx.AsyncClient(
+        http = make_client(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(settings.RepoProvider.request_timeout, connect=5.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
         )
         supervisor = Supervisor()
         try:

@@ -23,6 +23,9 @@ class BuildJob:
     appendix: str = ""
     push: bool = True
     provider: str = ""  # for metrics labels only
+    #: git configuration of the clone (set through the environment): the address the repository
+    #: host was checked at, pinned, and no redirects (see RepoProvider.build_git_config)
+    git_config: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:  # never print credentials
         return f"BuildJob(name={self.name!r}, image_name={self.image_name!r}, repo_url={self.repo_url!r}, ref={self.ref!r})"

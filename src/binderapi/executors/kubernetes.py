@@ -31,7 +31,7 @@ from ..kube import (
     retrying,
 )
 from .base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
-from .repo2docker import repo2docker_command
+from .repo2docker import git_config_environment, repo2docker_command
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -127,7 +127,8 @@ class KubernetesBuildBackend(BuildBackend):
         return {"limits": limits, "requests": requests}
 
     def _env(self, job: BuildJob, secret_name: str | None) -> list[dict[str, Any]]:
-        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in self.config.extra_envs.items()]
+        values = {**self.config.extra_envs, **git_config_environment(job, self.config.extra_envs)}
+        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
         credentials = self._credentials(job)
         for key, value in credentials.items():
             if secret_name:

@@ -32,9 +32,27 @@ def repo2docker_command(job: BuildJob, *, memory_limit: int = 0, extra_args: lis
     return command
 
 
+def git_config_environment(job: BuildJob, extra: dict[str, str]) -> dict[str, str]:
+    """``job.git_config`` as git's environment configuration (``GIT_CONFIG_COUNT``, git >= 2.31),
+    after any entries ``extra`` (the operator's ``extra_envs``) already holds, which it cannot
+    override: git applies later entries last."""
+    if not job.git_config:
+        return {}
+    try:
+        first = int(extra.get("GIT_CONFIG_COUNT", "0"))
+    except ValueError:
+        first = 0
+    env = {"GIT_CONFIG_COUNT": str(first + len(job.git_config))}
+    for index, (key, value) in enumerate(job.git_config, start=first):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
 def builder_environment(job: BuildJob, registry_credentials: dict[str, str], extra: dict[str, str]) -> dict[str, Any]:
     """Environment of the builder: credentials travel here, never on the command line or in logs."""
     env = dict(extra)
+    env.update(git_config_environment(job, extra))
     if job.git_credentials:
         env["GIT_CREDENTIAL_ENV"] = job.git_credentials
     if registry_credentials:

@@ -4,7 +4,12 @@ Upstreams fail in two ways that matter to a user. A 4xx is an answer ("no such r
 at once. A 5xx, a timeout or a refused connection is a hiccup: it is retried a bounded number of
 times with exponential backoff, and only then reported as "<upstream> is unreachable", naming the
 host but never a token. Redirects are followed by hand so that every hop passes the
-``denied_networks`` check (a DOI may point anywhere).
+``denied_networks`` check (a DOI may point anywhere), and each hop's connection is pinned to the
+address checked (:class:`PinningTransport`).
+
+Every answer is bounded: its body is streamed and cut off past ``max_response_size``, each attempt
+may take ``request_timeout`` in all (not per read, which a server dripping bytes never trips), and
+the whole call (attempts, waits between them, redirect hops) ``request_deadline``.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from ..errors import UpstreamError, UpstreamRateLimitError
-from ._net import check_url, denied_networks, display_url, host_of
+from ._net import DEFAULT_PORTS, Pin, check_url, denied_networks, display_url, host_of
 
 if TYPE_CHECKING:
     from ..settings import models
@@ -27,6 +34,69 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIRECTS = (301, 302, 303, 307, 308)
+#: request extension carrying the :class:`~._net.Pin` a request must connect through
+PIN = "binderapi.pin"
+
+
+#: ``(host, port, address)`` the connection being made for the current request must use
+_CONNECT_TO: ContextVar[tuple[str, int, str] | None] = ContextVar("binderapi_connect_to", default=None)
+
+
+class _PinnedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Opens the connection of a pinned request to its pinned address. Everything else about the
+    connection (pooled under the host name, TLS server name and certificate check) stays the host's."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 (httpcore interface)
+                          local_address: str | None = None, socket_options: Any = None) -> Any:
+        target = _CONNECT_TO.get()
+        if target is not None and (host, port) == target[:2]:
+            host = target[2]
+        return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                            socket_options=socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Any = None) -> Any:
+        return await self.inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class PinningTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport, except that a request carrying a :data:`PIN` connects to the pinned
+    address instead of resolving its host again. Connections stay pooled under the host name, so
+    one is never reused for another name, and TLS names and verifies the host as usual.
+
+    httpx has no public hook for where a connection goes, so this wraps the connection pool's
+    network backend (``_pool._network_backend``); tests/test_providers_net.py fails if that changes.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        pool = self._pool
+        if isinstance(pool, httpcore.AsyncConnectionPool):  # not through a proxy, which resolves itself
+            pool._network_backend = _PinnedNetworkBackend(pool._network_backend)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pin: Pin | None = request.extensions.get(PIN)
+        if pin is None:
+            return await super().handle_async_request(request)
+        port = request.url.port or DEFAULT_PORTS[request.url.scheme]
+        token = _CONNECT_TO.set((request.url.raw_host.decode("ascii"), port, pin.address))
+        try:
+            return await super().handle_async_request(request)
+        finally:
+            _CONNECT_TO.reset(token)
+
+
+def make_client(limits: httpx.Limits | None = None, **kwargs: Any) -> httpx.AsyncClient:
+    """The providers' HTTP client: never follows redirects itself (:func:`fetch` checks every hop)
+    and honours pins. (``limits`` go to the transport: a client ignores them given one.)"""
+    transport = PinningTransport(**({"limits": limits} if limits else {}))
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, **kwargs)
 
 
 async def fetch(
@@ -43,19 +113,43 @@ async def fetch(
 ) -> httpx.Response:
     """GET ``url`` through the shared client; ``upstream`` names it in errors (``"GitHub"``).
 
-    Returns any response below 500 (including redirects when not following them). Credentials
-    (``headers``/``auth``) are only sent to the first host: a redirect elsewhere drops them.
+    Returns any response below 500 (including redirects when not following them), its body read
+    in full (at most ``max_response_size``). Credentials (``headers``/``auth``) are only sent to the
+    first host: a redirect elsewhere drops them. The whole call is bounded by ``request_deadline``.
     """
+    try:
+        async with asyncio.timeout(config.request_deadline):
+            return await _fetch(context, config, upstream, url, headers=headers, params=params, auth=auth,
+                                follow_redirects=follow_redirects, max_redirects=max_redirects)
+    except TimeoutError:
+        raise UpstreamError(
+            f"{upstream} ({host_of(url)}) did not answer within {config.request_deadline:g} seconds "
+            "(retries and redirects included). Please try again later.") from None
+
+
+async def _fetch(
+    context: ProviderContext,
+    config: models.RepoProvider,
+    upstream: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None,
+    params: dict[str, str] | None,
+    auth: httpx.Auth | tuple[str, str] | None,
+    follow_redirects: bool,
+    max_redirects: int,
+) -> httpx.Response:
     denied = denied_networks(config.denied_networks)
     first_host = urlsplit(url).netloc
     for _hop in range(max_redirects + 1):
-        await check_url(url, denied, upstream)
+        pin = await check_url(url, denied, upstream)
         same_host = urlsplit(url).netloc == first_host
         response = await _get_with_retries(
             context, config, upstream, url,
             headers=headers if same_host else None,
             params=params if _hop == 0 else None,
             auth=auth if same_host else None,
+            extensions={PIN: pin} if pin else None,
         )
         location = response.headers.get("location")
         if not (follow_redirects and response.status_code in REDIRECTS and location):
@@ -75,8 +169,9 @@ async def _get_with_retries(
     for attempt in range(1, config.retries + 1):
         started = time.monotonic()
         try:
-            response = await context.http.get(url, timeout=config.request_timeout, **kwargs)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(config.request_timeout):
+                response = await _get_bounded(context, config, upstream, url, **kwargs)
+        except (httpx.TimeoutException, TimeoutError):
             reason = f"no answer within {config.request_timeout:g} seconds"
         except httpx.TransportError as e:
             reason = _transport_reason(e)
@@ -91,6 +186,54 @@ async def _get_with_retries(
         if attempt < config.retries:
             await asyncio.sleep(config.retry_delay * 2 ** (attempt - 1))
     raise UpstreamError(f"{upstream} ({host_of(url)}) is unreachable or failing ({reason}). Please try again later.")
+
+
+async def _get_bounded(
+    context: ProviderContext,
+    config: models.RepoProvider,
+    upstream: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    auth: httpx.Auth | tuple[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """GET ``url``, reading at most ``max_response_size`` bytes of (decoded) body: a larger answer
+    is abandoned, its connection closed, before it can fill the memory."""
+    request = context.http.build_request("GET", url, headers=headers, params=params,
+                                         timeout=config.request_timeout, extensions=extensions)
+    response = await context.http.send(request, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
+                                       stream=True)
+    limit = config.max_response_size
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(upstream, url, limit)
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(upstream, url, limit)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    # the body is decoded already: the new response must not decode it again
+    kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in ("content-encoding", "content-length")]
+    return httpx.Response(response.status_code, headers=kept, content=b"".join(chunks),
+                          request=response.request, extensions=response.extensions)
+
+
+def _too_large(upstream: str, url: str, limit: int) -> UpstreamError:
+    return UpstreamError(f"{upstream} ({host_of(url)}) sent an answer larger than {_size(limit)}, the most "
+                         "this service reads (RepoProvider.max_response_size).")
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor:
+            return f"{n / factor:g} {unit}"
+    return f"{n} bytes"
 
 
 def _transport_reason(error: httpx.TransportError) -> str:

@@ -10,10 +10,12 @@ import abc
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 
 from ..errors import RefNotFoundError
+from ._net import DEFAULT_PORTS, Pin, check_url, denied_networks
 
 if TYPE_CHECKING:
     from ..settings import models
@@ -99,6 +101,34 @@ class RepoProvider(abc.ABC):
         """A provider for ``HEAD`` when the requested default-branch name does not exist (GitHub's
         master/main rename); ``None`` where that makes no sense."""
         return None
+
+    # -- what the build fetches --------------------------------------------------------------------
+    async def build_git_config(self) -> list[tuple[str, str]]:
+        """git configuration for the builder's clone of :meth:`get_repo_url`, checked against
+        ``denied_networks`` right before the build (a cached resolution says nothing about where
+        the name points now) and pinned to the address checked."""
+        url = self.get_repo_url()
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname:
+            return []  # not a URL git or an HTTP client fetches (a DOI, an archive id)
+        pin = await check_url(url, denied_networks(self.config.denied_networks), "repository host")
+        return self.clone_git_config(pin)
+
+    def clone_git_config(self, pin: Pin | None) -> list[tuple[str, str]]:
+        """git configuration making a fetch of :meth:`get_repo_url` connect to ``pin``'s address:
+        ``http.curloptResolve`` for HTTP(S), a ``url.insteadOf`` rewrite for ``git://``. SSH is not
+        pinned (its host keys are known by name)."""
+        if pin is None:
+            return []
+        parts = urlsplit(self.get_repo_url())
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https"):
+            return [("http.curloptResolve", pin.curl_resolve())]
+        if scheme == "git":
+            address = f"[{pin.address}]" if ":" in pin.address else pin.address
+            port = f":{parts.port}" if parts.port else ""
+            return [(f"url.git://{address}{port}/.insteadOf", f"{parts.scheme}://{parts.netloc}/")]
+        return []
 
     # -- credentials and policy ------------------------------------------------------------------
     @property

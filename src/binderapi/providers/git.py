@@ -4,7 +4,10 @@ The URL comes from the user, so it is treated as hostile: no argument injection 
 with ``-``, and ``--`` precedes the URL), only the allowed schemes (``file``, ``ext::`` and ``fd::``
 never), no control characters, and its host must not resolve into ``denied_networks``. git itself
 is confined too: ``GIT_ALLOW_PROTOCOL``, no prompts, no HTTP redirects (which would bypass the host
-check), no user or system configuration.
+check), no user or system configuration, HTTP connections pinned to the address checked
+(``http.curloptResolve``), its output and its memory bounded. A 40-hex ref needs no resolution, but
+the repository must still pass the check and exist (one cached ``ls-remote`` of ``HEAD``) before a
+build is queued for it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import SpecError, UpstreamError
 from ..settings.models import NEVER_ALLOWED_GIT_PROTOCOLS
 from ._cache import Resolution
-from ._net import check_host, denied_networks, redact
+from ._net import Pin, check_url, denied_networks, redact
 from .base import RepoProvider, is_sha1
 
 if TYPE_CHECKING:
@@ -96,7 +99,8 @@ def pick_ref(ls_remote: str, ref: str) -> str | None:
 
 
 class GitRepoProvider(RepoProvider):
-    """``git/<url-escaped URL>/<ref>``; a 40-hex ref is used as is, without asking the server."""
+    """``git/<url-escaped URL>/<ref>``; a 40-hex ref is used as is once the repository is known to
+    exist."""
 
     name = "Git"
     config_section = "GitRepoProvider"
@@ -128,30 +132,53 @@ class GitRepoProvider(RepoProvider):
 
     async def get_resolved_ref(self) -> str | None:
         if self.resolved_ref is None:
+            cache = self.context.cache("git", self.config)
             if is_sha1(self.unresolved_ref):
-                self.resolved_ref = self.unresolved_ref
+                # nothing to resolve, but a build is only worth queuing for a repository that exists
+                exists = await cache.get_or_compute((self.repo, None), lambda stale: self._exists())
+                self.resolved_ref = self.unresolved_ref if exists else None
             else:
-                cache = self.context.cache("git", self.config)
                 key = (self.repo, self.unresolved_ref)
                 self.resolved_ref = await cache.get_or_compute(key, lambda stale: self._ls_remote())
         return self.resolved_ref
 
+    async def _exists(self) -> Resolution:
+        """The repository answers ``ls-remote`` (an empty or HEAD-less one too)."""
+        listing = await self._list("HEAD")
+        if listing is None:
+            return Resolution(None, self.config.cache_404_ttl)
+        return Resolution(True, self.config.cache_ttl)
+
     async def _ls_remote(self) -> Resolution:
+        listing = await self._list(self.unresolved_ref)
+        sha = pick_ref(listing, self.unresolved_ref) if listing is not None else None
+        if sha is None:
+            return Resolution(None, self.config.cache_404_ttl)
+        return Resolution(sha, self.config.cache_ttl)
+
+    async def _list(self, ref: str) -> str | None:
+        """``git ls-remote`` of ``ref`` (and the commit it peels to, for annotated tags), after the
+        host passed the check and pinned to the address checked; ``None`` if there is no such
+        repository (or it is private)."""
         host = urlsplit(self.repo).hostname
-        await check_host(host, denied_networks(self.config.denied_networks), "git server")
-        # the second pattern lists the commit an annotated tag points to ("refs/tags/<ref>^{}")
-        ref = self.unresolved_ref
-        code, stdout, stderr = await self._run_git("ls-remote", "--", self.repo, ref, f"{ref}^{{}}")
+        pin = await check_url(self.repo, denied_networks(self.config.denied_networks), "git server")
+        code, stdout, stderr = await self._run_git(*_config_args(self.clone_git_config(pin)),
+                                                   "ls-remote", "--", self.repo, ref, f"{ref}^{{}}")
         if code != 0:
             message = redact(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}")
             if _NOT_FOUND.search(stderr):
                 log.info("git ls-remote: %s not found: %s", redact(self.repo), message)
-                return Resolution(None, self.config.cache_404_ttl)
+                return None
+            if "out of memory" in stderr.lower():
+                raise UpstreamError(
+                    f"The git server {host} sent a list of refs larger than this service reads "
+                    f"(GitRepoProvider.ls_remote_memory_limit is {self.config.ls_remote_memory_limit // 1024**2} MiB).")
             raise UpstreamError(f"The git server {host} is unreachable or failing: {message.removeprefix('fatal: ')}")
-        sha = pick_ref(stdout, self.unresolved_ref)
-        if sha is None:
-            return Resolution(None, self.config.cache_404_ttl)
-        return Resolution(sha, self.config.cache_ttl)
+        return stdout
+
+    def clone_git_config(self, pin: Pin | None) -> list[tuple[str, str]]:
+        """Never follow an HTTP redirect (its target was not checked)."""
+        return [("http.followRedirects", "false"), *super().clone_git_config(pin)]
 
     def _git_env(self) -> dict[str, str]:
         return {
@@ -168,16 +195,29 @@ class GitRepoProvider(RepoProvider):
         }
 
     async def _run_git(self, *args: str) -> tuple[int, str, str]:
-        """Run git without a shell, bounded by ``ls_remote_timeout``; on timeout its whole process
-        group (git and its remote helper) is killed."""
+        """Run git, bounded by ``ls_remote_timeout``, ``ls_remote_max_output`` bytes of output and
+        ``ls_remote_memory_limit`` of address space; past the first two its whole process group (git
+        and its remote helper) is killed. No shell sees the arguments: ``sh`` only sets the limit
+        and execs git with them as they are."""
+        command = ["git", "-c", "http.followRedirects=false", *args]
+        if self.config.ls_remote_memory_limit:
+            # the limit is set before git starts, so the remote helper it forks inherits it
+            kib = str(max(self.config.ls_remote_memory_limit // 1024, 1))
+            command = ["/bin/sh", "-c", 'ulimit -v "$0" && exec "$@"', kib, *command]
         process = await asyncio.create_subprocess_exec(
-            "git", "-c", "http.followRedirects=false", *args,
+            *command,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=self._git_env(), start_new_session=True,
         )
+        host = urlsplit(self.repo).hostname
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), self.config.ls_remote_timeout)
-        except (TimeoutError, asyncio.CancelledError) as e:
+            async with asyncio.timeout(self.config.ls_remote_timeout):
+                stdout, stderr = await asyncio.gather(
+                    _read_capped(process.stdout, self.config.ls_remote_max_output),
+                    _read_capped(process.stderr, 64 * 1024, truncate=True),
+                )
+                await process.wait()
+        except (TimeoutError, asyncio.CancelledError, _TooMuchOutput) as e:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -185,7 +225,10 @@ class GitRepoProvider(RepoProvider):
             await process.wait()
             if isinstance(e, asyncio.CancelledError):
                 raise
-            host = urlsplit(self.repo).hostname
+            if isinstance(e, _TooMuchOutput):
+                raise UpstreamError(
+                    f"The git server {host} sent more than {self.config.ls_remote_max_output // 1024} KiB of refs, "
+                    "the most this service reads (GitRepoProvider.ls_remote_max_output).") from None
             raise UpstreamError(
                 f"The git server {host} is unreachable: no answer within {self.config.ls_remote_timeout:g} seconds.") from None
         assert process.returncode is not None
@@ -203,3 +246,27 @@ class GitRepoProvider(RepoProvider):
 
     def get_build_slug(self) -> str:
         return self.repo
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, limit: int, truncate: bool = False) -> bytes:
+    """Everything ``stream`` gives until EOF; past ``limit`` bytes :class:`_TooMuchOutput`, or with
+    ``truncate`` the first ``limit`` bytes (the rest is read and dropped)."""
+    assert stream is not None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(65536):
+        if size + len(chunk) > limit:
+            if not truncate:
+                raise _TooMuchOutput
+            chunk = chunk[:max(limit - size, 0)]
+        size += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _config_args(pairs: list[tuple[str, str]]) -> list[str]:
+    return [arg for key, value in pairs for arg in ("-c", f"{key}={value}")]

@@ -350,6 +350,15 @@ class RateLimiter(Section):
     clean_seconds: int = Field(600, ge=1, description="Seconds between sweeps of expired windows.")
 
 
+#: what providers and builds may never reach unless the operator says otherwise
+DEFAULT_DENIED_NETWORKS = (
+    "127.0.0.0/8", "::1/128",  # this host
+    "0.0.0.0/8", "::/128",  # unspecified ("this host" when connected to)
+    "169.254.0.0/16", "fe80::/10",  # link-local, where 169.254.169.254 answers for most clouds
+    "100.100.100.200/32", "fd00:ec2::254/128",  # Alibaba Cloud and AWS (IPv6) metadata
+)
+
+
 class RepoProvider(Section):
     """Options shared by every repository provider (set on a provider's own section to override)."""
 
@@ -361,12 +370,14 @@ class RepoProvider(Section):
     cache_size: int = Field(1024, ge=0, description="Resolutions kept in memory per provider (least recently used evicted first); 0 disables caching (concurrent identical lookups still share one upstream call).")
     cache_ttl: float = Field(60.0, ge=0, description="Seconds a resolution of a moving ref (branch, tag, `HEAD`, latest record version) is reused; afterwards it is revalidated (GitHub: with its ETag, a free `304` when unchanged). Commit SHAs and explicit record versions are kept for good.")
     cache_404_ttl: float = Field(300.0, ge=0, description="Seconds a 'not found' answer is reused (a branch created meanwhile is seen after this).")
-    request_timeout: float = Field(10.0, gt=0, description="Seconds per upstream HTTP request.")
+    request_timeout: float = Field(10.0, gt=0, description="Seconds one attempt of an upstream HTTP request may take in all (connecting, the answer's headers and its whole body), not per read: an upstream dripping a byte at a time is cut off.")
+    request_deadline: float = Field(60.0, gt=0, description="Seconds one upstream call may take in all: every attempt, the waits between them and every redirect hop included. When it runs out the build fails naming the upstream.")
+    max_response_size: ByteSize = Field(10 * 1024**2, gt=0, description="Largest upstream HTTP answer body read (after decompression), e.g. `10M`. A larger one is cut off and the build fails naming the upstream and the limit.")
     retries: int = Field(3, ge=1, description="Attempts per upstream request on 5xx answers, timeouts and failed connections (4xx answers are never retried).")
     retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt; doubled before each further one.")
     denied_networks: list[Network] = Field(
-        default_factory=lambda: ["169.254.0.0/16", "fe80::/10", "100.100.100.200/32", "fd00:ec2::254/128"],
-        description="Networks that provider requests (every redirect hop included) and git URLs may never reach, checked on every address a host name resolves to. The default blocks cloud metadata endpoints; add your cluster and private ranges (e.g. `10.0.0.0/8`) on a public deployment so it cannot be used to probe its own network.",
+        default_factory=lambda: list(DEFAULT_DENIED_NETWORKS),
+        description="Networks that provider requests (every redirect hop included), git URLs and the builds' clones may never reach, checked on every address a host name resolves to; the connection is then pinned to the checked address, so a name that resolves elsewhere later (DNS rebinding) gains nothing. An unspecified address (`0.0.0.0`, `::`) counts as loopback, and IPv4-mapped IPv6 addresses as their IPv4 address. The default blocks this host (loopback and unspecified), link-local addresses and cloud metadata endpoints. Setting this option replaces the list: keep the defaults and add your cluster and private ranges (`10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, `fc00::/7`) on a public deployment so it cannot be used to probe its own network; an empty list turns the check off.",
     )
 
     @field_validator("spec_config")
@@ -413,6 +424,8 @@ class GitRepoProvider(RepoProvider):
 
     allowed_protocols: list[str] = Field(default_factory=lambda: ["http", "https", "git", "ssh"], description="URL schemes allowed (also given to git as `GIT_ALLOW_PROTOCOL`); `file`, `ext` and `fd` are never allowed.")
     ls_remote_timeout: float = Field(30.0, gt=0, description="Seconds `git ls-remote` may take before it is stopped.")
+    ls_remote_max_output: ByteSize = Field(1024**2, gt=0, description="Largest `git ls-remote` output read, e.g. `1M`; past it git is stopped and the build fails naming the git server.")
+    ls_remote_memory_limit: ByteSize = Field(256 * 1024**2, ge=0, description="Address-space limit of each `git ls-remote` process (and its remote helper), e.g. `256M`, so a server advertising millions of refs cannot make git swallow the host's memory; 0 means none.")
 
     @field_validator("allowed_protocols")
     @classmethod
