@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import TypeAdapter
 
 from ..errors import BinderError, RateLimitExceededError
-from ..events import BuildStreamEvent, Event, FailedEvent, encode, line
+from ..events import Event, FailedEvent, encode, line, stream_event_schemas
 from ..pipeline import BuildPipeline, BuildRequest
 from ..services import Services, ServicesDep
 from ..streaming import EventStreamResponse, FrameStream
@@ -27,9 +26,20 @@ from ..tokens import request_origin
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["build"])
 
-EVENT_STREAM_SCHEMA = TypeAdapter(BuildStreamEvent).json_schema(ref_template="#/components/schemas/{model}")
-#: the event models, added to the OpenAPI components by the app so the references above resolve
-EVENT_SCHEMAS = EVENT_STREAM_SCHEMA.pop("$defs")
+#: the event models, added to the OpenAPI components by the app so the references below resolve
+EVENT_SCHEMAS = stream_event_schemas("#/components/schemas/{model}")
+#: one server-sent event as OpenAPI 3.2 describes them (``data``, ``event``, ``id``, ``retry``):
+#: a ``data`` field holding one event as JSON, and nothing else (no ``event:``, ``id:`` or ``retry:``)
+EVENT_STREAM_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/BuildStreamEvent"}},
+        "event": {"const": "message", "description": "No `event:` field is sent: every frame is a `message`."},
+    },
+    "additionalProperties": False,
+}
 
 
 def accepts_event_stream(accept: str | None) -> bool:
@@ -122,8 +132,14 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
         "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
     }},
 )
-async def build(request: Request, prefix: str, spec: str, services: ServicesDep, build_only: str = "",
-                build_token: str = "") -> Any:
+async def build(request: Request,
+                prefix: Annotated[str, Path(description="The provider, e.g. `gh`, `gl`, `git`, `zenodo`.", examples=["gh"])],
+                spec: Annotated[str, Path(description="The provider's spec, e.g. `<owner>/<repo>/<ref>` for `gh`.",
+                                          examples=["binder-examples/requirements/HEAD"])],
+                services: ServicesDep,
+                build_only: Annotated[str, Query(description="`true`: build and push only, no launch (needs `enable_api_only_mode`).",
+                                                 examples=["true"])] = "",
+                build_token: Annotated[str, Query(description="A build token, as BinderHub mints them for its pages.")] = "") -> Any:
     # Served by DirectBuildRoute ahead of FastAPI; this route documents it and answers the same.
     return await build_response(request, services, prefix, build_only, build_token)
 

@@ -1,0 +1,259 @@
+"""A bounded schemathesis run against the live service: every operation in ``/openapi.json`` is
+called with generated requests (valid and invalid) on a real uvicorn socket, with every check on:
+no 5xx, no hang, status codes, content types, headers and bodies as documented (for ``/build``,
+every ``data:`` frame against the event union).
+
+The service runs so that nothing leaves this machine and no build starts: every provider's API is
+a closed loopback port, `git`/`ckan` specs are allowed for loopback URLs only (they carry their own
+host), the Docker engine is a socket that does not exist, and there is no hub and no registry. A
+`/build` request therefore ends in a `failed` event after the provider is asked, which is what the
+clients must be able to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from binderapi.app import create_app
+from binderapi.events import (
+    BuildingEvent,
+    BuildReadyEvent,
+    BuildStreamEvent,
+    BuiltEvent,
+    FailedEvent,
+    FetchingEvent,
+    LaunchingEvent,
+    LaunchReadyEvent,
+    LogEvent,
+    PushingEvent,
+    UnknownEvent,
+    WaitingEvent,
+    encode,
+)
+from binderapi.settings.models import DEFAULT_REPO_PROVIDERS
+from fixtures.server import EVENT_STREAM, free_port, make_settings, serve
+
+#: examples per operation (the coverage phase adds its own boundary cases on top)
+MAX_EXAMPLES = 50
+SEED = 1010
+PROVIDERS = sorted(DEFAULT_REPO_PROVIDERS)
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: an upstream call fails at once, locally."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def service_settings():
+    nowhere = closed_port_url()
+    loopback_only = [r"https?%3A%2F%2F127\.0\.0\.1[%:/]"]
+    fast = {"retries": 1, "request_timeout": 2}
+    return make_settings(
+        {
+            "DockerBuildExecutor": {"docker_host": "unix:///nonexistent/binderapi-schemathesis.sock"},
+            "RepoProvider": fast,
+            "GitHubRepoProvider": {"api_base_path": nowhere},
+            "GistRepoProvider": {"api_base_path": nowhere},
+            "GitLabRepoProvider": {"api_base_url": nowhere},
+            "GitRepoProvider": {"allowed_specs": loopback_only, "ls_remote_timeout": 5},
+            "CKANProvider": {"allowed_specs": loopback_only},
+            "ZenodoProvider": {"doi_resolver_url": nowhere},
+            "FigshareProvider": {"doi_resolver_url": nowhere, "api_base_url": nowhere},
+            "HydroshareProvider": {"doi_resolver_url": nowhere, "base_url": nowhere},
+            "DataverseProvider": {"doi_resolver_url": nowhere},
+            "SwhidProvider": {"api_base_url": nowhere},
+            "RateLimiter": {"limit": 0},  # else after 10 requests every /build is a rate-limit refusal
+        },
+        build_class="docker",
+        use_registry=False,
+        builder_required=False,
+        launch_quota_class="none",
+        enable_api_only_mode=True,
+    )
+
+
+class LiveService(threading.Thread):
+    """binderapi on its own event loop in a thread: schemathesis calls it synchronously."""
+
+    def __init__(self) -> None:
+        super().__init__(name="binderapi-schemathesis", daemon=True)
+        self.url = ""
+        self.app: Any = None
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as e:  # reported to the test thread
+            self.error = e
+            self.started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        async with serve(service_settings()) as svc:
+            self.url = svc.url
+            self.app = svc.app
+            self.started.set()
+            await self._stopping.wait()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self.join(30)
+
+
+@pytest.fixture(scope="module")
+def live_service() -> Iterator[LiveService]:
+    service = LiveService()
+    service.start()
+    assert service.started.wait(30), "binderapi did not start"
+    if service.error:
+        raise service.error
+    try:
+        yield service
+    finally:
+        service.stop()
+    assert not service.is_alive(), "binderapi did not shut down"
+
+
+CONFIG = schemathesis.Config.from_dict({
+    "seed": SEED,
+    "request-timeout": 20,  # a hang is a failure, not a stuck suite
+    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
+    "checks": {"enabled": True, "max_response_time": 10},
+    # /health answers its documented 503 here, truthfully: the Docker engine does not exist
+    "operations": [{"include-path": "/health",
+                    "checks": {"not_a_server_error": {"expected-statuses": ["2XX", "3XX", "4XX", "503"]}}}],
+})
+#: the schema as the app builds it (no service needed to collect the tests); the live service is
+#: checked to serve the same document before any case runs
+OPENAPI = create_app(service_settings()).openapi()
+schema = schemathesis.openapi.from_dict(OPENAPI, config=CONFIG)
+
+
+@pytest.fixture(scope="module")
+def live_url(live_service: LiveService) -> str:
+    served = httpx.get(live_service.url + "openapi.json", timeout=10).json()
+    assert served == OPENAPI
+    return live_service.url
+
+
+@schema.parametrize()
+@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_api_conforms_to_its_schema(case, live_url):
+    case.call_and_validate(base_url=live_url)
+    if case.operation.path.startswith("/build/"):
+        # as an EventSource asks, so the request reaches the pipeline; then with the generated spec
+        # given to one of the providers (a random prefix is only ever "unknown provider")
+        case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)
+        spec = str(case.path_parameters.get("spec", ""))
+        case.path_parameters = {**case.path_parameters, "prefix": PROVIDERS[zlib.crc32(spec.encode()) % len(PROVIDERS)]}
+        case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)
+
+
+#: a spec each provider accepts, so the request gets as far as asking the provider's upstream
+#: (a closed loopback port here; ``git`` and ``ckan`` name it in the spec)
+UPSTREAM_SPECS = {
+    "gh": "binder-examples/requirements/HEAD",
+    "gist": "someone/0123456789abcdef0123/HEAD",
+    "gl": "group%2Fproject/HEAD",
+    "git": "http%3A%2F%2F127.0.0.1%3A{port}%2Frepo.git/HEAD",
+    "zenodo": "10.5281/zenodo.3242074",
+    "figshare": "10.6084/m9.figshare.9782777.v1",
+    "hydroshare": "b8f6eae9d89241cf8b5904033460af61",
+    "dataverse": "10.7910/DVN/TJCLKP",
+    "ckan": "http%3A%2F%2F127.0.0.1%3A{port}%2Fdataset%2Fx",
+    "swhid": "swh:1:dir:" + "0" * 40,
+}
+
+
+@pytest.mark.parametrize("prefix", sorted(UPSTREAM_SPECS))
+def test_an_unreachable_upstream_is_one_documented_failed_event(live_url, live_service, prefix):
+    spec = UPSTREAM_SPECS[prefix].format(port=free_port())
+    case = schema["/build/{prefix}/{spec}"]["GET"].Case(path_parameters={"prefix": prefix, "spec": spec})
+    response = case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)
+    frames = [line for line in response.text.split("\n") if line.startswith("data:")]
+    assert len(frames) == 1 and '"phase":"failed"' in frames[0] and "unreachable" in frames[0], response.text
+    assert live_service.app.state.services.builds.builds == {}  # nothing was started
+
+
+# -- the event union in the OpenAPI document ------------------------------------------------------
+
+def event_schema_errors(event: dict) -> list[str]:
+    """What the OpenAPI document's ``BuildStreamEvent`` finds wrong with one event (a ``oneOf``:
+    valid means exactly one branch matched)."""
+    document = {"$ref": "#/components/schemas/BuildStreamEvent", "components": OPENAPI["components"]}
+    return [error.message for error in jsonschema.Draft202012Validator(document).iter_errors(event)]
+
+
+def sent(event: BaseModel | dict) -> dict:
+    """The JSON an event goes out as."""
+    return json.loads(encode(event)[len(b"data: "):])
+
+
+EVERY_MODEL = [
+    WaitingEvent(message="Waiting for build to start...\n", queue_position=1, queue_length=1),
+    FetchingEvent(message="Cloning...\n"),
+    BuildingEvent(message="Step 1/9\n"),
+    PushingEvent(message="Pushing\n", progress={"layer": {"current": 1}}, layers={}),
+    LogEvent(message="Picked Git content provider.\n"),
+    UnknownEvent(message="warnings.warn(\n"),
+    BuiltEvent(message="Built image, launching...\n", imageName="registry/image:tag"),
+    LaunchingEvent(message="Launching server...\n"),
+    BuildReadyEvent(message="Done! Image built\n", imageName="registry/image:tag"),
+    LaunchReadyEvent(message="server running at http://hub/user/x/\n", url="http://hub/user/x/", token="t",
+                     image="registry/image:tag", repo_url="https://github.com/a/b", binder_ref_url="https://github.com/a/b/tree/c",
+                     binder_launch_host="http://binder/", binder_request="v2/gh/a/b/HEAD",
+                     binder_persistent_request="v2/gh/a/b/c", binder_client_ip="127.0.0.1"),
+    FailedEvent(message="Build failed\n", status_code=500),
+]
+
+
+def test_every_event_binderapi_sends_matches_exactly_one_documented_model():
+    recording = Path(__file__).parent / "data" / "binderhub-fullbuild.eventsource"
+    recorded = [json.loads(line[5:]) for line in recording.read_text().splitlines() if line.startswith("data:")]
+    for event in [*EVERY_MODEL, *recorded]:
+        payload = sent(event)
+        assert "phase" in payload and event_schema_errors(payload) == [], payload
+    mapping = OPENAPI["components"]["schemas"]["BuildStreamEvent"]["discriminator"]["mapping"]
+    assert sorted(mapping) == sorted({model.phase for model in EVERY_MODEL})
+
+
+@pytest.mark.parametrize("event", [
+    {"message": "no phase\n"},
+    {"phase": None, "message": "null phase\n"},
+    {"phase": "other", "message": "a phase nobody documented\n"},
+    {"phase": "ready", "message": "neither a launch's (url) nor a build's (imageName)\n"},
+    {"phase": "built", "message": "no image name\n"},
+])
+def test_no_branch_of_the_event_union_accepts_an_event_it_does_not_describe(event):
+    assert event_schema_errors(event)
+    if event.get("phase") is not None:  # pydantic fills in `log` only where the phase is missing
+        with pytest.raises(ValidationError):
+            TypeAdapter(BuildStreamEvent).validate_python(event)
+
+
+def test_metrics_and_login_routes_are_documented_as_they_answer():
+    paths = OPENAPI["paths"]
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    for route in ("/oauth_login", "/oauth_callback"):
+        not_found = paths[route]["get"]["responses"]["404"]
+        assert not_found["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorDetail"}
