@@ -3,11 +3,15 @@ called with generated requests (valid and invalid) on a real uvicorn socket, wit
 no 5xx, no hang, status codes, content types, headers and bodies as documented (for ``/build``,
 every ``data:`` frame against the event union).
 
-The service runs so that nothing leaves this machine and no build starts: every provider's API is
-a closed loopback port, `git`/`ckan` specs are allowed for loopback URLs only (they carry their own
-host), the Docker engine is a socket that does not exist, and there is no hub and no registry. A
-`/build` request therefore ends in a `failed` event after the provider is asked, which is what the
-clients must be able to read.
+The service runs twice, as BinderHub's default (anonymous) and in auth mode, so that nothing
+leaves this machine and no build starts: every provider's API and the hub are closed loopback
+ports, `git`/`ckan` specs are allowed for loopback URLs only (they carry their own host), the Docker
+engine is a socket that does not exist, and there is no registry. A `/build` request therefore ends
+in one `failed` event, at the latest after the provider is asked.
+
+Bounded and repeatable: at most ``MAX_EXAMPLES`` generated requests per operation (the coverage
+phase adds its boundary cases), a fixed seed and derandomized generation, so every run sends the
+same requests; a request slower than 10 s fails the run and one that hangs is cut at 20 s.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from binderapi.settings.models import DEFAULT_REPO_PROVIDERS
 from fixtures.server import EVENT_STREAM, free_port, make_settings, serve
 
 #: examples per operation (the coverage phase adds its own boundary cases on top)
-MAX_EXAMPLES = 50
+MAX_EXAMPLES = 100
 SEED = 1010
 PROVIDERS = sorted(DEFAULT_REPO_PROVIDERS)
 
@@ -57,8 +61,10 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def service_settings():
+def service_settings(mode: str = "anonymous"):
+    """``anonymous``: BinderHub's default; ``auth``: auth mode, with the hub a closed port too."""
     nowhere = closed_port_url()
+    auth = {"auth_enabled": True, "hub_url": nowhere, "hub_api_token": "schemathesis"} if mode == "auth" else {}
     loopback_only = [r"https?%3A%2F%2F127\.0\.0\.1[%:/]"]
     fast = {"retries": 1, "request_timeout": 2}
     return make_settings(
@@ -82,14 +88,16 @@ def service_settings():
         builder_required=False,
         launch_quota_class="none",
         enable_api_only_mode=True,
+        **auth,
     )
 
 
 class LiveService(threading.Thread):
     """binderapi on its own event loop in a thread: schemathesis calls it synchronously."""
 
-    def __init__(self) -> None:
-        super().__init__(name="binderapi-schemathesis", daemon=True)
+    def __init__(self, mode: str) -> None:
+        super().__init__(name=f"binderapi-schemathesis-{mode}", daemon=True)
+        self.mode = mode
         self.url = ""
         self.app: Any = None
         self.started = threading.Event()
@@ -107,7 +115,7 @@ class LiveService(threading.Thread):
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        async with serve(service_settings()) as svc:
+        async with serve(service_settings(self.mode)) as svc:
             self.url = svc.url
             self.app = svc.app
             self.started.set()
@@ -119,9 +127,8 @@ class LiveService(threading.Thread):
         self.join(30)
 
 
-@pytest.fixture(scope="module")
-def live_service() -> Iterator[LiveService]:
-    service = LiveService()
+def running(mode: str) -> Iterator[LiveService]:
+    service = LiveService(mode)
     service.start()
     assert service.started.wait(30), "binderapi did not start"
     if service.error:
@@ -133,14 +140,31 @@ def live_service() -> Iterator[LiveService]:
     assert not service.is_alive(), "binderapi did not shut down"
 
 
+@pytest.fixture(scope="module")
+def anonymous_service() -> Iterator[LiveService]:
+    yield from running("anonymous")
+
+
+@pytest.fixture(scope="module")
+def auth_service() -> Iterator[LiveService]:
+    yield from running("auth")
+
+
 CONFIG = schemathesis.Config.from_dict({
     "seed": SEED,
     "request-timeout": 20,  # a hang is a failure, not a stuck suite
     "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
     "checks": {"enabled": True, "max_response_time": 10},
     # /health answers its documented 503 here, truthfully: the Docker engine does not exist
-    "operations": [{"include-path": "/health",
-                    "checks": {"not_a_server_error": {"expected-statuses": ["2XX", "3XX", "4XX", "503"]}}}],
+    "operations": [
+        {"include-path": "/health",
+         "checks": {"not_a_server_error": {"expected-statuses": ["2XX", "3XX", "4XX", "503"]}}},
+        # the callback needs `code` and `state` unless the hub sent `error` (OpenAPI cannot say
+        # "required unless"), and the state cookie /oauth_login set, which no parameter can carry:
+        # without them it answers 400 as JupyterHub's own callback does
+        {"include-path": "/oauth_callback",
+         "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "3XX", "400", "401", "403", "404"]}}},
+    ],
 })
 #: the schema as the app builds it (no service needed to collect the tests); the live service is
 #: checked to serve the same document before any case runs
@@ -148,11 +172,13 @@ OPENAPI = create_app(service_settings()).openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI, config=CONFIG)
 
 
-@pytest.fixture(scope="module")
-def live_url(live_service: LiveService) -> str:
-    served = httpx.get(live_service.url + "openapi.json", timeout=10).json()
+@pytest.fixture(scope="module", params=["anonymous", "auth"])
+def live_url(request: pytest.FixtureRequest) -> str:
+    """Each mode's service, checked to serve the document the cases were generated from."""
+    service: LiveService = request.getfixturevalue(f"{request.param}_service")
+    served = httpx.get(service.url + "openapi.json", timeout=10).json()
     assert served == OPENAPI
-    return live_service.url
+    return service.url
 
 
 @schema.parametrize()
@@ -186,7 +212,8 @@ UPSTREAM_SPECS = {
 
 
 @pytest.mark.parametrize("prefix", sorted(UPSTREAM_SPECS))
-def test_an_unreachable_upstream_is_one_documented_failed_event(live_url, live_service, prefix):
+def test_an_unreachable_upstream_is_one_documented_failed_event(anonymous_service, prefix):
+    live_url, live_service = anonymous_service.url, anonymous_service
     spec = UPSTREAM_SPECS[prefix].format(port=free_port())
     case = schema["/build/{prefix}/{spec}"]["GET"].Case(path_parameters={"prefix": prefix, "spec": spec})
     response = case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)

@@ -10,8 +10,9 @@ code, and binderapi trades the code for the user's hub token, kept in a signed H
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
@@ -33,6 +34,14 @@ def _error_doc(description: str) -> dict:
     """An OpenAPI ``responses`` entry for one of the JSON errors below."""
     return {"model": ErrorDetail, "description": description}
 
+
+#: where to go after the login: a path on this site, as ``safe_next`` accepts it (documented, and
+#: checked by the route itself, which answers a clear 400 rather than FastAPI's 422)
+NextPath = Annotated[str, Query(
+    description="Where to send the browser after the login: a path on this site (an absolute URL naming this "
+    "host is reduced to its path). Empty: the site's base URL.",
+    json_schema_extra={"pattern": r"^(/([^/\\\x00-\x1f\x7f][^\\\x00-\x1f\x7f]*)?)?$"},
+)]
 
 AUTH_OFF = _error_doc("Logins are not used: auth mode is off (`BinderHub.auth_enabled` false).")
 
@@ -63,7 +72,7 @@ def _next_path(next_url: str, oauth: HubOAuth) -> str:
                 404: AUTH_OFF,
                 503: _error_doc("No JupyterHub to log in at (`BinderHub.hub_url` is not set)."),
             })
-async def oauth_login(request: Request, services: ServicesDep, next: str = "") -> Response:
+async def oauth_login(request: Request, services: ServicesDep, next: NextPath = "") -> Response:
     oauth = services.hub_auth.oauth
     if oauth is None:
         return _error("Logins are only used in auth mode (BinderHub.auth_enabled)", 404)
@@ -88,8 +97,14 @@ async def oauth_login(request: Request, services: ServicesDep, next: str = "") -
                 502: _error_doc("JupyterHub's token answer had no access token."),
                 503: _error_doc("JupyterHub could not be reached or answered with an error."),
             })
-async def oauth_callback(request: Request, services: ServicesDep, code: str = "", state: str = "",
-                         error: str = "", error_description: str = "") -> Response:
+async def oauth_callback(
+    request: Request, services: ServicesDep,
+    code: Annotated[str, Query(description="The hub's authorization code; needed unless `error` is set.")] = "",
+    state: Annotated[str, Query(description="The state `/oauth_login` sent, matched against this browser's "
+                                            "state cookie; needed unless `error` is set.")] = "",
+    error: Annotated[str, Query(description="Set by the hub when it did not grant the login.")] = "",
+    error_description: str = "",
+) -> Response:
     oauth = services.hub_auth.oauth
     if oauth is None:
         return _error("Logins are only used in auth mode (BinderHub.auth_enabled)", 404)
