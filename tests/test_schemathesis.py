@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,8 @@ from binderapi.events import (
     encode,
 )
 from binderapi.settings.models import DEFAULT_REPO_PROVIDERS
-from fixtures.server import EVENT_STREAM, free_port, make_settings, serve
+from fixtures.server import EVENT_STREAM, free_port, make_settings, read_events, serve
+from fixtures.stack import BASE_IMAGE, docker_settings, git_spec, unique
 
 #: examples per operation (the coverage phase adds its own boundary cases on top)
 MAX_EXAMPLES = 100
@@ -276,6 +278,22 @@ def test_no_branch_of_the_event_union_accepts_an_event_it_does_not_describe(even
     if event.get("phase") is not None:  # pydantic fills in `log` only where the phase is missing
         with pytest.raises(ValidationError):
             TypeAdapter(BuildStreamEvent).validate_python(event)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaked_build_containers")
+async def test_a_real_build_stream_matches_the_documented_union(git_server):
+    """repo2docker's real output, as binderapi sends it, frame by frame against the document: its
+    phase-less lines arrive as `log`."""
+    repo = unique("schema")
+    git_server.create_repo(repo, {"Dockerfile": f"FROM {BASE_IMAGE}\nRUN echo {uuid.uuid4().hex}\n"})
+    async with serve(docker_settings()) as svc, httpx.AsyncClient(timeout=300) as client:
+        url = svc.url + "build/" + git_spec(git_server.daemon_url(repo), "main")
+        events = await read_events(client, url, params={"build_only": "true"})
+    assert events[-1]["phase"] == "ready"
+    assert "log" in {event["phase"] for event in events}
+    for event in events:
+        assert event_schema_errors(event) == [], event
 
 
 def test_metrics_and_login_routes_are_documented_as_they_answer():
