@@ -79,8 +79,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     Instrumentator(excluded_handlers=[base + "metrics"], should_group_status_codes=False).instrument(app).expose(
         app, endpoint=base + "metrics", include_in_schema=True, tags=["service"], summary="Prometheus metrics",
         response_class=PlainTextResponse,  # documents text/plain; the handler sets the exact content type
-        responses={200: {"description": "The Prometheus text exposition format (`text/plain; version=0.0.4` "
-                         "or later), BinderHub's metric families included."}})
+        responses={200: {"description": "The Prometheus text exposition format, BinderHub's metric families included."}})
 
     app.add_middleware(build.DirectBuildRoute, base_url=base)  # inside the two below, outside the metrics
     app.add_middleware(ClientAddressMiddleware, base_url=base,

@@ -145,8 +145,9 @@ def _ready_kind(value: Any) -> str:
 
 
 def _log_by_default(value: Any) -> Any:
-    """repo2docker's and BinderHub's phase-less lines are ``log`` events."""
-    if isinstance(value, dict) and value.get("phase") is None:
+    """repo2docker's and BinderHub's phase-less lines are ``log`` events (an empty phase too, which
+    BinderHub's JS client reads as none)."""
+    if isinstance(value, dict) and not value.get("phase"):
         return {**value, "phase": "log"}
     return value
 
@@ -178,11 +179,10 @@ def stream_event_schemas(ref_template: str) -> dict[str, Any]:
                              "description": "The final event of a launch (`url`) or of a `build_only` build."}
     schema["discriminator"]["mapping"]["ready"] = ready_ref
     schema["oneOf"] = [{"$ref": ready_ref} if branch == ready else branch for branch in schema["oneOf"]]
-    schemas["BuildStreamEvent"] = {"title": "BuildStreamEvent", "description": BUILD_STREAM_EVENT_DOC, **schema}
+    schemas["BuildStreamEvent"] = {"title": "BuildStreamEvent",
+                                   "description": "One `data:` frame of the `/build` event stream, told apart by `phase`.",
+                                   **schema}
     return schemas
-
-
-BUILD_STREAM_EVENT_DOC = "One `data:` frame of the `/build` event stream, told apart by `phase`."
 
 KEEPALIVE = b":keepalive\n\n"
 
