@@ -3,11 +3,12 @@ called with generated requests (valid and invalid) on a real uvicorn socket, wit
 no 5xx, no hang, status codes, content types, headers and bodies as documented (for ``/build``,
 every ``data:`` frame against the event union).
 
-The service runs twice, as BinderHub's default (anonymous) and in auth mode, so that nothing
-leaves this machine and no build starts: every provider's API and the hub are closed loopback
-ports, `git`/`ckan` specs are allowed for loopback URLs only (they carry their own host), the Docker
-engine is a socket that does not exist, and there is no registry. A `/build` request therefore ends
-in one `failed` event, at the latest after the provider is asked.
+The service runs twice: BinderHub's default (anonymous) under the prefix of a JupyterHub service
+named ``build``, and auth mode at the root. Nothing leaves this machine and no build starts: every
+provider's API and the hub are closed loopback ports, `git`/`ckan` specs are allowed for loopback
+URLs only (they carry their own host), the Docker engine is a socket that does not exist, and there
+is no registry. A `/build` request therefore ends in one `failed` event, at the latest after the
+provider is asked.
 
 Bounded and repeatable: at most ``MAX_EXAMPLES`` generated requests per operation (the coverage
 phase adds its boundary cases), a fixed seed and derandomized generation, so every run sends the
@@ -63,10 +64,16 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def service_settings(mode: str = "anonymous"):
-    """``anonymous``: BinderHub's default; ``auth``: auth mode, with the hub a closed port too."""
+#: the two services fuzzed: BinderHub's default, under the prefix of a JupyterHub service named
+#: ``build`` (a base URL holding ``/build/``), and auth mode at the root, its hub a closed port too
+MODES: dict[str, dict[str, Any]] = {
+    "anonymous": {"base_url": "/services/build/"},
+    "auth": {"auth_enabled": True, "hub_api_token": "schemathesis"},
+}
+
+
+def service_settings(mode: str):
     nowhere = closed_port_url()
-    auth = {"auth_enabled": True, "hub_url": nowhere, "hub_api_token": "schemathesis"} if mode == "auth" else {}
     loopback_only = [r"https?%3A%2F%2F127\.0\.0\.1[%:/]"]
     fast = {"retries": 1, "request_timeout": 2}
     return make_settings(
@@ -90,7 +97,8 @@ def service_settings(mode: str = "anonymous"):
         builder_required=False,
         launch_quota_class="none",
         enable_api_only_mode=True,
-        **auth,
+        hub_url=nowhere,
+        **MODES[mode],
     )
 
 
@@ -101,6 +109,7 @@ class LiveService(threading.Thread):
         super().__init__(name=f"binderapi-schemathesis-{mode}", daemon=True)
         self.mode = mode
         self.url = ""
+        self.origin = ""
         self.app: Any = None
         self.started = threading.Event()
         self.error: BaseException | None = None
@@ -117,9 +126,10 @@ class LiveService(threading.Thread):
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        async with serve(service_settings(self.mode)) as svc:
-            self.url = svc.url
-            self.app = svc.app
+        settings = service_settings(self.mode)
+        async with serve(settings) as svc:
+            self.url, self.app = svc.url, svc.app
+            self.origin = svc.url.removesuffix(settings.BinderHub.base_url)
             self.started.set()
             await self._stopping.wait()
 
@@ -130,12 +140,14 @@ class LiveService(threading.Thread):
 
 
 def running(mode: str) -> Iterator[LiveService]:
+    """The service of ``mode``, checked to serve the document its cases were generated from."""
     service = LiveService(mode)
     service.start()
     assert service.started.wait(30), "binderapi did not start"
     if service.error:
         raise service.error
     try:
+        assert httpx.get(service.url + "openapi.json", timeout=10).json() == DOCUMENTS[mode]
         yield service
     finally:
         service.stop()
@@ -157,44 +169,46 @@ CONFIG = schemathesis.Config.from_dict({
     "request-timeout": 20,  # a hang is a failure, not a stuck suite
     "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
     "checks": {"enabled": True, "max_response_time": 10},
-    # /health answers its documented 503 here, truthfully: the Docker engine does not exist
     "operations": [
-        {"include-path": "/health",
+        # /health answers its documented 503 here, truthfully: the Docker engine does not exist
+        {"include-path-regex": "/health$",
          "checks": {"not_a_server_error": {"expected-statuses": ["2XX", "3XX", "4XX", "503"]}}},
         # the callback needs `code` and `state` unless the hub sent `error` (OpenAPI cannot say
         # "required unless"), and the state cookie /oauth_login set, which no parameter can carry:
         # without them it answers 400 as JupyterHub's own callback does
-        {"include-path": "/oauth_callback",
+        {"include-path-regex": "/oauth_callback$",
          "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "3XX", "400", "401", "403", "404"]}}},
     ],
 })
-#: the schema as the app builds it (no service needed to collect the tests); the live service is
-#: checked to serve the same document before any case runs
-OPENAPI = create_app(service_settings()).openapi()
-schema = schemathesis.openapi.from_dict(OPENAPI, config=CONFIG)
+#: each mode's document as the app builds it, so tests are collected without a service running
+DOCUMENTS = {mode: create_app(service_settings(mode)).openapi() for mode in MODES}
+SCHEMAS = {mode: schemathesis.openapi.from_dict(document, config=CONFIG) for mode, document in DOCUMENTS.items()}
+OPENAPI = DOCUMENTS["auth"]  # at the root
+FUZZ = settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))
 
 
-@pytest.fixture(scope="module", params=["anonymous", "auth"])
-def live_url(request: pytest.FixtureRequest) -> str:
-    """Each mode's service, checked to serve the document the cases were generated from."""
-    service: LiveService = request.getfixturevalue(f"{request.param}_service")
-    served = httpx.get(service.url + "openapi.json", timeout=10).json()
-    assert served == OPENAPI
-    return service.url
-
-
-@schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
-def test_api_conforms_to_its_schema(case, live_url):
-    case.call_and_validate(base_url=live_url)
-    if case.operation.path.startswith("/build/"):
+def call_and_validate(case, service: LiveService) -> None:
+    case.call_and_validate(base_url=service.origin)
+    if "/build/{prefix}/" in case.operation.path:
         # as an EventSource asks, so the request reaches the pipeline; then with the generated spec
         # given to one of the providers (a random prefix is only ever "unknown provider")
-        case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)
+        case.call_and_validate(base_url=service.origin, headers=EVENT_STREAM)
         spec = str(case.path_parameters.get("spec", ""))
         case.path_parameters = {**case.path_parameters, "prefix": PROVIDERS[zlib.crc32(spec.encode()) % len(PROVIDERS)]}
-        case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)
+        case.call_and_validate(base_url=service.origin, headers=EVENT_STREAM)
+
+
+@SCHEMAS["anonymous"].parametrize()
+@FUZZ
+def test_api_conforms_to_its_schema(case, anonymous_service):
+    call_and_validate(case, anonymous_service)
+
+
+@SCHEMAS["auth"].parametrize()
+@FUZZ
+def test_api_conforms_to_its_schema_in_auth_mode(case, auth_service):
+    call_and_validate(case, auth_service)
 
 
 #: a spec each provider accepts, so the request gets as far as asking the provider's upstream
@@ -215,13 +229,14 @@ UPSTREAM_SPECS = {
 
 @pytest.mark.parametrize("prefix", sorted(UPSTREAM_SPECS))
 def test_an_unreachable_upstream_is_one_documented_failed_event(anonymous_service, prefix):
-    live_url, live_service = anonymous_service.url, anonymous_service
+    """Every provider under a base URL holding ``/build/``: the spec reaches the provider whole."""
     spec = UPSTREAM_SPECS[prefix].format(port=free_port())
-    case = schema["/build/{prefix}/{spec}"]["GET"].Case(path_parameters={"prefix": prefix, "spec": spec})
-    response = case.call_and_validate(base_url=live_url, headers=EVENT_STREAM)
+    operation = SCHEMAS["anonymous"][MODES["anonymous"]["base_url"] + "build/{prefix}/{spec}"]["GET"]
+    case = operation.Case(path_parameters={"prefix": prefix, "spec": spec})
+    response = case.call_and_validate(base_url=anonymous_service.origin, headers=EVENT_STREAM)
     frames = [line for line in response.text.split("\n") if line.startswith("data:")]
     assert len(frames) == 1 and '"phase":"failed"' in frames[0] and "unreachable" in frames[0], response.text
-    assert live_service.app.state.services.builds.builds == {}  # nothing was started
+    assert anonymous_service.app.state.services.builds.builds == {}  # nothing was started
 
 
 # -- the event union in the OpenAPI document ------------------------------------------------------

@@ -59,15 +59,15 @@ def accepts_event_stream(accept: str | None) -> bool:
     return False
 
 
-def raw_spec(request: Request, prefix: str) -> str:
-    """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    path = raw.decode("utf-8", "replace")
-    marker = "/build/"
-    start = path.index(marker) + len(marker) if marker in path else 0
-    raw_prefix, _, spec = path[start:].partition("/")
+def raw_spec(request: Request, prefix: str, base_url: str) -> str:
+    """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives. The
+    base URL and ``build/`` take as many segments of the raw path as of the decoded one (a base URL
+    may itself hold ``/build/``, e.g. a JupyterHub service named ``build``)."""
+    skip = base_url.count("/") + 1
+    raw = (request.scope.get("raw_path") or request.url.path.encode()).decode("utf-8", "replace")
+    raw_prefix, _, spec = raw.split("/", skip)[-1].partition("/")
     if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
-        return request.path_params.get("spec", "")
+        return request.url.path.split("/", skip)[-1].partition("/")[2]
     return spec
 
 
@@ -154,7 +154,7 @@ async def build_response(request: Request, services: Services, prefix: str, buil
         return failure_response(
             "Building but not launching is not permitted when the API only mode was not enabled by "
             "setting `enable_api_only_mode` to True. ", 400)
-    spec = raw_spec(request, prefix)
+    spec = raw_spec(request, prefix, settings.base_url)
     try:
         username, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
     except BinderError as e:
