@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -78,7 +78,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     Instrumentator(excluded_handlers=[base + "metrics"], should_group_status_codes=False).instrument(app).expose(
-        app, endpoint=base + "metrics", include_in_schema=True, tags=["service"])
+        app, endpoint=base + "metrics", include_in_schema=True, tags=["service"], summary="Prometheus metrics",
+        response_class=PlainTextResponse,  # documents text/plain; the handler sets the exact content type
+        responses={200: {"description": "The Prometheus text exposition format, BinderHub's metric families included."}})
 
     app.add_middleware(build.DirectBuildRoute, base_url=base)  # inside the two below, outside the metrics
     app.add_middleware(ClientAddressMiddleware, base_url=base, banned=NetworkSet(binderhub.ban_networks))

@@ -4,6 +4,10 @@ BinderHub's clients read ``data: <json>\\n\\n`` frames and switch on ``phase``. 
 single definition of those frames: the SSE encoder, the OpenAPI schema, the tests and
 ``docs/events.md`` all use them. Lines from repo2docker's ``--json-logs`` are passed through as the
 dictionaries repo2docker wrote (extra fields such as ``progress`` and ``layers`` included).
+
+Every event binderapi sends has a ``phase``, and the union is discriminated on it: repo2docker's
+informational lines, which carry none, are sent with ``phase: "log"`` (see ``docs/events.md`` for
+why BinderHub's clients read that unchanged).
 """
 
 from __future__ import annotations
@@ -11,15 +15,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+
+
+def _phase_required(schema: dict[str, Any]) -> None:
+    """In the JSON schema every event has its ``phase``: the encoder always writes it, even where
+    the model fills in the default (a phase-less ``LogEvent``)."""
+    schema["required"] = ["phase", *(name for name in schema.get("required", []) if name != "phase")]
 
 
 class Event(BaseModel):
     """Base of all events. ``message`` ends with a newline, as BinderHub's clients expect."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_phase_required)
 
-    phase: str | None = None
+    phase: str
     message: str | None = None
 
 
@@ -57,9 +67,10 @@ class PushingEvent(Event):
 
 
 class LogEvent(Event):
-    """An informational line without a phase (e.g. ``Picked Git content provider.``)."""
+    """An informational line of repo2docker's (e.g. ``Picked Git content provider.``). repo2docker
+    and BinderHub write these without a phase; binderapi sends them as ``log``."""
 
-    phase: None = None
+    phase: Literal["log"] = "log"
     message: str
 
 
@@ -85,8 +96,17 @@ class LaunchingEvent(Event):
     message: str
 
 
+def _without_url(schema: dict[str, Any]) -> None:
+    """A ``ready`` event is a launch's exactly when it has a ``url``; the schema says so, so that
+    the two ``ready`` models never both match."""
+    _phase_required(schema)
+    schema["not"] = {"required": ["url"]}
+
+
 class BuildReadyEvent(Event):
     """``build_only=true``: the image is ready in the registry. Final event."""
+
+    model_config = ConfigDict(json_schema_extra=_without_url)
 
     phase: Literal["ready"] = "ready"
     message: str
@@ -118,35 +138,51 @@ class FailedEvent(Event):
     status_code: int | None = None
 
 
-def _event_kind(value: Any) -> str:
-    """Which model an event is: its ``phase``, with ``ready`` told apart by a launch ``url``."""
+def _ready_kind(value: Any) -> str:
+    """Which ``ready`` an event is: a launch's carries the server's ``url``."""
     data = value if isinstance(value, dict) else value.__dict__
-    phase = data.get("phase")
-    if phase is None:
-        return "log"
-    if phase == "ready":
-        return "launch-ready" if "url" in data else "build-ready"
-    return phase if phase in _PHASES else "other"
+    return "launch" if "url" in data else "build"
 
 
-_PHASES = {"waiting", "fetching", "building", "pushing", "unknown", "built", "launching", "failed"}
+def _log_by_default(value: Any) -> Any:
+    """repo2docker's and BinderHub's phase-less lines are ``log`` events (an empty phase too, which
+    BinderHub's JS client reads as none)."""
+    if isinstance(value, dict) and not value.get("phase"):
+        return {**value, "phase": "log"}
+    return value
+
+
+ReadyEvent = Annotated[
+    Annotated[LaunchReadyEvent, Tag("launch")] | Annotated[BuildReadyEvent, Tag("build")],
+    Discriminator(_ready_kind),
+]
 
 BuildStreamEvent = Annotated[
-    Annotated[WaitingEvent, Tag("waiting")]
-    | Annotated[FetchingEvent, Tag("fetching")]
-    | Annotated[BuildingEvent, Tag("building")]
-    | Annotated[PushingEvent, Tag("pushing")]
-    | Annotated[LogEvent, Tag("log")]
-    | Annotated[UnknownEvent, Tag("unknown")]
-    | Annotated[BuiltEvent, Tag("built")]
-    | Annotated[LaunchingEvent, Tag("launching")]
-    | Annotated[BuildReadyEvent, Tag("build-ready")]
-    | Annotated[LaunchReadyEvent, Tag("launch-ready")]
-    | Annotated[FailedEvent, Tag("failed")]
-    | Annotated[Event, Tag("other")],
-    Discriminator(_event_kind),
-    Field(description="One `data:` frame of the `/build` event stream, told apart by `phase`."),
+    WaitingEvent | FetchingEvent | BuildingEvent | PushingEvent | LogEvent | UnknownEvent | BuiltEvent
+    | LaunchingEvent | ReadyEvent | FailedEvent,
+    Field(discriminator="phase"),
+    BeforeValidator(_log_by_default),
 ]
+"""One ``data:`` frame of the ``/build`` stream: exactly one model per ``phase``, except ``ready``,
+which is a launch's (``url``) or a build's (``build_only``). No branch accepts every event."""
+
+
+def stream_event_schemas(ref_template: str) -> dict[str, Any]:
+    """The JSON schemas of :data:`BuildStreamEvent` and its models, keyed by component name, for the
+    OpenAPI document: a ``oneOf`` with a ``discriminator`` on ``phase``, whose ``ready`` entry is
+    the named ``ReadyEvent`` (OpenAPI maps a discriminator value to a named schema only)."""
+    schema = TypeAdapter(BuildStreamEvent).json_schema(ref_template=ref_template)
+    schemas: dict[str, Any] = schema.pop("$defs")
+    ready = schema["discriminator"]["mapping"]["ready"]
+    ready_ref = ref_template.format(model="ReadyEvent")
+    schemas["ReadyEvent"] = {**ready, "title": "ReadyEvent",
+                             "description": "The final event of a launch (`url`) or of a `build_only` build."}
+    schema["discriminator"]["mapping"]["ready"] = ready_ref
+    schema["oneOf"] = [{"$ref": ready_ref} if branch == ready else branch for branch in schema["oneOf"]]
+    schemas["BuildStreamEvent"] = {"title": "BuildStreamEvent",
+                                   "description": "One `data:` frame of the `/build` event stream, told apart by `phase`.",
+                                   **schema}
+    return schemas
 
 KEEPALIVE = b":keepalive\n\n"
 
@@ -158,8 +194,9 @@ def line(text: str) -> str:
 
 def encode(event: Event | dict[str, Any]) -> bytes:
     """One SSE frame. JSON escapes every control character, so no message (newlines, ``data:``,
-    invalid UTF-8 already replaced) can break the framing or forge another event."""
-    payload = event.model_dump(exclude_none=True) if isinstance(event, BaseModel) else event
+    invalid UTF-8 already replaced) can break the framing or forge another event. A dictionary
+    without a ``phase`` (repo2docker's informational lines) is sent as a ``log`` event."""
+    payload = event.model_dump(exclude_none=True) if isinstance(event, BaseModel) else _log_by_default(event)
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import TypeAdapter
 
 from ..auth import HubUser
 from ..errors import BinderError, RateLimitExceededError
-from ..events import BuildStreamEvent, Event, FailedEvent, encode, line
+from ..events import Event, FailedEvent, encode, line, stream_event_schemas
 from ..pipeline import BuildPipeline, BuildRequest
 from ..services import Services, ServicesDep
 from ..streaming import EventStreamResponse, FrameStream
@@ -28,9 +27,20 @@ from ..tokens import request_origin
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["build"])
 
-EVENT_STREAM_SCHEMA = TypeAdapter(BuildStreamEvent).json_schema(ref_template="#/components/schemas/{model}")
-#: the event models, added to the OpenAPI components by the app so the references above resolve
-EVENT_SCHEMAS = EVENT_STREAM_SCHEMA.pop("$defs")
+#: the event models, added to the OpenAPI components by the app so the references below resolve
+EVENT_SCHEMAS = stream_event_schemas("#/components/schemas/{model}")
+#: one server-sent event as OpenAPI 3.2 describes them (``data``, ``event``, ``id``, ``retry``):
+#: a ``data`` field holding one event as JSON, and nothing else (no ``event:``, ``id:`` or ``retry:``)
+EVENT_STREAM_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/BuildStreamEvent"}},
+        "event": {"const": "message", "description": "No `event:` field is sent: every frame is a `message`."},
+    },
+    "additionalProperties": False,
+}
 
 
 def accepts_event_stream(accept: str | None) -> bool:
@@ -58,15 +68,15 @@ def streams_without_accept(request: Request, build_only: bool) -> bool:
     return build_only and bool(request.headers.get("authorization", "").strip())
 
 
-def raw_spec(request: Request, prefix: str) -> str:
-    """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    path = raw.decode("utf-8", "replace")
-    marker = "/build/"
-    start = path.index(marker) + len(marker) if marker in path else 0
-    raw_prefix, _, spec = path[start:].partition("/")
+def raw_spec(request: Request, prefix: str, base_url: str) -> str:
+    """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives. The
+    base URL and ``build/`` take as many segments of the raw path as of the decoded one (a base URL
+    may itself hold ``/build/``, e.g. a JupyterHub service named ``build``)."""
+    skip = base_url.count("/") + 1
+    raw = (request.scope.get("raw_path") or request.url.path.encode()).decode("utf-8", "replace")
+    raw_prefix, _, spec = raw.split("/", skip)[-1].partition("/")
     if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
-        return request.path_params.get("spec", "")
+        return request.url.path.split("/", skip)[-1].partition("/")[2]
     return spec
 
 
@@ -142,8 +152,14 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
         "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
     }},
 )
-async def build(request: Request, prefix: str, spec: str, services: ServicesDep, build_only: str = "",
-                build_token: str = "") -> Any:
+async def build(request: Request,
+                prefix: Annotated[str, Path(description="The provider, e.g. `gh`, `gl`, `git`, `zenodo`.", examples=["gh"])],
+                spec: Annotated[str, Path(description="The provider's spec, e.g. `<owner>/<repo>/<ref>` for `gh`.",
+                                          examples=["binder-examples/requirements/HEAD"])],
+                services: ServicesDep,
+                build_only: Annotated[str, Query(description="`true`: build and push only, no launch (needs `enable_api_only_mode`).",
+                                                 examples=["true"])] = "",
+                build_token: Annotated[str, Query(description="A build token, as BinderHub mints them for its pages.")] = "") -> Any:
     # Served by DirectBuildRoute ahead of FastAPI; this route documents it and answers the same.
     return await build_response(request, services, prefix, build_only, build_token)
 
@@ -159,7 +175,7 @@ async def build_response(request: Request, services: Services, prefix: str, buil
         return failure_response(
             "Building but not launching is not permitted when the API only mode was not enabled by "
             "setting `enable_api_only_mode` to True. ", 400)
-    spec = raw_spec(request, prefix)
+    spec = raw_spec(request, prefix, settings.base_url)
     try:
         user, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
     except BinderError as e:

@@ -10,9 +10,11 @@ code, and binderapi trades the code for the user's hub token, kept in a signed H
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel
 
 from ..auth import STATE_MAX_AGE, HubOAuth, safe_next
 from ..errors import BinderError
@@ -22,6 +24,26 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["auth"])
 
 NO_STORE = {"cache-control": "no-store"}
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+def _error_doc(description: str) -> dict:
+    """An OpenAPI ``responses`` entry for one of the JSON errors below."""
+    return {"model": ErrorDetail, "description": description}
+
+
+#: where to go after the login: a path on this site, as ``safe_next`` accepts it (documented, and
+#: checked by the route itself, which answers a clear 400 rather than FastAPI's 422)
+NextPath = Annotated[str, Query(
+    description="Where to send the browser after the login: a path on this site (an absolute URL naming this "
+    "host is reduced to its path). Empty: the site's base URL.",
+    json_schema_extra={"pattern": r"^(/([^/\\\x00-\x1f\x7f][^\\\x00-\x1f\x7f]*)?)?$"},
+)]
+
+AUTH_OFF = _error_doc("Logins are not used: auth mode is off (`BinderHub.auth_enabled` false).")
 
 
 def _error(message: str, status_code: int) -> JSONResponse:
@@ -44,8 +66,13 @@ def _next_path(next_url: str, oauth: HubOAuth) -> str:
 
 
 @router.get("/oauth_login", summary="Log in through JupyterHub (auth mode): redirects to the hub",
-            response_class=Response, responses={302: {"description": "To the hub's authorize page"}})
-async def oauth_login(request: Request, services: ServicesDep, next: str = "") -> Response:
+            response_class=Response, responses={
+                302: {"description": "To the hub's authorize page"},
+                400: _error_doc("`next` is not a path on this site."),
+                404: AUTH_OFF,
+                503: _error_doc("No JupyterHub to log in at (`BinderHub.hub_url` is not set)."),
+            })
+async def oauth_login(request: Request, services: ServicesDep, next: NextPath = "") -> Response:
     oauth = services.hub_auth.oauth
     if oauth is None:
         return _error("Logins are only used in auth mode (BinderHub.auth_enabled)", 404)
@@ -62,9 +89,22 @@ async def oauth_login(request: Request, services: ServicesDep, next: str = "") -
 
 
 @router.get("/oauth_callback", summary="Where JupyterHub sends the browser back after login (auth mode)",
-            response_class=Response, responses={302: {"description": "To the page the login started from"}})
-async def oauth_callback(request: Request, services: ServicesDep, code: str = "", state: str = "",
-                         error: str = "", error_description: str = "") -> Response:
+            response_class=Response, responses={
+                302: {"description": "To the page the login started from"},
+                400: _error_doc("The code or the state is missing, invalid or expired: start again at `/oauth_login`."),
+                403: _error_doc("JupyterHub did not grant the login, or the state does not match this browser's."),
+                404: AUTH_OFF,
+                502: _error_doc("JupyterHub's token answer had no access token."),
+                503: _error_doc("JupyterHub could not be reached or answered with an error."),
+            })
+async def oauth_callback(
+    request: Request, services: ServicesDep,
+    code: Annotated[str, Query(description="The hub's authorization code; needed unless `error` is set.")] = "",
+    state: Annotated[str, Query(description="The state `/oauth_login` sent, matched against this browser's "
+                                            "state cookie; needed unless `error` is set.")] = "",
+    error: Annotated[str, Query(description="Set by the hub when it did not grant the login.")] = "",
+    error_description: str = "",
+) -> Response:
     oauth = services.hub_auth.oauth
     if oauth is None:
         return _error("Logins are only used in auth mode (BinderHub.auth_enabled)", 404)
