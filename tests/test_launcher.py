@@ -503,11 +503,13 @@ async def wait_until(check: Any, seconds: float = 90.0) -> bool:
     return False
 
 
+@pytest.mark.parametrize("then", ["wait", "stop"])
 async def test_a_clean_up_that_fails_while_the_hub_is_down_is_retried(jupyterhub: RunningHub, counted: Counted,
-                                                                     slow_image: str) -> None:
+                                                                     slow_image: str, then: str) -> None:
     """The hub stops answering (SIGSTOP: the process is stopped, its proxy still forwards) while a
     server is spawning: the client gets a clear failure at once, and the temporary user and its
-    server are removed once the hub answers again."""
+    server are removed once the hub answers again: in the background, or (``stop``) by the
+    graceful stop that follows, before it returns."""
     launcher = launcher_for(jupyterhub, counted.client, {"launch_timeout": 6, "request_timeout": 3,
                                                          "api_retries": 2, "api_retry_delay": 0.1})
     events = launcher.launch(launch_request(slow_image))
@@ -531,7 +533,11 @@ async def test_a_clean_up_that_fails_while_the_hub_is_down_is_retried(jupyterhub
         async def removed() -> bool:
             return await jupyterhub.user(user) is None
 
-        assert await wait_until(removed), f"{user} is still on the hub"
+        if then == "stop":
+            await launcher.close()
+            assert await removed(), f"{user} is still on the hub"
+        else:
+            assert await wait_until(removed), f"{user} is still on the hub"
         assert counted.calls[-1] == f"DELETE users/{user}"
         assert await containers(jupyterhub.container_name(user)) == []
     finally:
