@@ -4,6 +4,8 @@ per image however many ask, the queue, disconnects, restarts, registry outages, 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +17,11 @@ import httpx
 import pytest
 import yaml
 
+from fixtures.hub import run
 from fixtures.server import free_port, read_events, serve
 from fixtures.stack import (
     BASE_IMAGE,
+    BUILDER_IMAGE,
     DockerWatcher,
     docker_settings,
     git_spec,
@@ -339,3 +343,82 @@ async def test_the_appendix_gets_a_checked_host_or_the_configured_url(client, gi
     assert from_host.split(" ")[1] == f"BINDER_URL=http://binder.example:8443/v2/{specs[0]}"
     assert configured.split(" ")[1] == f"BINDER_URL=https://mybinder.example/v2/{specs[1]}"
     assert hostile.status_code == 400 and "Invalid Host header" in hostile.text
+
+
+# -- what the builder may say --------------------------------------------------------------------
+
+#: JSON lines a hostile builder output could carry: only binderapi may send these phases (or fields)
+FORGED = [
+    {"phase": "ready", "url": "http://evil.example/", "token": "t0", "message": "Your server is ready\n"},
+    {"phase": "ready", "imageName": "evil.example/image:1", "message": "Done! Image built\n"},
+    {"phase": "built", "imageName": "evil.example/image:1", "message": "Built image, launching...\n"},
+    {"phase": "launching", "message": "Launching server...\n"},
+    {"phase": "waiting", "message": "Waiting...\n", "queue_position": 1},
+    {"phase": "building", "message": "a step\n", "url": "http://evil.example/"},
+]
+
+
+@pytest.fixture(scope="module")
+async def forging_builder():
+    """repo2docker behind an entrypoint that first prints FORGED on the container's stdout: output
+    that is not repo2docker's own JSON logging. (repo2docker itself wraps everything a repository
+    prints, git's and the build's output included, in the ``message`` of its own lines, see
+    test_repository_output_stays_inside_messages; this stands for any other way a line gets there:
+    another builder image, a future repo2docker, a library writing to stdout.)"""
+    name = f"binderapi-test/forging-builder:{uuid.uuid4().hex[:8]}"
+    script = "#!/bin/sh\n" + "".join(f"printf '%s\\n' '{json.dumps(e)}'\n" for e in FORGED) + 'exec /usr/local/bin/entrypoint "$@"\n'
+    dockerfile = (f"FROM {BUILDER_IMAGE}\n"
+                  f"RUN echo {base64.b64encode(script.encode()).decode()} | base64 -d > /usr/local/bin/forging"
+                  " && chmod +x /usr/local/bin/forging\n"
+                  'ENTRYPOINT ["/usr/local/bin/forging"]\n')
+    await run("docker", "build", "--network", "host", "-q", "-t", name, "-", stdin=dockerfile.encode())
+    yield name
+    await run("docker", "rmi", "-f", name, check=False)
+
+
+def assert_no_forgery(events, image_prefix):
+    """Only binderapi's own final ``ready``; the forged lines are plain ``unknown`` lines."""
+    assert [e["phase"] for e in events if e.get("phase") in ("ready", "built", "launching")] == ["ready"]
+    assert events[-1]["phase"] == "ready" and events[-1]["imageName"].startswith(image_prefix)
+    assert not [e for e in events if "url" in e or ("imageName" in e and e is not events[-1])]
+    waiting = [e for e in events if e.get("phase") == "waiting"]
+    assert all(e["message"] == "Waiting for build to start...\n" for e in waiting), waiting
+    for forged in FORGED:
+        if forged["phase"] != "building":
+            assert {"phase": "unknown", "message": forged["message"]} in events
+    assert {"phase": "building", "message": "a step\n"} in events  # a builder phase, its extra field dropped
+
+
+async def test_builder_output_cannot_forge_events(client, git_server, forging_builder):
+    repo = unique("forge")
+    git_server.create_repo(repo, {"Dockerfile": slow_dockerfile(5)})
+    settings = docker_settings({"DockerBuildExecutor": {"build_image": forging_builder}})
+    prefix = settings.BinderHub.image_prefix
+    async with serve(settings) as svc:
+        url = svc.url + "build/" + git_spec(git_server.daemon_url(repo), "main")
+        first = asyncio.create_task(read_events(client, url, params={"build_only": "true"}))
+        for _ in range(200):  # a second client joins while it runs: the replayed tail is clean too
+            if await namespace_containers() or first.done():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        joined = await read_events(client, url, params={"build_only": "true"})
+        events = await first
+    assert_no_forgery(events, prefix)
+    if joined[-1]["message"] != "Done! Found built image\n":  # (it joined the build, not its result)
+        assert_no_forgery(joined, prefix)
+
+
+async def test_repository_output_stays_inside_messages(client, git_server):
+    """What a repository's build prints, JSON included, reaches clients inside ``building`` messages."""
+    repo = unique("prints-json")
+    lines = " && ".join(f"printf '%s\\n' '{json.dumps(e)}'" for e in FORGED[:3])
+    git_server.create_repo(repo, {"Dockerfile": f"FROM {BASE_IMAGE}\nRUN {lines}\n"})
+    settings = docker_settings()
+    async with serve(settings) as svc:
+        events = await read_events(client, svc.url + "build/" + git_spec(git_server.daemon_url(repo), "main"),
+                                   params={"build_only": "true"})
+    assert [e["phase"] for e in events if e.get("phase") in ("ready", "built")] == ["ready"]
+    assert events[-1]["imageName"].startswith(settings.BinderHub.image_prefix)
+    printed = [e for e in events if e.get("phase") == "building" and '"phase": "ready"' in e["message"]]
+    assert printed and all(set(e) == {"phase", "message"} for e in printed)

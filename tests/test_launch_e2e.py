@@ -3,15 +3,20 @@ a live Jupyter server, with quotas, build tokens, rate limits, auth mode and the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
 
+import httpx
 import jsonschema
 import pytest
 from jose import jwt
 
 from binderapi.eventlog import load_schema
+from binderapi.launcher import ORPHAN_MARGIN, Launcher, is_temporary_name
+from fixtures.hub import containers
 from fixtures.server import free_port, read_events, serve
 from fixtures.stack import SINGLEUSER_IMAGE, docker_settings, git_spec
 
@@ -91,12 +96,13 @@ async def test_build_and_launch_reaches_a_live_server(client, hub, notebook_repo
 async def test_a_failed_build_never_launches(client, hub, git_server, image_prefix):
     name = f"broken-{uuid.uuid4().hex[:6]}"
     git_server.create_repo(name, {"Dockerfile": f"FROM {SINGLEUSER_IMAGE}\nRUN exit 7\n"})
-    users_before = (await hub.api("GET", "users")).json()
+    users_before = await user_names(hub)
     async with serve(launch_settings(hub, image_prefix)) as svc:
         events = await read_events(client, svc.url + "build/" + git_spec(git_server.daemon_url(name), "main"))
     phases = [e.get("phase") for e in events]
     assert phases[-1] == "failed" and "launching" not in phases and "built" not in phases
-    assert (await hub.api("GET", "users")).json() == users_before  # the hub was never asked
+    # the hub was never asked (a start-up sweep may remove an earlier test's leftovers, never add users)
+    assert await user_names(hub) <= users_before
 
 
 async def test_total_quota_refuses_with_binderhubs_message(client, hub, notebook_repo, image_prefix):
@@ -197,3 +203,62 @@ async def test_hub_down_is_a_clear_failure(client, git_server, notebook_repo, im
     assert time.monotonic() - started < 120  # no hang; generous bound for the build it may do first
     assert events[-1]["phase"] == "failed"
     assert f"127.0.0.1:{closed}" in events[-1]["message"]
+
+
+# -- nothing left on the hub when binderapi stops or crashed ----------------------------------------
+
+SLOW_START_REPO = {  # its server takes two minutes to start: a stop always finds it spawning
+    "Dockerfile": f"FROM {SINGLEUSER_IMAGE}\n"
+    """ENTRYPOINT ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 120 & wait $!; exec \\"$@\\"", "slow-start"]\n""",
+}
+
+
+async def user_names(hub) -> set[str]:
+    return {user["name"] for user in (await hub.api("GET", "users")).json()}
+
+
+async def test_stopping_binderapi_mid_launch_leaves_no_user_behind(client, hub, git_server, image_prefix):
+    name = f"slow-start-{uuid.uuid4().hex[:6]}"
+    git_server.create_repo(name, SLOW_START_REPO)
+    before = await user_names(hub)
+    spawning: set[str] = set()
+    async with serve(launch_settings(hub, image_prefix)) as svc:
+        url = svc.url + "build/" + git_spec(git_server.daemon_url(name), "main")
+        reader = asyncio.create_task(read_events(client, url))
+        for _ in range(600):  # the build, then the temporary user's server starting
+            for user in (await hub.api("GET", "users")).json():
+                if user["name"] not in before and (user.get("servers") or {}).get("", {}).get("pending") == "spawn":
+                    spawning.add(user["name"])
+            if spawning or reader.done():
+                break
+            await asyncio.sleep(0.2)
+        assert spawning, (await reader) if reader.done() else "no server started spawning"
+    # binderapi stopped gracefully: it removed the user (and its server) before it was gone
+    assert await user_names(hub) - before == set()
+    assert await containers(hub.container_name(spawning.pop())) == []
+    with contextlib.suppress(httpx.HTTPError):
+        await reader
+
+
+async def test_a_start_removes_temporary_users_a_crash_left(client, hub, image_prefix):
+    namer = Launcher(launch_settings(hub, image_prefix), httpx.AsyncClient())
+    leftover = namer.unique_name_from_repo("https://example.org/crashed/launch")
+    person = f"crashed-launch-{uuid.uuid4().hex[:8]}"  # a user people named, of the same shape
+    if is_temporary_name(person):
+        person = person[:-1] + ("0" if person[-1] != "0" else "1")
+    for user in (leftover, person):
+        assert (await hub.api("POST", f"users/{user}")).status_code == 201
+    try:
+        await asyncio.sleep(1 + ORPHAN_MARGIN + 1)  # older than any launch (launch_timeout: 1) could be
+        async with serve(launch_settings(hub, image_prefix, {"Launcher": {"launch_timeout": 1}})) as svc:
+            for _ in range(100):
+                if await hub.user(leftover) is None:
+                    break
+                await asyncio.sleep(0.1)
+            # (earlier tests' temporary users, whose servers the `hub` fixture stopped, go too)
+            assert svc.services.launcher.orphans_removed >= 1
+        assert await hub.user(leftover) is None
+        assert await hub.user(person) is not None
+    finally:
+        for user in (leftover, person):
+            await hub.delete_user(user)

@@ -7,8 +7,11 @@ and every user it makes is deleted before it ends.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
 import re
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +23,14 @@ from jupyterhub.slugs import is_valid_safe_slug  # what JupyterHub 6 requires of
 
 from binderapi.errors import BinderError, ConflictError, LaunchError
 from binderapi.events import LaunchingEvent, LaunchReadyEvent
-from binderapi.launcher import LaunchedServer, Launcher, LaunchRequest, new_token
+from binderapi.launcher import (
+    ORPHAN_MARGIN,
+    LaunchedServer,
+    Launcher,
+    LaunchRequest,
+    is_temporary_name,
+    new_token,
+)
 from fixtures.hub import SINGLEUSER_IMAGE, RunningHub, container_env, containers, free_port, run
 from fixtures.server import make_settings
 
@@ -160,6 +170,16 @@ def test_server_name_keeps_the_repository_recognisable() -> None:
     name = launcher.server_name_from_repo(REPO_URL)
     assert re.fullmatch(r"binder-exa-quirements-[a-z0-9]{8}", name), name
     assert re.fullmatch(r"org-repo-[a-z0-9]{8}", launcher.server_name_from_repo("https://github.com/org/repo"))
+
+
+def test_temporary_names_carry_a_mark_other_names_do_not() -> None:
+    launcher = Launcher(make_settings(), httpx.AsyncClient())
+    names = [launcher.unique_name_from_repo(REPO_URL) for _ in range(50)]
+    assert all(is_temporary_name(name) for name in names)
+    # a name people chose, or another mark: not ours (one in 46,656 of the right shape would be)
+    others = ["alice", "binder-examples-requirements", "binder-examples-requirements-3ilc7xl2", "x-" + "a" * 8,
+              *(name[:-1] + ("a" if name[-1] != "a" else "b") for name in names)]
+    assert not any(is_temporary_name(name) for name in others)
 
 
 def test_token_is_binderhubs_format() -> None:
@@ -470,3 +490,86 @@ async def test_auth_mode_default_server_already_running_is_409(jupyterhub: Runni
         assert (await jupyterhub.user(user))["servers"][""]["ready"] is True  # left running, untouched
     finally:
         await jupyterhub.delete_user(user)
+
+
+# -- faults: clean-ups that fail, leftovers ------------------------------------------------------
+
+
+async def wait_until(check: Any, seconds: float = 90.0) -> bool:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while loop.time() < give_up:
+        if await check():
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize("then", ["wait", "stop"])
+async def test_a_clean_up_that_fails_while_the_hub_is_down_is_retried(jupyterhub: RunningHub, counted: Counted,
+                                                                     slow_image: str, then: str) -> None:
+    """The hub stops answering (SIGSTOP: the process is stopped, its proxy still forwards) while a
+    server is spawning: the client gets a clear failure at once, and the temporary user and its
+    server are removed once the hub answers again: in the background, or (``stop``) by the
+    graceful stop that follows, before it returns."""
+    launcher = launcher_for(jupyterhub, counted.client, {"launch_timeout": 6, "request_timeout": 3,
+                                                         "api_retries": 2, "api_retry_delay": 0.1})
+    events = launcher.launch(launch_request(slow_image))
+    user = ""
+    try:
+        async for event in events:
+            if isinstance(event, LaunchingEvent) and event.message == "Server requested\n":
+                break
+        [user] = temporary_users(counted.calls)
+        os.kill(jupyterhub.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(LaunchError, match="took too long to launch"):
+                async for _ in events:
+                    pass
+            assert f"DELETE users/{user}/server" in counted.calls  # tried, and it could not reach the hub
+            assert launcher._cleanups  # still trying, in the background
+            await asyncio.sleep(2)
+        finally:
+            os.kill(jupyterhub.pid, signal.SIGCONT)
+
+        async def removed() -> bool:
+            return await jupyterhub.user(user) is None
+
+        if then == "stop":
+            await launcher.close()
+            assert await removed(), f"{user} is still on the hub"
+        else:
+            assert await wait_until(removed), f"{user} is still on the hub"
+        assert counted.calls[-1] == f"DELETE users/{user}"
+        assert await containers(jupyterhub.container_name(user)) == []
+    finally:
+        await events.aclose()
+        await launcher.close()
+        if user:
+            await jupyterhub.delete_user(user)
+
+
+async def test_leftover_temporary_users_are_removed_and_nothing_else(jupyterhub: RunningHub, counted: Counted) -> None:
+    """What a crashed process leaves (a marked user without a ready server, older than any launch
+    could take) is removed; users people named, a marked user with a running server (a session in
+    use) and one too young to tell (another replica may be launching it) are not."""
+    launcher = launcher_for(jupyterhub, counted.client, {"launch_timeout": 1})
+    leftover, young = launcher.unique_name_from_repo(REPO_URL), launcher.unique_name_from_repo(REPO_URL)
+    person = f"binder-examples-requirements-{uuid.uuid4().hex[:8]}"
+    if is_temporary_name(person):  # one in 46,656
+        person = person[:-1] + ("0" if person[-1] != "0" else "1")
+    _, server = await launch(launcher_for(jupyterhub, counted.client), launch_request())  # a session in use
+    assert isinstance(server, LaunchedServer), server
+    try:
+        for name in (leftover, person):
+            assert (await jupyterhub.api("POST", f"users/{name}")).status_code == 201
+        await asyncio.sleep(1 + ORPHAN_MARGIN + 1)  # older than launch_timeout + the margin
+        assert (await jupyterhub.api("POST", f"users/{young}")).status_code == 201
+        assert await launcher.remove_orphans() == 1
+        assert await jupyterhub.user(leftover) is None
+        assert await jupyterhub.user(person) is not None and await jupyterhub.user(young) is not None
+        assert (await jupyterhub.user(server.username))["servers"][""]["ready"] is True
+    finally:
+        await launcher.close()
+        for name in (leftover, young, person, server.username):
+            await jupyterhub.delete_user(name)

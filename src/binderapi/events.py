@@ -2,8 +2,8 @@
 
 BinderHub's clients read ``data: <json>\\n\\n`` frames and switch on ``phase``. These models are the
 single definition of those frames: the SSE encoder, the OpenAPI schema, the tests and
-``docs/events.md`` all use them. Lines from repo2docker's ``--json-logs`` are passed through as the
-dictionaries repo2docker wrote (extra fields such as ``progress`` and ``layers`` included).
+``docs/events.md`` all use them. Lines from repo2docker's ``--json-logs`` are passed through only for
+the progress phases repo2docker writes (see :func:`builder_line_to_event`).
 
 Every event binderapi sends has a ``phase``, and the union is discriminated on it: repo2docker's
 informational lines, which carry none, are sent with ``phase: "log"`` (see ``docs/events.md`` for
@@ -200,15 +200,34 @@ def encode(event: Event | dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+#: The phases the builder may report, as repo2docker's ``--json-logs`` writes them (``None``: a
+#: plain log line). ``failed`` becomes the reason in the final ``failed`` event, which binderapi
+#: sends itself; ``running`` is only written with ``--run``, which builds never use. Every other
+#: phase (``built``, ``ready``, ``launching``, ``waiting``, anything new) is binderapi's alone: the
+#: builder runs code from the repository and is never trusted to speak for binderapi.
+BUILDER_PHASES = frozenset({"fetching", "building", "pushing", "unknown", "failed"})
+#: fields kept besides ``phase`` and ``message``; anything else the builder adds is dropped
+BUILDER_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {"pushing": {"progress": (dict, str), "layers": (dict,)}}
+
+
 def builder_line_to_event(raw: bytes | str) -> dict[str, Any]:
-    """Turn one line of builder output into an event dict: repo2docker JSON is kept as written,
-    anything else becomes ``unknown``. Invalid UTF-8 is replaced, never fatal."""
+    """Turn one line of builder output into an event dict. repo2docker's JSON lines of the
+    phases it writes keep their message (and a push's progress); a line of any other phase is an
+    ``unknown`` line carrying only its message; anything else is an ``unknown`` line of the text.
+    Invalid UTF-8 is replaced, never fatal."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     text = text.rstrip("\r\n")
     try:
         data = json.loads(text)
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("message", ""), str) and isinstance(data.get("phase", ""), str | None):
-        return data
-    return {"phase": "unknown", "message": line(text)}
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        return {"phase": "unknown", "message": line(text)}
+    phase, message = data.get("phase"), data["message"]
+    if phase is not None and (not isinstance(phase, str) or phase not in BUILDER_PHASES):
+        return {"phase": "unknown", "message": line(message)}
+    event: dict[str, Any] = {"message": message} if phase is None else {"phase": phase, "message": message}
+    for name, types in BUILDER_FIELDS.get(phase, {}).items():
+        if isinstance(data.get(name), types):
+            event[name] = data[name]
+    return event

@@ -15,7 +15,21 @@ progress stream), rebuilt around two lessons from BinderHub's issues:
 
 ``launch_timeout`` bounds the whole launch. Whatever an attempt created (server, temporary user) is
 removed when the attempt fails, times out or is abandoned by its client, so nothing is left behind
-but servers that are running for their users.
+but servers that are running for their users. Removal does not depend on the hub being up at that
+moment, nor on this process living on:
+
+* **A clean-up that fails is tried again** (with backoff) in the background until the hub answers;
+  the client gets its ``failed`` event after the first try, not after the hub comes back.
+* **A graceful stop finishes the clean-ups** (``Launcher.cleanup_timeout``) before the hub client
+  closes: launches still running are ended (their clients get ``failed``) and their users removed.
+* **A later start removes what a crash left** (:meth:`Launcher.remove_orphans`). Temporary user
+  names carry a mark (the last characters of the random suffix are a checksum of the rest, see
+  :func:`temporary_name`), so other users are never taken for ours. A marked user is an orphan when
+  no launch of this process owns it, it has no ready server (a ready server is a session in use:
+  JupyterHub's idle culler ends those), and the hub created it more than ``launch_timeout`` +
+  :data:`ORPHAN_MARGIN` ago by the hub's own clock (its ``Date`` header): by then any launch that
+  wanted it, in any replica with the same ``launch_timeout``, has ended. So several replicas may
+  sweep the same hub; none removes a user another one is still launching.
 """
 
 from __future__ import annotations
@@ -29,9 +43,13 @@ import logging
 import re
 import secrets
 import string
+import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -49,6 +67,12 @@ STOP_TIMEOUT = 30.0  # how long a clean-up waits for a server to stop
 MIN_PROGRESS_SILENCE = 30.0  # the hub sends a keepalive every 8 s; silence beyond this means trouble
 NAME_SUFFIX_CHARS = string.ascii_lowercase + string.digits
 NAME_SUFFIX_LEN = 8
+NAME_MARK_LEN = 3  # of the suffix, the checksum that marks a temporary user as binderapi's
+NAME_MARK_SALT = b"binderapi-temporary-user:"
+CLEANUP_BACKOFF = (1.0, 60.0)  # first and longest pause between tries of a failed clean-up
+CLOSING_RETRY_DELAY = 0.5  # pause between tries while the process stops (within cleanup_timeout)
+ORPHAN_MARGIN = 10.0  # seconds beyond launch_timeout before a marked user without a server is an orphan
+USERS_PAGE = 200  # JupyterHub's largest page of users
 MAX_SERVER_NAME = 30  # JupyterHub 6 refuses longer names for new named servers
 _SSH_URL = re.compile(r"^(?:[\w.+-]+@)?[\w.-]+:(?!//)")
 
@@ -107,11 +131,41 @@ def escape(name: str) -> str:
     return quote(name, safe="@~")
 
 
+def _name_mark(unmarked: str) -> str:
+    value = zlib.crc32(NAME_MARK_SALT + unmarked.encode())
+    mark = ""
+    for _ in range(NAME_MARK_LEN):
+        value, digit = divmod(value, len(NAME_SUFFIX_CHARS))
+        mark += NAME_SUFFIX_CHARS[digit]
+    return mark
+
+
+def temporary_name(prefix: str) -> str:
+    """``<prefix>-<suffix>``: BinderHub's 8 random characters, of which the last three are a
+    checksum of the rest of the name, so binderapi can tell its own temporary users from users
+    people named (an unrelated name of that shape matches one time in 46,656)."""
+    random_part = "".join(secrets.choice(NAME_SUFFIX_CHARS) for _ in range(NAME_SUFFIX_LEN - NAME_MARK_LEN))
+    unmarked = f"{prefix}-{random_part}"
+    return unmarked + _name_mark(unmarked)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` was made by :func:`temporary_name`."""
+    if len(name) <= NAME_SUFFIX_LEN or name[-NAME_SUFFIX_LEN - 1] != "-":
+        return False
+    return name[-NAME_MARK_LEN:] == _name_mark(name[:-NAME_MARK_LEN])
+
+
 # -- JupyterHub's REST API ---------------------------------------------------------------------
 
 
 class HubError(Exception):
-    """JupyterHub could not be reached (after the request's own retries)."""
+    """JupyterHub could not be reached (after the request's own retries). ``sent``: the request
+    may have reached the hub (not every try failed to connect)."""
+
+    def __init__(self, message: str, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 @dataclass
@@ -120,6 +174,7 @@ class HubResponse:
     data: Any
     text: str
     retried: bool  # the answer came to a repeated request
+    date: float | None = None  # the hub's clock (its Date header), epoch seconds
 
     @property
     def message(self) -> str:
@@ -159,14 +214,16 @@ class HubAPI:
 
     async def request(self, method: str, path: str, body: Any = None) -> HubResponse:
         delay = self.delay
+        sent = False
         for attempt in range(1, self.attempts + 1):
             last = attempt == self.attempts
             try:
                 response = await self.http.request(method, self.api_url + path, json=body,
                                                    headers=self.headers, timeout=self.timeout)
             except httpx.TransportError as e:
+                sent = sent or not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
                 if last or not self._retry_after(method, e, None):
-                    raise HubError(f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}") from None
+                    raise HubError(f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}", sent) from None
                 log.info("%s %s failed (%s); trying again in %gs", method, path, describe(e), delay)
             else:
                 if last or not self._retry_after(method, None, response.status_code):
@@ -174,7 +231,9 @@ class HubAPI:
                         data = response.json() if response.content else None
                     except ValueError:
                         data = None
-                    return HubResponse(response.status_code, data, response.text, attempt > 1)
+                    return HubResponse(response.status_code, data, response.text, attempt > 1,
+                                       _header_time(response.headers.get("date")))
+                sent = True
                 log.info("%s %s answered %d; trying again in %gs", method, path, response.status_code, delay)
             await asyncio.sleep(delay)
             delay *= 2
@@ -205,6 +264,24 @@ class HubAPI:
                 log.info("GET %s answered %d; trying again in %gs", path, response.status_code, delay)
             await asyncio.sleep(delay)
             delay *= 2
+
+
+def _header_time(value: str | None) -> float | None:
+    try:
+        return parsedate_to_datetime(value).timestamp() if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _hub_time(value: Any) -> float | None:
+    """A JupyterHub timestamp (ISO 8601, ``Z``) as epoch seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo else None
 
 
 async def read_hub_response(response: httpx.Response) -> HubResponse:
@@ -252,6 +329,20 @@ class Attempt:
         return reason
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What a clean-up removes from the hub: a server, a temporary user, or both."""
+
+    username: str
+    server_name: str = ""
+    stop_server: bool = True  # stop the server (and remove it, if it is a named server)
+    delete_user: bool = False  # a temporary user: delete it too
+
+    def __str__(self) -> str:
+        server = f" (server {self.server_name})" if self.server_name else ""
+        return f"{'temporary user' if self.delete_user else 'the server of'} {self.username}{server}"
+
+
 # -- the launcher ----------------------------------------------------------------------------------
 
 
@@ -277,6 +368,11 @@ class Launcher:
             except ImportError as e:
                 raise ImportError(f"Launcher.pre_launch_hook: {e}") from None
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._attempts: set[asyncio.Task[Any]] = set()  # attempts running now (cancelled at close)
+        self._live: set[str] = set()  # users of launches in progress here: never orphans
+        self._closing = False
+        self._stopping = asyncio.Event()  # set at close: pending retries try again at once
+        self.orphans_removed = 0
 
     # -- naming ------------------------------------------------------------------------------------
 
@@ -291,9 +387,8 @@ class Launcher:
         prefix = path.strip("/").replace("/", "-").lower().removesuffix(".git")
         if len(prefix) > 32:
             prefix = f"{prefix[:15]}-{prefix[-15:]}"
-        suffix = "".join(secrets.choice(NAME_SUFFIX_CHARS) for _ in range(NAME_SUFFIX_LEN))
         # an URL without a path would give "-<suffix>"; a name should not start with a dash
-        return f"{prefix or 'binder'}-{suffix}"
+        return temporary_name(prefix or "binder")
 
     def server_name_from_repo(self, repo_url: str) -> str:
         """A named server's name: BinderHub's scheme, fitted to what JupyterHub 6 accepts for new
@@ -348,14 +443,19 @@ class Launcher:
         :class:`LaunchError` with the hub's or spawner's reason, or :class:`ConflictError`."""
         if not self.api_url.startswith(("http://", "https://")):
             raise LaunchError("No JupyterHub to launch on: set BinderHub.hub_url (or Launcher.hub_api_url)")
+        if self._closing:
+            raise LaunchError("binderapi is shutting down; try again in a moment")
         yield LaunchingEvent(message="Launching server...\n")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.launch_timeout
         delay = self.config.retry_delay
         previous_reason: str | None = None
         for number in range(1, self.config.retries + 1):
+            if self._closing:
+                raise LaunchError("binderapi is shutting down; try again in a moment")
             attempt = self._new_attempt(request, number)
             server: LaunchedServer | None = None
+            self._live.add(attempt.username)
             try:
                 async with contextlib.aclosing(self._run_attempt(request, attempt, deadline)) as items:
                     async for item in items:
@@ -380,6 +480,8 @@ class Launcher:
                 # BinderError (conflict, hook), or the client went away: remove what was created
                 await self._clean_up(attempt, stop_server=True)
                 raise
+            finally:
+                self._live.discard(attempt.username)
             if server is not None:
                 # outside the clean-up's reach: a consumer that stops reading after the server
                 # (closing this generator) must not have it removed
@@ -398,6 +500,8 @@ class Launcher:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         task = asyncio.create_task(self._attempt(request, attempt, queue.put_nowait))
         task.add_done_callback(lambda _: queue.put_nowait(None))
+        self._attempts.add(task)
+        task.add_done_callback(self._attempts.discard)
         try:
             while True:
                 try:
@@ -412,6 +516,9 @@ class Launcher:
                 if message is None:
                     break
                 yield LaunchingEvent(message=line(message))
+            if task.cancelled() and self._closing:
+                raise AttemptFailed("binderapi is shutting down", retryable=False,
+                                    final="binderapi is shutting down; try again in a moment")
             yield task.result()
         finally:
             if not task.done():
@@ -433,10 +540,15 @@ class Launcher:
                               retries=attempt.number - 1)
 
     async def _create_user(self, request: LaunchRequest, attempt: Attempt) -> None:
-        response = await self.hub.request("POST", f"users/{escape(attempt.username)}")
+        attempt.user_created = True  # until the hub says otherwise: a request cut short may have made it
+        try:
+            response = await self.hub.request("POST", f"users/{escape(attempt.username)}")
+        except HubError as e:
+            attempt.user_created = e.sent
+            raise
         if response.status in (200, 201) or (response.status == 409 and response.retried):
-            attempt.user_created = True  # (a 409 answers a repeated request the hub had carried out)
-            return
+            return  # (a 409 answers a repeated request the hub had carried out)
+        attempt.user_created = False  # refused: nothing of ours to remove (a 409 is someone else's user)
         raise AttemptFailed(
             response.message, retryable=response.status >= 500,
             final=f"Failed to create temporary user for {request.image}: {response.message}",
@@ -541,57 +653,184 @@ class Launcher:
 
     async def remove_temporary_user(self, username: str) -> None:
         """Stop a temporary user's server and delete the user (the warm pool's servers)."""
-        try:
-            await self._stop_server(username, "", remove=False)
-            await self._delete_user(username)
-        except HubError as e:
-            log.warning("Could not remove temporary user %s: %s", username, e)
+        await self._remove_soon(Removal(username, delete_user=True))
 
     async def _clean_up(self, attempt: Attempt, *, stop_server: bool) -> None:
-        """Remove what a failed attempt created. Shielded: a client going away while this runs
-        does not stop it half-way."""
-        if not attempt.server_requested and not attempt.user_created:
-            return
-        task = asyncio.ensure_future(self._remove(attempt, stop_server))
+        """Remove what a failed attempt created."""
+        removal = Removal(
+            attempt.username, attempt.server_name,
+            stop_server=attempt.server_requested and (stop_server or bool(attempt.server_name and not attempt.temporary)),
+            delete_user=attempt.temporary and attempt.user_created,
+        )
+        if removal.stop_server or removal.delete_user:
+            await self._remove_soon(removal)
+
+    async def _remove_soon(self, removal: Removal) -> None:
+        """Run ``removal`` in a task of its own and wait for its first try. Shielded: a caller going
+        away does not stop it half-way; a try that fails is repeated in the background."""
+        first_try: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(self._remove_until_done(removal, first_try))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(first_try)
 
-    async def _remove(self, attempt: Attempt, stop_server: bool) -> None:
+    async def _remove_until_done(self, removal: Removal, first_try: asyncio.Future[None]) -> None:
+        """Try ``removal`` until the hub has carried it out (or refused it for good), pausing with
+        backoff while the hub cannot be reached; one warning per removal, one line when it is done."""
+        delay, longest = CLEANUP_BACKOFF
+        failures = 0
         try:
-            if attempt.server_requested and (stop_server or (attempt.server_name and not attempt.temporary)):
-                await self._stop_server(attempt.username, attempt.server_name,
-                                        remove=bool(attempt.server_name))
-            if attempt.temporary and attempt.user_created:
-                await self._delete_user(attempt.username)
-        except Exception:
-            log.warning("Could not clean up after launch attempt %d for %s", attempt.number,
-                        attempt.username, exc_info=True)
+            while True:
+                try:
+                    problem = await self._remove(removal)
+                except Exception:
+                    log.warning("Could not remove %s", removal, exc_info=True)
+                    return
+                if problem is None:
+                    if failures:
+                        log.info("Removed %s after %d failed tries", removal, failures)
+                    return
+                failures += 1
+                if not first_try.done():
+                    first_try.set_result(None)
+                if self._stopping.is_set() and self.http.is_closed:
+                    return
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                        "Could not remove %s (%s); trying again until JupyterHub answers", removal, problem)
+                if removal.delete_user:
+                    removal = replace(removal, stop_server=True)  # a server may be what keeps the user
+                await self._pause(CLOSING_RETRY_DELAY if self._stopping.is_set() else delay)
+                delay = min(delay * 2, longest)
+        finally:
+            if not first_try.done():
+                first_try.set_result(None)
 
-    async def _stop_server(self, username: str, server_name: str, *, remove: bool) -> None:
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short when the process starts stopping (pending clean-ups then try at once)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _remove(self, removal: Removal) -> str | None:
+        """One try: None once done (or refused for good, which is logged), else why not yet."""
+        try:
+            if removal.stop_server:
+                problem = await self._stop_server(removal.username, removal.server_name,
+                                                  remove=bool(removal.server_name))
+                if problem is not None:
+                    return problem
+            if removal.delete_user:
+                return await self._delete_user(removal.username)
+        except HubError as e:
+            return str(e)
+        return None
+
+    async def _stop_server(self, username: str, server_name: str, *, remove: bool) -> str | None:
         response = await self.hub.request("DELETE", self._server_path(username, server_name),
                                           {"remove": True} if remove else None)
         if response.status == 202:
-            await self._wait_stopped(username, server_name)
-        elif response.status not in (204, 404):
+            return await self._wait_stopped(username, server_name)
+        if response.status >= 500:
+            return f"stopping the server: HTTP {response.status} {response.message}"
+        if response.status not in (204, 404):
             log.warning("Stopping %s's server %r: HTTP %d %s", username, server_name, response.status, response.message)
+        return None
 
-    async def _wait_stopped(self, username: str, server_name: str) -> None:
+    async def _wait_stopped(self, username: str, server_name: str) -> str | None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + STOP_TIMEOUT
         while loop.time() < give_up:
             response = await self.hub.request("GET", f"users/{escape(username)}")
+            if response.status >= 500:
+                return f"checking the server stopped: HTTP {response.status} {response.message}"
             if response.status != 200 or server_name not in ((response.data or {}).get("servers") or {}):
-                return
+                return None
             await asyncio.sleep(0.5)
-        log.warning("%s's server %r did not stop within %gs", username, server_name, STOP_TIMEOUT)
+        return f"the server did not stop within {STOP_TIMEOUT:g}s"
 
-    async def _delete_user(self, username: str) -> None:
+    async def _delete_user(self, username: str) -> str | None:
+        response = None
         for _ in range(int(STOP_TIMEOUT / 0.5)):
             response = await self.hub.request("DELETE", f"users/{escape(username)}")
             if response.status in (204, 404):
-                return
+                return None
             if response.status != 400:  # 400: the server is still stopping
                 break
             await asyncio.sleep(0.5)
+        assert response is not None
+        if response.status >= 500 or response.status == 400:
+            return f"deleting the user: HTTP {response.status} {response.message}"
         log.warning("Could not delete temporary user %s: HTTP %d %s", username, response.status, response.message)
+        return None
+
+    # -- orphans and shutdown --------------------------------------------------------------------
+
+    def _is_orphan(self, user: Any, now: float) -> bool:
+        """The rule in the module docstring: marked, not ours now, no ready server, old enough."""
+        if not isinstance(user, dict) or not isinstance(user.get("name"), str):
+            return False
+        name = user["name"]
+        if not is_temporary_name(name) or name in self._live or user.get("admin") or user.get("groups"):
+            return False
+        servers = user.get("servers")
+        if not isinstance(servers, dict):
+            return False  # the hub did not say: never guess
+        if any(not isinstance(server, dict) or server.get("ready") for server in servers.values()):
+            return False
+        created = _hub_time(user.get("created"))
+        return created is not None and now - created > self.config.launch_timeout + ORPHAN_MARGIN
+
+    async def remove_orphans(self) -> int:
+        """Remove temporary users a crashed process (this one's past life, or another replica) left
+        behind; how many were found. Anonymous mode only: in auth mode binderapi makes no users."""
+        if self.auth_enabled or not self.api_url.startswith(("http://", "https://")):
+            return 0
+        offset, orphans = 0, []
+        while True:
+            response = await self.hub.request("GET", f"users?offset={offset}&limit={USERS_PAGE}")
+            if response.status != 200 or not isinstance(response.data, list):
+                log.warning("Listing JupyterHub users for leftover temporary users: HTTP %d %s",
+                            response.status, response.message)
+                break
+            now = response.date or time.time()
+            orphans += [user["name"] for user in response.data if self._is_orphan(user, now)]
+            if len(response.data) < USERS_PAGE:
+                break
+            offset += len(response.data)
+        for name in orphans:
+            log.info("Removing temporary user %s, left behind by an earlier launch", name)
+            await self._remove_soon(Removal(name, delete_user=True))
+        self.orphans_removed += len(orphans)
+        return len(orphans)
+
+    async def remove_orphans_forever(self, interval: float) -> None:
+        """At start-up, then every ``interval`` seconds (a crash's users become orphans only once
+        they are older than ``launch_timeout``)."""
+        while not self._closing:
+            try:
+                await self.remove_orphans()
+            except HubError as e:
+                log.warning("Could not look for leftover temporary users: %s", e)
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """End launches still running (their clients get ``failed``) and finish every clean-up,
+        within ``cleanup_timeout``, before the hub client closes. What is still pending then is
+        logged; the next start's sweep removes it."""
+        self._closing = True
+        self._stopping.set()
+        for task in list(self._attempts):
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.cleanup_timeout
+        # launches just cancelled (by us, or by the server stopping) start their clean-ups as they unwind
+        while (self._cleanups or self._live) and loop.time() < give_up:
+            waiting = set(self._cleanups) or {asyncio.ensure_future(asyncio.sleep(0.05))}
+            await asyncio.wait(waiting, timeout=min(0.5, max(give_up - loop.time(), 0)),
+                               return_when=asyncio.FIRST_COMPLETED)
+        if self._cleanups or self._live:
+            log.warning("Stopping with JupyterHub clean-ups unfinished after %gs (left for the next start): %s",
+                        self.config.cleanup_timeout, ", ".join(sorted(self._live)) or f"{len(self._cleanups)} removals")
+        for task in list(self._cleanups):
+            task.cancel()
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=1.0)

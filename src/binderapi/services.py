@@ -167,6 +167,10 @@ class Services:
         if binderhub.build_cleaner_class != "none":
             self.supervisor.run_forever("build cleaner", lambda: self.builds.clean_forever(binderhub.build_cleanup_interval))
         await self.quota.start()
+        launcher = self.launcher
+        if launcher.config.orphan_sweep_interval and launcher.api_url.startswith("http") and not binderhub.auth_enabled:
+            self.supervisor.run_forever("temporary user sweep",
+                                        lambda: launcher.remove_orphans_forever(launcher.config.orphan_sweep_interval))
         if self.warm_pool is not None:
             await self.warm_pool.start()  # after the quota, which counts its servers
 
@@ -184,6 +188,7 @@ class Services:
         if self.warm_pool is not None:
             await self.warm_pool.close()  # first: removing its servers needs the hub client
         await self.supervisor.close()
+        await self.launcher.close()  # ends launches and finishes hub clean-ups, before the hub client closes
         for closer in (self.quota.close, self.images.close, self.backend.close):
             try:
                 await closer()

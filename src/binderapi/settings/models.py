@@ -318,6 +318,19 @@ class Launcher(Section):
         "are tried again, and any 5xx for reads and deletes; answers from the hub are never repeated.",
     )
     api_retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt of a JupyterHub API request; doubled before each further one.")
+    cleanup_timeout: float = Field(
+        20.0, ge=0,
+        description="Seconds a graceful stop waits, before it closes the hub client, for launches to end and for their "
+        "servers and temporary users to be removed (clean-ups that failed while the hub was down are tried once more). "
+        "Anything still left is logged and removed by the next start.",
+    )
+    orphan_sweep_interval: float = Field(
+        300.0, ge=0,
+        description="Seconds between looks for temporary users a crashed binderapi left behind (anonymous mode; "
+        "the first look is at start-up); 0 turns the sweep off. Only users binderapi named (their name's last "
+        "characters are a checksum), without a ready server, created more than `launch_timeout` + 10 s ago are "
+        "removed, so replicas sharing a hub (with the same `launch_timeout`) never remove each other's launches.",
+    )
 
 
 class HubOAuth(Section):
