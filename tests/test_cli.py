@@ -84,3 +84,32 @@ def test_serves_and_redacts_secrets_from_access_logs():
     for secret in ("abc123secret", "k3y-value", "hub-secret-value"):
         assert secret not in stderr
     assert "[secret]" in stderr
+
+
+def test_show_config_reports_deprecated_options_on_stderr():
+    result = run("--show-config", "--BinderHub.build_image=example/r2d:1")
+    assert result.returncode == 0, result.stderr
+    assert "binderapi: warning: BinderHub.build_image is deprecated: use KubernetesBuildExecutor.build_image" in result.stderr
+    assert "build_image: example/r2d:1" in result.stdout  # forwarded
+    assert "warning" not in result.stdout  # stdout stays a reusable config file
+
+
+def test_show_config_names_what_a_helm_values_file_leaves_out(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text("ingress: {enabled: true}\ncors: {allowOrigin: '*'}\nconfig:\n  BinderHub: {use_registry: false}\n")
+    result = run("--show-config-json", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["BinderHub"]["cors_allow_origin"] == "*"
+    assert "binderapi: warning: Helm values: ignored: ingress" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["-f", "--config-file"])
+def test_python_config_file_says_it_is_not_supported(tmp_path, flag):
+    path = tmp_path / "binderhub_config.py"
+    path.write_text('c.BinderHub.use_registry = False\nc.BinderHub.hub_url = "http://127.0.0.1:8000"\n')
+    result = run(flag, str(path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"binderapi: Config file {path} is a Python (traitlets) config file")
+    assert "use_registry: false" in result.stderr and "hub_url: http://127.0.0.1:8000" in result.stderr
+

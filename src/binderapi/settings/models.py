@@ -57,7 +57,7 @@ class BinderHub(Section):
     # -- service ---------------------------------------------------------------------------------
     ip: str = Field("", description="Address to listen on. Empty means every interface.")
     port: int = Field(8585, ge=0, le=65535, description="Port to listen on.")
-    base_url: str = Field("/", description="URL prefix of every route (a leading and trailing slash are added).")
+    base_url: str = Field("/", description="URL prefix of every route (a leading and trailing slash are added). Unset, a service JupyterHub manages takes it from JupyterHub's environment: `JUPYTERHUB_SERVICE_PREFIX` (`/services/<name>/`), else `JUPYTERHUB_BASE_URL` + `services/` + `JUPYTERHUB_SERVICE_NAME`.")
     debug: bool = Field(False, description="Debug mode: log level DEBUG and tracebacks in the log.")
     config_file: str = Field("", description="Configuration file (YAML, JSON or TOML) to load; relative to the current directory.")
     show_config: bool = Field(False, description="Print the effective configuration (YAML, secrets redacted) and exit.")
@@ -456,6 +456,7 @@ class WarmPool(Section):
 
 # BinderHub's established environment variables, read as defaults (below the config file).
 LEGACY_ENV: dict[str, tuple[str, str]] = {
+    "JUPYTERHUB_SERVICE_PREFIX": ("BinderHub", "base_url"),
     "JUPYTERHUB_API_TOKEN": ("BinderHub", "hub_api_token"),
     "JUPYTERHUB_API_URL": ("Launcher", "hub_api_url"),
     "JUPYTERHUB_ALLOW_NAMED_SERVERS": ("Launcher", "allow_named_servers"),
