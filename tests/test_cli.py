@@ -113,3 +113,49 @@ def test_python_config_file_says_it_is_not_supported(tmp_path, flag):
     assert result.stderr.startswith(f"binderapi: Config file {path} is a Python (traitlets) config file")
     assert "use_registry: false" in result.stderr and "hub_url: http://127.0.0.1:8000" in result.stderr
 
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: closed, cluster: {server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}]
+contexts: [{name: closed, context: {cluster: closed, user: u, namespace: default}}]
+current-context: closed
+users: [{name: u, user: {token: not-a-real-token}}]
+"""
+
+
+@pytest.mark.parametrize("kubeconfig", ["closed port", "missing file"])
+def test_unreachable_kubernetes_for_the_quota_does_not_stop_the_start(tmp_path, kubeconfig):
+    """builder_required: false starts without the Kubernetes API, for builds and the launch quota
+    alike; /health says what is wrong instead of counting zero servers."""
+    path = tmp_path / "kubeconfig"
+    if kubeconfig == "closed port":
+        path.write_text(KUBECONFIG.replace("{port}", str(free_port())))  # nothing listens there
+    port = free_port()
+    proc = subprocess.Popen(
+        [*BINDERAPI, "--ip", "127.0.0.1", "--port", str(port), "--BinderHub.builder_required=false",
+         "--BinderHub.use_registry=false", "--BinderHub.build_class=kubernetes",
+         "--BinderHub.launch_quota_class=kubernetes", f"--KubernetesBuildExecutor.kubeconfig={path}",
+         "--KubernetesBuildExecutor.api_timeout=1"],
+        stderr=subprocess.PIPE, text=True, env=CLEAN_ENV)
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, f"binderapi stopped: {proc.communicate(timeout=10)[1]}"
+                assert time.monotonic() < deadline, "binderapi did not start"
+                time.sleep(0.1)
+        checks = {c["service"]: c for c in health.json()["checks"]}
+        assert health.status_code == 503 and checks["Builder"]["ok"] is False
+        quota = checks["Pod quota"]
+        assert quota["ok"] is False and quota["_ignore_failure"] is True
+        expected = "not listed yet from https://127.0.0.1" if kubeconfig == "closed port" else "cannot reach Kubernetes"
+        assert expected in quota["error"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    if kubeconfig == "missing file":
+        assert "KubernetesLaunchQuota cannot reach Kubernetes" in stderr
+        assert "continuing because builder_required is false (see /health)" in stderr
