@@ -69,11 +69,16 @@ def image() -> str:
     """The binderapi image for the current sources, built once (and kept for the next run)."""
     if _docker("image", "inspect", PYTHON_IMAGE, check=False).returncode != 0:
         pytest.fail(f"{PYTHON_IMAGE} is missing: run scripts/infra.sh images")
-    tag = f"{TEST_REPOSITORY}:{_source_hash()}"
+    source = _source_hash()
+    tag = f"{TEST_REPOSITORY}:{source}"
     if _docker("image", "inspect", tag, check=False).returncode != 0:
-        build = _docker("build", "--network", "host", "-q", "--build-arg", f"BASE_IMAGE={PYTHON_IMAGE}",
-                        "-t", tag, str(ROOT), check=False, timeout=900)
-        assert build.returncode == 0, f"docker build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+        # the build stage tagged too, then untagged: else every rebuild leaves it behind, dangling
+        stage = f"{TEST_REPOSITORY}-build-stage:{source}"
+        for extra in (["--target", "build", "-t", stage], ["-t", tag]):
+            build = _docker("build", "--network", "host", "-q", "--build-arg", f"BASE_IMAGE={PYTHON_IMAGE}",
+                            *extra, str(ROOT), check=False, timeout=900)
+            assert build.returncode == 0, f"docker build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+        _docker("image", "rm", stage, check=False)
         # earlier source versions' tags: only the newest is worth keeping (in use ones stay)
         for old in _docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", TEST_REPOSITORY).stdout.split():
             if old != tag:
