@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -159,3 +161,67 @@ def test_unreachable_kubernetes_for_the_quota_does_not_stop_the_start(tmp_path, 
     if kubeconfig == "missing file":
         assert "KubernetesLaunchQuota cannot reach Kubernetes" in stderr
         assert "continuing because builder_required is false (see /health)" in stderr
+
+
+HUB_CONFIG = """
+c.JupyterHub.bind_url = "http://127.0.0.1:{public}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy}"
+c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.ConfigurableHTTPProxy.pid_file = {pid_file!r}
+c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{state}/cookie_secret"
+c.JupyterHub.authenticator_class = "null"
+c.JupyterHub.services = [{{
+    "name": "binder", "url": "http://127.0.0.1:{binder}",
+    "command": {command!r},
+}}]
+"""
+
+
+@pytest.mark.hub
+def test_runs_as_a_jupyterhub_managed_service_under_its_prefix(tmp_path):
+    """JupyterHub starts binderapi as a managed service and proxies /services/binder/ to it unchanged:
+    with nothing configured, binderapi serves under JUPYTERHUB_SERVICE_PREFIX."""
+    from fixtures.hub import DEFAULT_CHP, JUPYTERHUB
+
+    chp = os.environ.get("CHP_BIN") or str(DEFAULT_CHP)
+    if not os.path.exists(chp) or not JUPYTERHUB.exists():
+        pytest.fail("JupyterHub and configurable-http-proxy are needed (scripts/infra.sh up)")
+    public, binder = free_port(), free_port()
+    command = [*BINDERAPI, "--ip", "127.0.0.1", "--port", str(binder), "--BinderHub.build_class=docker",
+               "--BinderHub.use_registry=false", "--BinderHub.launch_quota_class=none"]
+    config = tmp_path / "jupyterhub_config.py"
+    pid_file = tmp_path / "proxy.pid"
+    config.write_text(HUB_CONFIG.format(public=public, hub=free_port(), proxy=free_port(), chp=chp,
+                                        pid_file=str(pid_file), state=tmp_path, binder=binder, command=command))
+    env = {k: v for k, v in CLEAN_ENV.items() if not k.startswith("JUPYTERHUB_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)  # the service runs this checkout, as the test does
+    with open(tmp_path / "hub.log", "wb") as log:
+        hub = subprocess.Popen([str(JUPYTERHUB), "-f", str(config)], cwd=tmp_path, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{public}/services/binder/versions", timeout=5)
+                if r.status_code == 200 and "builder_info" in r.json():
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            assert hub.poll() is None, (tmp_path / "hub.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "hub.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{binder}/services/binder/health", timeout=30).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{binder}/versions", timeout=5).status_code == 404
+    finally:
+        hub.send_signal(signal.SIGTERM)  # it stops the managed service and its proxy
+        try:
+            hub.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            proxy = int(pid_file.read_text())
+            if b"configurable-http-proxy" in Path(f"/proc/{proxy}/cmdline").read_bytes():
+                os.kill(proxy, signal.SIGTERM)
