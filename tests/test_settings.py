@@ -193,6 +193,17 @@ config:
     assert "registry.prefix" in text
 
 
+def test_binderhub_service_chart_registry_credentials(tmp_path):
+    """The 2i2c binderhub-service chart (API-only BinderHub) names them buildPodsRegistryCredentials."""
+    path = tmp_path / "values.yaml"
+    path.write_text("buildPodsRegistryCredentials: {server: 'quay.io', username: bot, password: pw}\n"
+                    "config: {BinderHub: {enable_api_only_mode: true}}\n")
+    s = load(config_file=str(path))
+    assert (s.DockerRegistry.url, s.DockerRegistry.username, s.DockerRegistry.password) == ("https://quay.io", "bot", "pw")
+    assert s.DockerBuildExecutor.registry_credentials == {"registry": "quay.io", "username": "bot", "password": "pw"}
+    assert s.warnings == []
+
+
 @pytest.mark.parametrize("builder,socket", [("pink", "unix:///var/run/pink/podman.sock"), ("host", "/var/run/docker.sock")])
 def test_helm_values_image_builder_type(tmp_path, builder, socket):
     path = tmp_path / "values.yaml"

@@ -76,6 +76,20 @@ def translate(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[s
     elif not _empty(registry):
         ignored.append("registry")
 
+    # the 2i2c binderhub-service chart's form of the same credentials
+    pods = values.get("buildPodsRegistryCredentials")
+    if isinstance(pods, dict) and not any(_empty(pods.get(key)) for key in ("server", "username", "password")):
+        from ..registry.dockerconfig import derive_url
+
+        put("DockerRegistry", "url", derive_url({str(pods["server"]): {}}), "buildPodsRegistryCredentials.server")
+        put("DockerRegistry", "username", pods["username"], "buildPodsRegistryCredentials.username")
+        put("DockerRegistry", "password", pods["password"], "buildPodsRegistryCredentials.password")
+        put("BuildExecutor", "registry_credentials",
+            {"registry": pods["server"], "username": pods["username"], "password": pods["password"]},
+            "buildPodsRegistryCredentials")
+    elif not _empty(pods):
+        ignored.append("buildPodsRegistryCredentials (needs server, username and password)")
+
     cors = values.get("cors")
     if isinstance(cors, dict):
         if not _empty(cors.get("allowOrigin")):
@@ -87,7 +101,8 @@ def translate(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[s
     builder = values.get("imageBuilderType")
     if builder in BUILDER_SOCKETS:
         block, default_dir, socket = BUILDER_SOCKETS[builder]
-        socket_dir = ((values.get(block) or {}).get("hostSocketDir")) or default_dir
+        block_values = values.get(block) if isinstance(values.get(block), dict) else {}
+        socket_dir = block_values.get("hostSocketDir") or default_dir
         put("KubernetesBuildExecutor", "docker_host", f"unix://{socket_dir.rstrip('/')}/{socket}", "imageBuilderType")
         notices.append(f"Helm values: imageBuilderType {builder}: binderapi does not create the {builder} "
                        "DaemonSet the chart runs; deploy it yourself (docs/kubernetes.md)")
@@ -106,7 +121,8 @@ def translate(values: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[s
     if not _empty(values.get("extraConfig")):
         ignored.append("extraConfig (Python snippets, which binderapi never runs: write their "
                        "c.<Class>.<option> lines as config sections)")
-    handled = {"config", "registry", "cors", "imageBuilderType", "jupyterhub", "extraConfig"}
+    handled = {"config", "registry", "buildPodsRegistryCredentials", "cors", "imageBuilderType", "jupyterhub",
+               "extraConfig"}
     if builder in BUILDER_SOCKETS:
         handled.add(BUILDER_SOCKETS[builder][0])
     others = [str(key) for key, value in values.items() if key not in handled and not _empty(value)]
