@@ -1,6 +1,9 @@
 # binderapi as a container, next to JupyterHub.
 #   docker build -t binderapi .
-#   docker run --network host -v /var/run/docker.sock:/var/run/docker.sock binderapi --config-file /etc/binderapi/config.yaml
+#   docker run --network host --group-add "$(stat -c %g /var/run/docker.sock)" \
+#       -v /var/run/docker.sock:/var/run/docker.sock -v "$PWD/binderhub.yaml:/etc/binderapi/config.yaml:ro" \
+#       binderapi --config-file /etc/binderapi/config.yaml
+# It runs as uid 10001: --group-add gives it the engine socket's group (the Docker build backend).
 # BASE_IMAGE needs python3 (3.11+) with venv; the default is the official slim image.
 ARG BASE_IMAGE=python:3.11-slim
 

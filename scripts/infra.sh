@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start the real infrastructure binderapi runs against on one Debian machine:
-#   Docker engine (host networking only) -> local base image -> single-user and builder images
+#   Docker engine (host networking only) -> local base image -> single-user, builder and Python images
 #   -> container registry on 127.0.0.1 -> configurable-http-proxy for JupyterHub.
 #
 # usage: scripts/infra.sh [up|down|status|packages|dockerd|registry|images|chp]...
@@ -18,6 +18,7 @@ REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
 BASE_IMAGE=binderapi/debian:bookworm
 SINGLEUSER_IMAGE=binderapi/singleuser:latest
 BUILDER_IMAGE=binderapi/repo2docker:2024.7.0
+PYTHON_IMAGE=binderapi/python:3.11-bookworm  # BASE_IMAGE for building binderapi's own Dockerfile here
 mkdir -p "$STATE"
 
 say() { printf '[infra] %s\n' "$*" >&2; }
@@ -107,6 +108,7 @@ step_images() {
     have_image "$BASE_IMAGE" || { say "  base image (debootstrap)"; build_base_image; }
     have_image "$SINGLEUSER_IMAGE" || { say "  $SINGLEUSER_IMAGE"; build_image "$SINGLEUSER_IMAGE" "$ROOT/deploy/images/singleuser"; }
     have_image "$BUILDER_IMAGE" || { say "  $BUILDER_IMAGE"; build_image "$BUILDER_IMAGE" "$ROOT/deploy/images/repo2docker"; }
+    have_image "$PYTHON_IMAGE" || { say "  $PYTHON_IMAGE"; build_image "$PYTHON_IMAGE" "$ROOT/deploy/images/python"; }
     return 0
 }
 
@@ -130,7 +132,7 @@ step_down() {
 step_status() {
     docker info >/dev/null 2>&1 && say "docker: up" || say "docker: down"
     curl -sf "http://$REGISTRY_ADDR/v2/" >/dev/null && say "registry: up at $REGISTRY_ADDR" || say "registry: down"
-    for img in "$BASE_IMAGE" "$SINGLEUSER_IMAGE" "$BUILDER_IMAGE"; do
+    for img in "$BASE_IMAGE" "$SINGLEUSER_IMAGE" "$BUILDER_IMAGE" "$PYTHON_IMAGE"; do
         docker image inspect "$img" >/dev/null 2>&1 && say "image $img: present" || say "image $img: missing"
     done
 }

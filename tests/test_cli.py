@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,3 +94,142 @@ def test_serves_and_redacts_secrets_from_access_logs():
     for secret in ("abc123secret", "k3y-value", "hub-secret-value", "passw0rd-value"):
         assert secret not in stderr
     assert "[secret]" in stderr
+
+
+def test_show_config_reports_deprecated_options_on_stderr():
+    result = run("--show-config", "--BinderHub.build_image=example/r2d:1")
+    assert result.returncode == 0, result.stderr
+    assert "binderapi: warning: BinderHub.build_image is deprecated: use KubernetesBuildExecutor.build_image" in result.stderr
+    assert "build_image: example/r2d:1" in result.stdout  # forwarded
+    assert "warning" not in result.stdout  # stdout stays a reusable config file
+
+
+def test_show_config_names_what_a_helm_values_file_leaves_out(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text("ingress: {enabled: true}\ncors: {allowOrigin: '*'}\nconfig:\n  BinderHub: {use_registry: false}\n")
+    result = run("--show-config-json", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["BinderHub"]["cors_allow_origin"] == "*"
+    assert "binderapi: warning: Helm values: ignored: ingress" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["-f", "--config-file"])
+def test_python_config_file_says_it_is_not_supported(tmp_path, flag):
+    path = tmp_path / "binderhub_config.py"
+    path.write_text('c.BinderHub.use_registry = False\nc.BinderHub.hub_url = "http://127.0.0.1:8000"\n')
+    result = run(flag, str(path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"binderapi: Config file {path} is a Python (traitlets) config file")
+    assert "use_registry: false" in result.stderr and "hub_url: http://127.0.0.1:8000" in result.stderr
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: closed, cluster: {server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}]
+contexts: [{name: closed, context: {cluster: closed, user: u, namespace: default}}]
+current-context: closed
+users: [{name: u, user: {token: not-a-real-token}}]
+"""
+
+
+@pytest.mark.parametrize("kubeconfig", ["closed port", "missing file"])
+def test_unreachable_kubernetes_for_the_quota_does_not_stop_the_start(tmp_path, kubeconfig):
+    """builder_required: false starts without the Kubernetes API, for builds and the launch quota
+    alike; /health says what is wrong instead of counting zero servers."""
+    path = tmp_path / "kubeconfig"
+    if kubeconfig == "closed port":
+        path.write_text(KUBECONFIG.replace("{port}", str(free_port())))  # nothing listens there
+    port = free_port()
+    proc = subprocess.Popen(
+        [*BINDERAPI, "--ip", "127.0.0.1", "--port", str(port), "--BinderHub.builder_required=false",
+         "--BinderHub.use_registry=false", "--BinderHub.build_class=kubernetes",
+         "--BinderHub.launch_quota_class=kubernetes", f"--KubernetesBuildExecutor.kubeconfig={path}",
+         "--KubernetesBuildExecutor.api_timeout=1"],
+        stderr=subprocess.PIPE, text=True, env=CLEAN_ENV)
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, f"binderapi stopped: {proc.communicate(timeout=10)[1]}"
+                assert time.monotonic() < deadline, "binderapi did not start"
+                time.sleep(0.1)
+        checks = {c["service"]: c for c in health.json()["checks"]}
+        assert health.status_code == 503 and checks["Builder"]["ok"] is False
+        quota = checks["Pod quota"]
+        assert quota["ok"] is False and quota["_ignore_failure"] is True
+        expected = "not listed yet from https://127.0.0.1" if kubeconfig == "closed port" else "cannot reach Kubernetes"
+        assert expected in quota["error"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    if kubeconfig == "missing file":
+        assert "KubernetesLaunchQuota cannot reach Kubernetes" in stderr
+        assert "continuing because builder_required is false (see /health)" in stderr
+
+
+HUB_CONFIG = """
+c.JupyterHub.bind_url = "http://127.0.0.1:{public}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy}"
+c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.ConfigurableHTTPProxy.pid_file = {pid_file!r}
+c.JupyterHub.db_url = "sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{state}/cookie_secret"
+c.JupyterHub.authenticator_class = "null"
+c.JupyterHub.services = [{{
+    "name": "binder", "url": "http://127.0.0.1:{binder}",
+    "command": {command!r},
+}}]
+"""
+
+
+@pytest.mark.hub
+def test_runs_as_a_jupyterhub_managed_service_under_its_prefix(tmp_path):
+    """JupyterHub starts binderapi as a managed service and proxies /services/binder/ to it unchanged:
+    with nothing configured, binderapi serves under JUPYTERHUB_SERVICE_PREFIX."""
+    from fixtures.hub import DEFAULT_CHP, JUPYTERHUB
+
+    chp = os.environ.get("CHP_BIN") or str(DEFAULT_CHP)
+    if not os.path.exists(chp) or not JUPYTERHUB.exists():
+        pytest.fail("JupyterHub and configurable-http-proxy are needed (scripts/infra.sh up)")
+    public, binder = free_port(), free_port()
+    command = [*BINDERAPI, "--ip", "127.0.0.1", "--port", str(binder), "--BinderHub.build_class=docker",
+               "--BinderHub.use_registry=false", "--BinderHub.launch_quota_class=none"]
+    config = tmp_path / "jupyterhub_config.py"
+    pid_file = tmp_path / "proxy.pid"
+    config.write_text(HUB_CONFIG.format(public=public, hub=free_port(), proxy=free_port(), chp=chp,
+                                        pid_file=str(pid_file), state=tmp_path, binder=binder, command=command))
+    env = {k: v for k, v in CLEAN_ENV.items() if not k.startswith("JUPYTERHUB_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)  # the service runs this checkout, as the test does
+    with open(tmp_path / "hub.log", "wb") as log:
+        hub = subprocess.Popen([str(JUPYTERHUB), "-f", str(config)], cwd=tmp_path, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{public}/services/binder/versions", timeout=5)
+                if r.status_code == 200 and "builder_info" in r.json():
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            assert hub.poll() is None, (tmp_path / "hub.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "hub.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{binder}/services/binder/health", timeout=30).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{binder}/versions", timeout=5).status_code == 404
+    finally:
+        hub.send_signal(signal.SIGTERM)  # it stops the managed service and its proxy
+        try:
+            hub.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            proxy = int(pid_file.read_text())
+            if b"configurable-http-proxy" in Path(f"/proc/{proxy}/cmdline").read_bytes():
+                os.kill(proxy, signal.SIGTERM)

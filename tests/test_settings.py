@@ -121,6 +121,138 @@ config:
     assert settings.KubernetesBuildExecutor.memory_limit == 2 * 1024**3
 
 
+HELM_VALUES = """
+replicas: 2
+image: {name: quay.io/jupyterhub/k8s-binderhub, tag: "1.0.0"}
+service: {type: ClusterIP, port: 80}
+ingress: {enabled: true, hosts: [binder.example.org]}
+pdb: {}
+registry:
+  url: https://index.docker.io/v1/
+  username: someone
+  password: registry-password
+cors: {allowOrigin: "*"}
+imageBuilderType: dind
+dind: {hostSocketDir: /var/run/dind-x}
+extraConfig:
+  00-snippet: |
+    c.BinderHub.banner_message = "hi"
+jupyterhub:
+  hub:
+    services:
+      binder:
+        apiToken: hub-token-from-values
+    config: {JupyterHub: {authenticator_class: dummy}}
+  singleuser: {cmd: jupyter-lab}
+config:
+  BinderHub:
+    image_prefix: someone/binder-
+    hub_url: https://hub.example.org
+"""
+
+
+def test_helm_values_file_translates_what_maps_and_names_what_it_ignores(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text(HELM_VALUES)
+    s = load(config_file=str(path))
+    assert s.BinderHub.image_prefix == "someone/binder-"
+    # registry: the chart's url is a docker config.json key; Docker Hub's v1 key means its v2 API
+    assert (s.DockerRegistry.url, s.DockerRegistry.username, s.DockerRegistry.password) == (
+        "https://registry-1.docker.io", "someone", "registry-password")
+    assert s.KubernetesBuildExecutor.registry_credentials == {
+        "registry": "https://index.docker.io/v1/", "username": "someone", "password": "registry-password"}
+    assert s.BinderHub.cors_allow_origin == "*"
+    assert s.KubernetesBuildExecutor.docker_host == "unix:///var/run/dind-x/docker.sock"
+    assert s.BinderHub.hub_api_token == "hub-token-from-values"
+    text = "\n".join(s.warnings)
+    for key in ("jupyterhub.hub", "jupyterhub.singleuser", "extraConfig", "replicas", "image", "service", "ingress",
+                "dind DaemonSet"):
+        assert key in text, key
+    assert all(str(path) in w for w in s.warnings)
+    assert "pdb" not in text  # empty: nothing to ignore
+    assert "registry-password" not in text and "hub-token-from-values" not in text
+    assert "jupyterhub.hub.services" not in text  # the token was used
+
+
+def test_helm_values_config_block_wins_and_unknown_builder_type_is_named(tmp_path):
+    path = tmp_path / "values.yaml"
+    path.write_text("""
+cors: {allowOrigin: "https://a.example"}
+imageBuilderType: kaniko
+registry: {url: registry.example.org, prefix: old-style/}
+config:
+  BinderHub: {cors_allow_origin: "https://b.example"}
+""")
+    s = load(config_file=str(path))
+    assert s.BinderHub.cors_allow_origin == "https://b.example"
+    assert s.DockerRegistry.url == "https://registry.example.org"
+    assert s.KubernetesBuildExecutor.docker_host == "/var/run/docker.sock"
+    text = "\n".join(s.warnings)
+    assert "cors.allowOrigin ignored: config.BinderHub.cors_allow_origin is set" in text
+    assert "imageBuilderType ('kaniko'" in text
+    assert "registry.prefix" in text
+
+
+def test_binderhub_service_chart_registry_credentials(tmp_path):
+    """The 2i2c binderhub-service chart (API-only BinderHub) names them buildPodsRegistryCredentials."""
+    path = tmp_path / "values.yaml"
+    path.write_text("buildPodsRegistryCredentials: {server: 'quay.io', username: bot, password: pw}\n"
+                    "config: {BinderHub: {enable_api_only_mode: true}}\n")
+    s = load(config_file=str(path))
+    assert (s.DockerRegistry.url, s.DockerRegistry.username, s.DockerRegistry.password) == ("https://quay.io", "bot", "pw")
+    assert s.DockerBuildExecutor.registry_credentials == {"registry": "quay.io", "username": "bot", "password": "pw"}
+    assert s.warnings == []
+
+
+@pytest.mark.parametrize("builder,socket", [("pink", "unix:///var/run/pink/podman.sock"), ("host", "/var/run/docker.sock")])
+def test_helm_values_image_builder_type(tmp_path, builder, socket):
+    path = tmp_path / "values.yaml"
+    path.write_text(f"imageBuilderType: {builder}\n")  # no config: block at all
+    assert load(config_file=str(path)).KubernetesBuildExecutor.docker_host == socket
+
+
+def test_python_config_file_is_refused_with_its_conversion(tmp_path):
+    path = tmp_path / "binderhub_config.py"
+    path.write_text('import os\nc.BinderHub.image_prefix = "gcr.io/x/binder-"\n'
+                    'c.BinderHub.hub_api_token = "py-secret"\nc.GitHubRepoProvider.banned_specs = ["^evil/.*"]\n'
+                    'c.BinderHub.build_token_secret = os.environ["X"]\n')
+    with pytest.raises(ConfigError) as info:
+        load(config_file=str(path))
+    message = str(info.value)
+    assert "Python (traitlets) config file, which binderapi does not run" in message
+    assert "image_prefix: gcr.io/x/binder-" in message and "- ^evil/.*" in message
+    assert "py-secret" not in message and "copy it from line 3" in message
+    assert "line 1, 5" in message
+    # the converted part is a working config file
+    converted = message.split("binderhub_config.yaml):\n", 1)[1].split("\nConvert by hand", 1)[0]
+    (tmp_path / "converted.yaml").write_text(converted.replace("'<secret: copy it from line 3>'", "x"))
+    assert load(config_file=str(tmp_path / "converted.yaml")).BinderHub.image_prefix == "gcr.io/x/binder-"
+    # the same file under another name is recognised by its content
+    other = tmp_path / "binderhub_config"
+    other.write_text(path.read_text())
+    with pytest.raises(ConfigError, match="Python \\(traitlets\\) config file"):
+        load(config_file=str(other))
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({"JUPYTERHUB_SERVICE_PREFIX": "/services/binder/"}, "/services/binder/"),
+    ({"JUPYTERHUB_SERVICE_PREFIX": "/jh/services/binder/", "JUPYTERHUB_BASE_URL": "/jh/"}, "/jh/services/binder/"),
+    ({"JUPYTERHUB_BASE_URL": "/jh/", "JUPYTERHUB_SERVICE_NAME": "binder"}, "/jh/services/binder/"),
+    ({"JUPYTERHUB_BASE_URL": "/jh/"}, "/"),  # the hub's own prefix is not this service's
+])
+def test_base_url_from_jupyterhub_managed_service_environment(environ, expected):
+    assert load(environ=environ).BinderHub.base_url == expected
+
+
+def test_configured_base_url_beats_jupyterhub_service_prefix(tmp_path):
+    environ = {"JUPYTERHUB_SERVICE_PREFIX": "/services/binder/"}
+    config = tmp_path / "c.yaml"
+    config.write_text("BinderHub: {base_url: /from-file/}\n")
+    assert load(environ=environ, config_file=str(config)).BinderHub.base_url == "/from-file/"
+    assert load(environ={**environ, "BINDERAPI_BINDERHUB__BASE_URL": "/env/"}).BinderHub.base_url == "/env/"
+    assert load(environ=environ, cli={"BinderHub": {"base_url": "/cli/"}}).BinderHub.base_url == "/cli/"
+
+
 def test_legacy_environment_variables_are_defaults(tmp_path):
     environ = {
         "JUPYTERHUB_API_TOKEN": "hubtoken", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api/",

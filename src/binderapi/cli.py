@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="binderapi", description="BinderHub's API as a fast async service.", epilog=USAGE_EXTRA,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", "-f", help="YAML, JSON or TOML config file (BinderHub.config_file)")
+    parser.add_argument("--config-file", "-f", help="YAML, JSON or TOML config file (BinderHub.config_file), or a whole BinderHub "
+                        "Helm values file; Python config files are not run")
     parser.add_argument("--ip", help="address to listen on (BinderHub.ip)")
     parser.add_argument("--port", type=int, help="port to listen on (BinderHub.port, default 8585)")
     parser.add_argument("--log-level", help="log level name or number (BinderHub.log_level)")
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     if settings.BinderHub.show_config or settings.BinderHub.show_config_json:
         from .settings.dump import show_config_json, show_config_text
 
+        for notice in settings.warnings:  # logging is not set up here: say them plainly
+            print(f"binderapi: warning: {notice}", file=sys.stderr)
         print(show_config_json(settings) if settings.BinderHub.show_config_json else show_config_text(settings))
         return
     serve(settings)

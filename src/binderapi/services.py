@@ -166,7 +166,12 @@ class Services:
             log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
         if binderhub.build_cleaner_class != "none":
             self.supervisor.run_forever("build cleaner", lambda: self.builds.clean_forever(binderhub.build_cleanup_interval))
-        await self.quota.start()
+        try:
+            await self.quota.start()
+        except StartupError as e:
+            if binderhub.builder_required:
+                raise StartupError(f"{e}. Fix it, or set BinderHub.builder_required: false to start anyway.") from None
+            log.warning("%s; continuing because builder_required is false (see /health)", e)
         launcher = self.launcher
         if launcher.config.orphan_sweep_interval and launcher.api_url.startswith("http") and not binderhub.auth_enabled:
             self.supervisor.run_forever("temporary user sweep",

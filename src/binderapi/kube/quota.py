@@ -35,6 +35,7 @@ class KubernetesLaunchQuota(CountingQuota):
         self.build_pods: set[str] = set()
         self._api_client: client.ApiClient | None = None
         self.informers: list[Informer] = []
+        self.start_error = ""  # why start() could not reach Kubernetes (builder_required: false starts anyway)
 
     # single-user pods (as JSON dicts, see Informer) ---------------------------------------------
     @staticmethod
@@ -76,7 +77,8 @@ class KubernetesLaunchQuota(CountingQuota):
         except RuntimeError as e:
             from ..services import StartupError  # here: services imports the quota classes
 
-            raise StartupError(f"KubernetesLaunchQuota cannot reach Kubernetes: {e}") from None
+            self.start_error = f"KubernetesLaunchQuota cannot reach Kubernetes: {e}"
+            raise StartupError(self.start_error) from None
         api = client.CoreV1Api(self._api_client)
         interval = self.config.resync_interval
         self.informers = [
@@ -91,7 +93,16 @@ class KubernetesLaunchQuota(CountingQuota):
             await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)), self.timeout)
 
     async def health(self, build_count: int) -> dict[str, Any]:
-        return await super().health(len(self.build_pods))
+        """The counts, or why there are none: counts never listed from the API are not zero."""
+        if self.start_error:
+            return {"ok": False, "error": self.start_error}
+        result = await super().health(len(self.build_pods))
+        unsynced = [informer.selector for informer in self.informers if not informer.synced.is_set()]
+        if unsynced:
+            host = self._api_client.configuration.host if self._api_client else "the Kubernetes API"
+            result.update(ok=False, error=f"pods not listed yet from {host} ({', '.join(unsynced)}): "
+                                          "counts unknown until the API answers; see the log")
+        return result
 
     async def close(self) -> None:
         if self._api_client is not None:

@@ -27,7 +27,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
-from . import models
+from . import helm, models, pyconfig
 from .models import LEGACY_ENV, SECTIONS, section_parent
 
 ENV_PREFIX = "BINDERAPI_"
@@ -76,7 +76,8 @@ class Settings(BaseSettings):
 
     @property
     def warnings(self) -> list[str]:
-        """Deprecation notices gathered while loading, logged once at start-up."""
+        """Notices gathered while loading (deprecated options, Helm values left out), logged once at
+        start-up and printed by ``--show-config``."""
         return self._warnings
 
     def section(self, name: str) -> models.Section:
@@ -102,13 +103,23 @@ class Layer:
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a YAML, JSON or TOML file whose top-level keys are class names.
 
-    A whole BinderHub Helm values file also works: its ``config:`` block is used.
+    A whole BinderHub Helm values file also works: see :func:`read_config_file_with_notices`.
     """
+    return read_config_file_with_notices(path)[0]
+
+
+def read_config_file_with_notices(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[str]]:
+    """The file's sections, and notices about what a Helm values file sets that was translated
+    or is ignored (:mod:`.helm`). A Python config file is refused with how to convert it."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"Cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {path} is not text (YAML, JSON or TOML)") from None
+    if path.suffix == ".py":
+        raise ConfigError(pyconfig.python_config_message(path, text))
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -117,14 +128,21 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        if pyconfig.looks_like_python(text):
+            raise ConfigError(pyconfig.python_config_message(path, text)) from None
         raise ConfigError(f"Config file {path} is not valid {_format_name(path)}: {e}") from None
     if data is None:
-        return {}
+        return {}, []
     if not isinstance(data, dict):
+        if pyconfig.looks_like_python(text):
+            raise ConfigError(pyconfig.python_config_message(path, text))
         raise ConfigError(f"Config file {path} must map class names (BinderHub, ...) to options, not hold a {type(data).__name__}")
-    if "config" in data and isinstance(data["config"], dict) and not (set(data) & set(SECTIONS)):
-        data = data["config"]  # a Helm values file: use its config block
-    return data
+    if helm.is_values_file(data, set(SECTIONS)):
+        if not isinstance(data.get("config") or {}, dict):
+            raise ConfigError(f"Config file {path}: the Helm values' config: must map class names to options")
+        data, notices = helm.translate(data)
+        return data, [f"{notice} ({path})" for notice in notices]
+    return data, []
 
 
 def _format_name(path: Path) -> str:
@@ -137,6 +155,12 @@ def _legacy_env_layer(environ: dict[str, str]) -> Layer:
         if var in environ:
             layer.values.setdefault(section, {})[option] = environ[var]
             layer.key_names[(section, option)] = var
+    # A service JupyterHub manages gets JUPYTERHUB_SERVICE_PREFIX; without it, the same path from
+    # the hub's base URL and the service's name.
+    base, name = environ.get("JUPYTERHUB_BASE_URL"), environ.get("JUPYTERHUB_SERVICE_NAME")
+    if "JUPYTERHUB_SERVICE_PREFIX" not in environ and base and name:
+        layer.values.setdefault("BinderHub", {})["base_url"] = f"{base.rstrip('/')}/services/{name}/"
+        layer.key_names[("BinderHub", "base_url")] = "JUPYTERHUB_BASE_URL + JUPYTERHUB_SERVICE_NAME"
     return layer
 
 
@@ -302,8 +326,10 @@ def load_settings(
     path = config_file
     for layer in reversed(layers):  # the highest source naming a config file wins
         path = path or layer.values.get("BinderHub", {}).get("config_file")
+    file_notices: list[str] = []
     if path:
-        file_layer = _canonical(Layer(f"config file {path}", values=read_config_file(path)))
+        values, file_notices = read_config_file_with_notices(path)
+        file_layer = _canonical(Layer(f"config file {path}", values=values))
         layers.insert(1, file_layer)
         layers[-1].values.setdefault("BinderHub", {})["config_file"] = str(path)
 
@@ -315,7 +341,7 @@ def load_settings(
     _inherit(merged)
     _pair_backends(merged)
     settings = _validate(merged, "the combined configuration", {k: v for k, v in origin.items()})
-    settings._warnings.extend(notices)
+    settings._warnings.extend(file_notices + notices)
     return settings
 
 

@@ -60,7 +60,7 @@ class BinderHub(Section):
     max_request_header_size: ByteSize = Field(64 * 1024, ge=1024, description="Largest request head (request line and header fields) accepted; a larger one is answered 431 before the app sees it. The service is served by uvicorn directly, so it protects itself.")
     max_request_headers: int = Field(100, ge=1, description="Most header fields in one request; more are answered 431.")
     request_header_timeout: float = Field(10.0, gt=0, description="Seconds a client has, from connecting (or from the first byte of its next request), to send a complete request head; a slower one (slow-loris) is answered 408 and disconnected.")
-    base_url: str = Field("/", description="URL prefix of every route (a leading and trailing slash are added).")
+    base_url: str = Field("/", description="URL prefix of every route (a leading and trailing slash are added). Unset, a service JupyterHub manages takes it from JupyterHub's environment: `JUPYTERHUB_SERVICE_PREFIX` (`/services/<name>/`), else `JUPYTERHUB_BASE_URL` + `services/` + `JUPYTERHUB_SERVICE_NAME`.")
     debug: bool = Field(False, description="Debug mode: log level DEBUG and tracebacks in the log.")
     config_file: str = Field("", description="Configuration file (YAML, JSON or TOML) to load; relative to the current directory.")
     show_config: bool = Field(False, description="Print the effective configuration (YAML, secrets redacted) and exit.")
@@ -505,6 +505,7 @@ class WarmPool(Section):
 
 # BinderHub's established environment variables, read as defaults (below the config file).
 LEGACY_ENV: dict[str, tuple[str, str]] = {
+    "JUPYTERHUB_SERVICE_PREFIX": ("BinderHub", "base_url"),
     "JUPYTERHUB_API_TOKEN": ("BinderHub", "hub_api_token"),
     "JUPYTERHUB_API_URL": ("Launcher", "hub_api_url"),
     "JUPYTERHUB_ALLOW_NAMED_SERVERS": ("Launcher", "allow_named_servers"),
