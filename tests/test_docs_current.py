@@ -176,3 +176,14 @@ def test_the_comparison_cites_code_and_tests_that_exist():
     assert len(references) > 50
     problems = [p for p in (reference_problem(path, symbol) for path, symbol in references) if p]
     assert not problems, "docs/compared-to-binderhub.md cites code or tests that do not exist:\n" + "\n".join(problems)
+
+
+def test_the_security_page_cites_code_and_tests_that_exist():
+    """docs/security.md names the test behind each defence: renaming or deleting one must update
+    the page, and a defence whose test is gone shows up here."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    references = code_references(text)
+    assert len(references) > 60
+    problems = [p for p in (reference_problem(path, symbol) for path, symbol in references) if p]
+    assert not problems, "docs/security.md cites code or tests that do not exist:\n" + "\n".join(problems)
+
