@@ -97,7 +97,8 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     })
     async with serve(settings) as svc:
         events = await build(client, svc.url + "build/" + spec)
-        assert build_pods(kube_api) == [] and secrets(kube_api) == [PUSH_SECRET]  # the owner removed both
+        assert build_pods(kube_api) == []  # the owner removed its pod, and the garbage collector its Secret:
+        await until(lambda: secrets(kube_api) == [PUSH_SECRET])
         again = await build(client, svc.url + "build/" + spec)
 
     assert shape(events) == shape(docker_events)
@@ -137,6 +138,10 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     assert {"name": "docker-config", "mountPath": "/root/.docker/config.json", "subPath": "config.json"} in container["volumeMounts"]
     assert {"name": "docker-socket", "hostPath": {"path": "/var/run/docker.sock", "type": "Socket"}} in spec_["volumes"]
     assert {"name": "docker-config", "secret": {"secretName": PUSH_SECRET}} in spec_["volumes"]
+    # the mount makes the kubelet wait for the Secret, which is created after the pod
+    assert {"name": "build-credentials", "secret": {"secretName": credentials, "defaultMode": 0o400}} in spec_["volumes"]
+    assert {"name": "build-credentials", "mountPath": "/etc/binderapi/build-credentials", "readOnly": True} \
+        in container["volumeMounts"]
     assert container["resources"] == {"limits": {}, "requests": {"memory": str(256 * 1024**2)}}
     assert spec_["tolerations"] == TOLERATIONS
     assert spec_["nodeSelector"] == {"pool": "build"}
@@ -149,6 +154,11 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     (secret,) = [s for s in kube_api.created("secrets") if s["metadata"]["name"] == credentials]
     assert base64.b64decode(secret["data"]["GIT_CREDENTIAL_ENV"]).decode() == GIT_CREDENTIALS
     assert secret["metadata"]["labels"] == {"component": "binderhub-build", "name": name}
+    assert secret["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Pod", "name": name,
+                                                      "uid": pod["metadata"]["uid"], "controller": False,
+                                                      "blockOwnerDeletion": False}]
+    assert kube_api.count("delete", "secrets") == 0  # the garbage collector removed it with its pod
+    assert not {r.verb for r in kube_api.requests if r.resource == "secrets"} & {"get", "list", "watch"}
 
 
 async def test_two_replicas_building_one_image_run_one_pod(client, git_server, kube_api, kubeconfig):
@@ -233,11 +243,12 @@ async def test_pod_with_registry_credentials_and_explicit_resources(kube_api, ku
         assert base64.b64decode(secret["data"]["CONTAINER_ENGINE_REGISTRY_CREDENTIALS"]).decode() == \
             '{"registry": "127.0.0.1:5000", "username": "u", "password": "p"}'
         # registry credentials replace the push secret mount; the socket comes from docker_host
-        assert [v["name"] for v in pod["spec"]["volumes"]] == ["docker-socket"]
+        assert [v["name"] for v in pod["spec"]["volumes"]] == ["docker-socket", "build-credentials"]
         assert container["resources"] == {"limits": {"memory": "2Gi", "cpu": "2"}, "requests": {"cpu": "500m"}}
         assert "--build-memory-limit" in container["args"] and "p" not in container["args"]
         await backend.stop(job.name)
-        assert build_pods(kube_api) == [] and secrets(kube_api) == []
+        assert build_pods(kube_api) == []
+        await until(lambda: secrets(kube_api) == [])  # the garbage collector follows the pod
     finally:
         await backend.close()
 
@@ -251,11 +262,17 @@ async def test_credentials_fall_back_to_plain_env_when_secrets_are_forbidden(kub
                    git_credentials=GIT_CREDENTIALS, push=False)
     try:
         await backend.start(job)
-        (pod,) = kube_api.created("pods")
+        # the first pod waited for a Secret that could not be made: replaced by one with plain values
+        first, pod = kube_api.created("pods")
+        assert first["metadata"]["uid"] not in {p["metadata"]["uid"] for p in kube_api.pods()}
         (container,) = pod["spec"]["containers"]
         assert container["env"] == [{"name": "GIT_CREDENTIAL_ENV", "value": GIT_CREDENTIALS}]
         assert pod["spec"]["volumes"] == [] and "--push" not in container["args"]
         await backend.stop(job.name)
+        await backend.start(BuildJob(name="build-plain-def", image_name=f"{REGISTRY}/plain:def", ref="def",
+                                     repo_url="https://example.org/r", git_credentials=GIT_CREDENTIALS, push=False))
+        assert kube_api.count("create", "secrets") == 1  # known forbidden now: not asked again
+        await backend.stop("build-plain-def")
     finally:
         await backend.close()
     assert build_pods(kube_api) == [] and secrets(kube_api) == []
@@ -302,6 +319,7 @@ async def test_forbidden_create_is_not_retried_and_names_rbac(client, git_server
 async def test_lost_create_answer_is_adopted_not_leaked(client, git_server, kube_api, kubeconfig):
     """The pod was created but the answer never came: the retry's 409 finds our own creator mark,
     so this replica owns the build (and removes its pod) instead of leaving it to the cleaner."""
+    kube_api.add_secret(PUSH_SECRET, string_data={"config.json": '{"auths": {}}'})  # the pod mounts it before pulling
     kube_api.drop_next(1, verb="create", resource="pods", after=True)
     settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"build_image": MISSING_IMAGE}})
     failed, _ = await failed_build(client, settings, git_server)
@@ -309,6 +327,61 @@ async def test_lost_create_answer_is_adopted_not_leaked(client, git_server, kube
     assert MISSING_IMAGE in failed["message"]
     assert kube_api.count("create", "pods") == 2 and len(kube_api.created("pods")) == 1
     assert kube_api.count("delete", "pods") >= 1 and build_pods(kube_api) == []
+
+
+@pytest.mark.usefixtures("fast_retries")
+@pytest.mark.parametrize("fault, answer", [
+    ("fail", "500 Internal Server Error: injected failure (500)"),
+    ("drop", "connection failed (ClientPayloadError"),
+    ("forbidden-delete", "403 Forbidden"),
+])
+async def test_secret_that_cannot_be_created_fails_the_build_and_removes_its_pod(
+        client, git_server, kube_api, kubeconfig, fault, answer):
+    """The pod comes first and waits for its Secret: if the Secret cannot be made, the build
+    fails saying so and the pod goes, rather than waiting until max_age."""
+    settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"api_timeout": 1},
+                                          "GitRepoProvider": {"git_credentials": GIT_CREDENTIALS}})
+    if fault == "fail":
+        kube_api.fail_next(99, verb="create", resource="secrets")
+    elif fault == "drop":
+        kube_api.drop_next(99, verb="create", resource="secrets")
+    else:  # a stale Secret of that name (409), which RBAC does not let us replace
+        kube_api.fail_next(1, 409, verb="create", resource="secrets")
+        kube_api.fail_next(99, 403, verb="delete", resource="secrets")
+    failed, _ = await failed_build(client, settings, git_server)
+    what = "deleting build-" if fault == "forbidden-delete" else "storing the build credentials in Secret build-"
+    assert failed["message"].startswith(f"Kubernetes API {kube_api.url} failed {what}")
+    assert answer in failed["message"]
+    assert kube_api.count("create", "pods") == 1 and kube_api.count("delete", "pods") == 1
+    assert build_pods(kube_api) == []
+    assert secrets(kube_api) == []
+
+
+@pytest.mark.usefixtures("fast_retries")
+async def test_lost_secret_create_answer_and_a_stale_secret(kube_api, kubeconfig):
+    """A retry's 409 is our own Secret whose answer was lost; a first try's 409 is a Secret no
+    live pod owns (here one from before Secrets had owners): it is replaced by ours."""
+    settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"build_image": MISSING_IMAGE, "push_secret": ""}})
+    backend = KubernetesBuildBackend(settings)
+    lost = BuildJob(name="build-lost-abc", image_name=f"{REGISTRY}/lost:abc", repo_url="https://example.org/r",
+                    ref="abc", git_credentials=GIT_CREDENTIALS, push=False)
+    stale = BuildJob(name="build-stale-abc", image_name=f"{REGISTRY}/stale:abc", repo_url="https://example.org/r",
+                     ref="abc", git_credentials=GIT_CREDENTIALS, push=False)
+    kube_api.add_secret("build-stale-abc-credentials", string_data={"GIT_CREDENTIAL_ENV": "old"})
+    try:
+        kube_api.drop_next(1, verb="create", resource="secrets", after=True)
+        await backend.start(lost)
+        await backend.start(stale)
+        assert kube_api.count("create", "secrets") == 4 and kube_api.count("delete", "secrets") == 1
+        for job in (lost, stale):
+            pod = kube_api.get_pod(job.name)
+            secret = kube_api.store.get("secrets", "default", f"{job.name}-credentials").data
+            assert secret["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+            assert base64.b64decode(secret["data"]["GIT_CREDENTIAL_ENV"]).decode() == GIT_CREDENTIALS
+            await backend.stop(job.name)
+        await until(lambda: secrets(kube_api) == [])
+    finally:
+        await backend.close()
 
 
 @pytest.mark.usefixtures("fast_retries")

@@ -1,14 +1,19 @@
 """The build cleaner with the Kubernetes backend, through the test API server: finished build pods
 and those past ``max_age`` go, orphans of an earlier process included; running young builds and
-pods that are not builds stay. The pods are stored by the server directly (no containers run)."""
+pods that are not builds stay, and a build's credentials Secret goes with its pod (the server's
+garbage collector, through the Secret's ownerReferences). Most pods are stored by the server
+directly (no containers run)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from binderapi.executors.kubernetes import CREDENTIALS_GRACE_SECONDS
+from binderapi.executors.base import BuildJob
+from binderapi.executors.kubernetes import KubernetesBuildBackend
 from fixtures.kube import KubeAPIServer
-from fixtures.kubeapi import build_pods, kube_settings, until
+from fixtures.kubeapi import PUSH_SECRET, build_pods, kube_settings, until
 from fixtures.server import serve
 
 pytestmark = pytest.mark.docker
@@ -65,45 +70,54 @@ async def test_young_build_is_stopped_once_it_passes_max_age(kube_api, kubeconfi
         await until(lambda: build_pods(kube_api) == [])
 
 
-def credentials_secrets(kube_api: KubeAPIServer) -> list[str]:
-    return sorted(s.name for s in kube_api.store.items("secrets") if s.name.endswith("-credentials"))
-
-
-async def test_cleaner_removes_credentials_secrets_whose_pod_never_came(kube_api, kubeconfig):
-    """A Secret is written just before its pod: when the pod create failed and the clean-up
-    after it failed too (or the process died in between), nothing else would remove it."""
+async def test_credentials_secret_goes_with_its_pod_when_the_cleaner_removes_it(kube_api, kubeconfig):
+    """The cleaner deletes pods only: each Secret is owned by its pod, and the garbage collector
+    removes it, so binderapi never needs to list or read Secrets."""
     credentials = {"GIT_CREDENTIAL_ENV": "username=u\\npassword=p"}
-
-    def add(build: str, age: float) -> None:
-        kube_api.add_secret(f"{build}-credentials", string_data=credentials, labels={**BUILD, "name": build}, age=age)
-
-    add("build-never-created", age=CREDENTIALS_GRACE_SECONDS + 60)  # the leak
-    add("build-being-created", age=5)  # its pod is about to be created: left alone
-    add("build-running", age=CREDENTIALS_GRACE_SECONDS + 60)  # its pod runs: left alone
-    add_build_pod(kube_api, "build-running", "Running", age=CREDENTIALS_GRACE_SECONDS + 60)
-    kube_api.add_secret("hub-secret", string_data={"token": "x"}, age=99_999)  # not a build's: left alone
-    kube_api.add_secret("old-credentials", string_data={"token": "x"}, age=99_999)  # nor this (no build label)
+    finished = kube_api.add_pod("build-finished", labels={**BUILD, "name": "build-finished"}, phase="Succeeded", age=120)
+    running = kube_api.add_pod("build-running", labels={**BUILD, "name": "build-running"}, phase="Running", age=10)
+    for pod in (finished, running):
+        name = pod["metadata"]["name"]
+        kube_api.add_secret(f"{name}-credentials", string_data=credentials, labels={**BUILD, "name": name}, owners=[pod])
+    kube_api.add_secret("hub", string_data={"token": "x"})
 
     settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"credentials_in_secret": True}},
                              build_cleanup_interval=1)
     async with serve(settings):
-        await until(lambda: "build-never-created-credentials" not in credentials_secrets(kube_api))
-        passes = cleaner_passes(kube_api)
-        await until(lambda: cleaner_passes(kube_api) >= passes + 2)  # two more passes leave the rest alone
-    assert credentials_secrets(kube_api) == ["build-being-created-credentials", "build-running-credentials",
-                                             "old-credentials"]
-    assert "hub-secret" in {s.name for s in kube_api.store.items("secrets")}
-    lists = [r for r in kube_api.requests if r.verb == "list" and r.resource == "secrets"]
-    assert lists and all(r.query.get("labelSelector") == "component=binderhub-build" for r in lists)
+        await until(lambda: build_pods(kube_api) == ["build-running"])
+        await until(lambda: kube_api.secrets() == ["build-running-credentials", "hub"])
+    assert kube_api.count("delete", "secrets") == 0  # the garbage collector did it
+    assert not {r.verb for r in kube_api.requests if r.resource == "secrets"} & {"get", "list", "watch"}
 
 
-async def test_cleaner_without_rbac_to_list_secrets_says_so_once(kube_api, kubeconfig, caplog):
-    kube_api.fail_next(100, 403, verb="list", resource="secrets")
-    settings = kube_settings(kubeconfig, {"KubernetesBuildExecutor": {"credentials_in_secret": True}},
-                             build_cleanup_interval=1)
+async def test_pod_whose_process_died_before_its_secret_is_removed_at_max_age(kube_api, kubeconfig):
+    """binderapi creates the pod, then its Secret. Killed in between, it leaves a pod that waits
+    for the Secret in ContainerCreating (the kubelet retries the mount) and never runs. The next
+    process adopts it as an orphan, and it goes at ``max_age`` like any build: no Secret is ever
+    left, and none is read."""
+    kube_api.add_secret(PUSH_SECRET, string_data={"config.json": '{"auths": {}}'})
+    settings = kube_settings(kubeconfig, {"KubernetesCleaner": {"max_age": 60}}, build_cleanup_interval=1)
+    job = BuildJob(name="build-crashed", image_name="127.0.0.1:5000/crashed:abc", repo_url="https://example.org/r",
+                   ref="abc", git_credentials="username=u\\npassword=p")
+    kube_api.hold_next(1, verb="create", resource="secrets")
+    dying = KubernetesBuildBackend(settings)
+    start = asyncio.ensure_future(dying.start(job))
+    await until(lambda: kube_api.holding == 1)  # the pod exists, the Secret's create is in flight
+    start.cancel()  # the process dies; its request never lands
+    await asyncio.gather(start, return_exceptions=True)
+    await dying.close()
+    await until(lambda: kube_api.failed_mounts("build-crashed"))
+    pod = kube_api.get_pod("build-crashed")
+    assert pod["status"]["phase"] == "Pending"
+    assert pod["status"]["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    assert 'secret "build-crashed-credentials" not found' in kube_api.failed_mounts("build-crashed")[0]
+    assert kube_api.secrets() == [PUSH_SECRET]
+
     async with serve(settings):
         passes = cleaner_passes(kube_api)
-        await until(lambda: cleaner_passes(kube_api) >= passes + 2)
-    assert kube_api.count("list", "secrets") == 1  # asked once, then not again
-    warnings = [r for r in caplog.records if "Not allowed to list Secrets" in r.getMessage()]
-    assert len(warnings) == 1
+        await until(lambda: cleaner_passes(kube_api) >= passes + 1)
+        assert build_pods(kube_api) == ["build-crashed"]  # young: it might still get its Secret
+        kube_api.backdate("build-crashed", 90)  # now past max_age
+        await until(lambda: build_pods(kube_api) == [])
+    assert kube_api.secrets() == [PUSH_SECRET]
+    assert not {r.verb for r in kube_api.requests if r.resource == "secrets"} & {"get", "list", "watch"}

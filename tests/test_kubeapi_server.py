@@ -414,6 +414,67 @@ async def test_secrets(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
     assert info.value.status == 404
 
 
+def owner(obj: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": obj.kind or "Pod", "name": obj.metadata.name, "uid": obj.metadata.uid}
+
+
+def secret_names(kube_api: KubeAPIServer) -> list[str]:
+    return kube_api.secrets(NS)
+
+
+async def test_garbage_collector_follows_owner_references(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    """Background propagation: a dependent goes after its last owner does (matched by uid), and
+    loses the reference to an owner that went while another is left."""
+    a = await v1.create_namespaced_pod(NS, pod("owner-a", skip=True))
+    b = await v1.create_namespaced_pod(NS, pod("owner-b", skip=True))
+    await v1.create_namespaced_secret(NS, {"metadata": {"name": "of-a", "ownerReferences": [owner(a)]},
+                                           "stringData": {"k": "v"}})
+    both = await v1.create_namespaced_secret(NS, {"metadata": {"name": "of-both",
+                                                               "ownerReferences": [owner(a), owner(b)]},
+                                                  "stringData": {"k": "v"}})
+    assert both.metadata.owner_references[1].uid == b.metadata.uid
+    await v1.create_namespaced_secret(NS, {"metadata": {"name": "unowned"}, "stringData": {"k": "v"}})
+    await asyncio.sleep(0.2)  # the collector has seen them all, owners present: nothing goes
+    assert secret_names(kube_api) == ["of-a", "of-both", "unowned"]
+
+    await v1.delete_namespaced_pod("owner-a", NS)
+    await until(lambda: secret_names(kube_api) == ["of-both", "unowned"])
+    await until(lambda: len(kube_api.store.get("secrets", NS, "of-both").data["metadata"]["ownerReferences"]) == 1)
+    assert kube_api.store.get("secrets", NS, "of-both").data["metadata"]["ownerReferences"][0]["uid"] == b.metadata.uid
+
+    # a pod of the same name is not the owner: the uid is
+    await v1.create_namespaced_pod(NS, pod("owner-a", skip=True))
+    await v1.create_namespaced_secret(NS, {"metadata": {"name": "of-old-a", "ownerReferences": [owner(a)]},
+                                           "stringData": {"k": "v"}})
+    await until(lambda: "of-old-a" not in secret_names(kube_api))  # created naming a gone owner
+
+    kube_api.remove_pod("owner-b")  # however the owner goes
+    await until(lambda: secret_names(kube_api) == ["unowned"])
+    assert kube_api.count("delete", "secrets") == 0
+
+
+async def test_garbage_collector_deletes_a_running_pod_gracefully(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    """A dependent pod goes like any deleted pod: its kubelet stops and removes its container."""
+    secret = await v1.create_namespaced_secret(NS, {"metadata": {"name": "owner"}, "stringData": {"k": "v"}})
+    body = pod("dependent", command=["sleep", "300"])
+    body["metadata"]["ownerReferences"] = [{**owner(secret), "kind": "Secret"}]
+    body["spec"]["terminationGracePeriodSeconds"] = 1
+    await v1.create_namespaced_pod(NS, body)
+    await until(lambda: (kube_api.get_pod("dependent") or {}).get("status", {}).get("phase") == "Running")
+    await v1.delete_namespaced_secret("owner", NS)
+    await until(lambda: kube_api.get_pod("dependent") is None)
+    assert await kube_api.containers() == []
+
+
+async def test_owner_references_are_validated(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    for ref, field in (({"apiVersion": "v1", "kind": "Pod", "name": "p"}, "uid"),
+                       ({"apiVersion": "v1", "kind": "Pod", "uid": "u"}, "name")):
+        with pytest.raises(ApiException) as info:
+            await v1.create_namespaced_secret(NS, {"metadata": {"name": "s", "ownerReferences": [ref]}})
+        assert info.value.status == 422 and f"ownerReferences[0].{field}" in status_body(info.value)["message"]
+    assert secret_names(kube_api) == []
+
+
 @pytest.mark.kube_nodes("builder-1", {"name": "builder-2", "labels": {"pool": "builds"}})
 async def test_nodes_from_marker(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
     nodes = (await v1.list_node()).items
@@ -536,6 +597,42 @@ async def test_missing_secret_keeps_pod_pending(v1: client.CoreV1Api, kube_api: 
     with pytest.raises(ApiException) as info:
         await v1.read_namespaced_pod_log("no-secret", NS)
     assert info.value.status == 400 and "waiting to start" in status_body(info.value)["message"]
+
+
+@pytest.mark.docker
+async def test_missing_secret_volume_waits_for_the_secret(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    """As on a real node: volumes are set up before anything is pulled or started, and a missing
+    Secret is a FailedMount, retried until it exists; the pod waits in ContainerCreating."""
+    since = await current_rv(v1)
+    await v1.create_namespaced_pod(NS, pod(
+        "waits", image="binderapi/does-not-exist:v0",  # not pulled while the volume waits
+        volumes=[{"name": "creds", "secret": {"secretName": "later", "defaultMode": 0o400}}],
+        container={"volumeMounts": [{"name": "creds", "mountPath": "/creds", "readOnly": True}]}))
+    await until(lambda: len(kube_api.failed_mounts("waits")) >= 2)  # tried, and tried again
+    assert kube_api.failed_mounts("waits")[0] == 'MountVolume.SetUp failed for volume "creds" : secret "later" not found'
+    current = kube_api.get_pod("waits")
+    assert current["status"]["phase"] == "Pending"
+    assert current["status"]["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    with pytest.raises(ApiException) as info:
+        await v1.read_namespaced_pod_log("waits", NS)
+    assert info.value.status == 400 and "waiting to start: ContainerCreating" in status_body(info.value)["message"]
+
+    await v1.create_namespaced_secret(NS, {"metadata": {"name": "later"}, "stringData": {"k": "v"}})
+    events = await pod_events(v1, "waits", since)  # mounted at the next try: then the image is pulled
+    assert phases(events) == ["Pending", "Failed"] and events[-1][1]["status"]["reason"] == "ErrImagePull"
+
+
+@pytest.mark.docker
+async def test_secret_volume_mounted_once_it_exists(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
+    since = await current_rv(v1)
+    await v1.create_namespaced_pod(NS, pod(
+        "reads-secret", command=["cat", "/creds/k"],
+        volumes=[{"name": "creds", "secret": {"secretName": "soon"}}],
+        container={"volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}))
+    await until(lambda: kube_api.failed_mounts("reads-secret"))
+    await v1.create_namespaced_secret(NS, {"metadata": {"name": "soon"}, "stringData": {"k": "the-value"}})
+    assert phases(await pod_events(v1, "reads-secret", since)) == ["Pending", "Running", "Succeeded"]
+    assert await v1.read_namespaced_pod_log("reads-secret", NS) == "the-value"
 
 
 @pytest.mark.docker

@@ -55,11 +55,17 @@ def test_pod_manifest():
     assert container["resources"] == {"limits": {"memory": str(2 * 1024**3)}, "requests": {"memory": str(1024**3)}}
     assert {"name": "docker-socket", "hostPath": {"path": "/var/run/docker.sock", "type": "Socket"}} in pod["spec"]["volumes"]
     assert {"name": "docker-config", "secret": {"secretName": "binder-build-docker-config"}} in pod["spec"]["volumes"]
+    # the credentials Secret is mounted too: the kubelet then waits for it (it is created after the pod)
+    assert {"name": "build-credentials", "secret": {"secretName": "build-x-abc-credentials", "defaultMode": 0o400}} \
+        in pod["spec"]["volumes"]
+    assert {"name": "build-credentials", "mountPath": "/etc/binderapi/build-credentials", "readOnly": True} \
+        in container["volumeMounts"]
     assert pod["spec"]["nodeSelector"] == {"pool": "build"} and pod["spec"]["imagePullSecrets"] == [{"name": "pull"}]
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["affinity"]["podAntiAffinity"]  # spread by default
     sticky = backend.pod_manifest(job, sticky_node="node-2")
     terms = sticky["spec"]["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert terms[0]["preference"]["matchExpressions"][0]["values"] == ["node-2"]
+    assert "build-credentials" not in {v["name"] for v in sticky["spec"]["volumes"]}
     plain = {e["name"]: e for e in sticky["spec"]["containers"][0]["env"]}
     assert plain["GIT_CREDENTIAL_ENV"]["value"] == "username=u\\npassword=p"  # no secret: plain value

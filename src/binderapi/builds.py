@@ -312,8 +312,7 @@ class BuildManager:
         orphans of a restart or of another replica included. Finished builds are kept ``grace``
         seconds so every replica following one has read its exit status."""
         now = time.time()
-        infos = await self.backend.list_builds()
-        for info in infos:
+        for info in await self.backend.list_builds():
             ours = self.builds.get(info.name)
             if info.running:
                 if self.max_age and info.started_at and now - info.started_at > self.max_age:
@@ -322,7 +321,6 @@ class BuildManager:
             elif (ours is None or ours.done) and (info.finished_at is None or now - info.finished_at >= grace):
                 log.info("Removing finished build %s", info.name)
                 await self.backend.stop(info.name)
-        await self.backend.clean_leftovers({info.name for info in infos})
 
     async def clean_forever(self, interval: float) -> None:
         while True:

@@ -88,10 +88,6 @@ class BuildBackend(abc.ABC):
     async def list_builds(self) -> list[BuildInfo]:
         """Every build of this deployment, running or finished (for the cleaner and re-attach)."""
 
-    async def clean_leftovers(self, builds: set[str]) -> None:  # noqa: B027 - optional hook
-        """Remove what builds leave beside themselves once they are gone (the cleaner calls this
-        with the names of the builds there are)."""
-
     @abc.abstractmethod
     async def check(self) -> dict[str, Any]:
         """Health of the backend, for ``/health``."""

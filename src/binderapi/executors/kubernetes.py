@@ -4,6 +4,12 @@ The pod name is the build name, so a ``409 AlreadyExists`` on create means anoth
 building the same image: the manager attaches to it (the Kubernetes API is the lock). Phases come
 from a watch (never polling), logs from ``pods/log`` with ``follow``.
 
+Credentials go in a Secret ``<build>-credentials`` created *after* the pod and owned by it
+(``ownerReferences``): the pod mounts the Secret, and a kubelet mounts a pod's volumes before it
+starts anything, retrying a missing Secret until it exists, so the builder never starts without
+its credentials. Kubernetes' garbage collector deletes the Secret whenever the pod goes, however
+it goes; binderapi never needs to read or list Secrets, which would expose the hub's too.
+
 Every call survives a flaky apiserver: transient failures (5xx, 429, timeouts, cut connections)
 are retried a few times with backoff, and what still fails becomes a :class:`BuildError` naming
 the apiserver and what it answered, never a traceback.
@@ -16,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,9 +58,11 @@ RETRY_DELAY = 0.5
 #: reasons a container waits forever: fail the build instead of waiting for max_age
 HOPELESS_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "ErrImageNeverPull"}
-#: a credentials Secret is written just before its pod; one with no pod after this long never got
-#: one (a pod create that failed and whose clean-up failed too, or a process killed in between)
-CREDENTIALS_GRACE_SECONDS = 300.0
+#: the pod's volume of its credentials Secret. The builder reads the credentials from its
+#: environment (``secretKeyRef``); the mount is what makes the kubelet wait for the Secret, since
+#: it sets up volumes before creating containers and resolves the environment only then
+CREDENTIALS_VOLUME = "build-credentials"
+CREDENTIALS_MOUNT = "/etc/binderapi/build-credentials"
 
 
 def rendezvous_rank(buckets: list[str], key: str) -> list[str]:
@@ -81,7 +88,6 @@ class KubernetesBuildBackend(BuildBackend):
         self._api_client: client.ApiClient | None = None
         self._lock = asyncio.Lock()
         self._secrets_allowed = self.config.credentials_in_secret
-        self._may_list_secrets = True
         self.creator = uuid.uuid4().hex
 
     @property
@@ -102,7 +108,7 @@ class KubernetesBuildBackend(BuildBackend):
         host = self._api_client.configuration.host if self._api_client else "the Kubernetes API"
         hint = {401: " Check the credentials in the kubeconfig or the service account token.",
                 403: f" Check binderapi's RBAC Role in namespace {self.namespace} (pods: get, list, watch, "
-                     "create, delete; pods/log: get).",
+                     "create, delete; pods/log: get; secrets: create, delete with credentials_in_secret).",
                 422: " The build pod was refused as invalid: check the KubernetesBuildExecutor settings."}
         extra = hint.get(error.status, "") if isinstance(error, ApiException) else ""
         down = is_transient(error)
@@ -157,6 +163,9 @@ class KubernetesBuildBackend(BuildBackend):
         if job.push and not config.registry_credentials and config.push_secret:
             volumes.append({"name": "docker-config", "secret": {"secretName": config.push_secret}})
             mounts.append({"name": "docker-config", "mountPath": "/root/.docker/config.json", "subPath": "config.json"})
+        if secret_name:
+            volumes.append({"name": CREDENTIALS_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o400}})
+            mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_MOUNT, "readOnly": True})
         if sticky_node:
             affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
                 "weight": 100,
@@ -211,67 +220,98 @@ class KubernetesBuildBackend(BuildBackend):
 
     # -- BuildBackend --------------------------------------------------------------------------------
     async def start(self, job: BuildJob) -> None:
+        """The pod first, then its credentials Secret owned by it (see the module docstring): a
+        process that dies in between leaves a pod waiting for a Secret, which the cleaner removes
+        at ``max_age`` like any build, and never a Secret without a pod."""
         api = await self.api()
-        secret_name, secret_created = await self._store_credentials(api, job)
-        pod = self.pod_manifest(job, sticky_node=await self.sticky_node(job), secret_name=secret_name)
-        try:
-            await self._create_pod(api, pod)
-        except BuildError:
-            if secret_created:
-                with contextlib.suppress(BuildError):
-                    await self._delete(api.delete_namespaced_secret, secret_name or "")
-            raise
+        sticky = await self.sticky_node(job)
+        use_secret = bool(self._credentials(job)) and self._secrets_allowed
+        secret_name = f"{job.name}-credentials" if use_secret else None
+        pod = await self._create_pod(api, self.pod_manifest(job, sticky_node=sticky, secret_name=secret_name))
+        if secret_name is not None:
+            try:
+                stored = await self._store_credentials(api, job, secret_name, pod)
+            except BuildError:
+                with contextlib.suppress(BuildError):  # else it waits for its Secret until max_age
+                    await self._delete(api.delete_namespaced_pod, job.name)
+                raise
+            if not stored:  # RBAC forbids Secrets: this pod would wait for one for ever
+                await self._delete(api.delete_namespaced_pod, job.name)
+                await self._create_pod(api, self.pod_manifest(job, sticky_node=sticky))
         log.info("Created build pod %s for %s", job.name, job.image_name)
 
-    async def _create_pod(self, api: client.CoreV1Api, pod: dict[str, Any]) -> None:
-        """Create, retrying transient failures. A 409 is another replica's build (attach), unless
-        the pod carries our creator mark: then an earlier attempt made it and only its answer was
-        lost, and the build is ours."""
+    async def _create_pod(self, api: client.CoreV1Api, pod: dict[str, Any]) -> Any:
+        """Create, retrying transient failures, and return the pod. A 409 is another replica's
+        build (attach), unless the pod carries our creator mark: then an earlier attempt made it
+        and only its answer was lost, and the build is ours."""
         name = pod["metadata"]["name"]
+        attempts = 0
+
+        async def create() -> Any:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return await api.create_namespaced_pod(self.namespace, pod, _request_timeout=self.timeout)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                if attempts > 1:
+                    existing = await self._call(f"reading the build pod {name}", lambda: api.read_namespaced_pod(
+                        name, self.namespace, _request_timeout=self.timeout))
+                    if (existing.metadata.annotations or {}).get(CREATOR_ANNOTATION) == self.creator:
+                        return existing
+                raise BuildExistsError(name) from None
+
+        return await self._call(f"creating the build pod {name}", create)
+
+    async def _store_credentials(self, api: client.CoreV1Api, job: BuildJob, name: str, pod: Any) -> bool:
+        """Create the credentials Secret ``name``, owned by ``pod``; False if RBAC forbids
+        Secrets (then, logged once, credentials go in the pod's environment from now on).
+
+        A 409 on a retry is our own create whose answer was lost. On a first try it is a Secret
+        no live pod owns (we hold the pod's name): one the garbage collector has yet to remove
+        after its pod went, or one from before Secrets had owners. It is replaced, once."""
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid,
+                 # not the Secret's controller, and deleting the pod need not wait for it (true would
+                 # also need RBAC on pods/finalizers where OwnerReferencesPermissionEnforcement runs)
+                 "controller": False, "blockOwnerDeletion": False}
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": self._credentials(job),
+                "metadata": {"name": name, "labels": {"component": COMPONENT_LABEL, "name": job.name},
+                             "ownerReferences": [owner]}}
+        try:
+            try:
+                await self._create_secret(api, body)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                log.info("Replacing Secret %s, which no build pod owns", name)
+                await self._delete(api.delete_namespaced_secret, name)
+                await self._create_secret(api, body)
+        except ApiException as e:
+            if e.status == 403:
+                log.warning("Not allowed to create Secrets in %s: build credentials go in the pod environment",
+                            self.namespace)
+                self._secrets_allowed = False
+                return False
+            raise self._failure(f"storing the build credentials in Secret {name}", e) from None
+        except CONNECTION_ERRORS as e:
+            raise self._failure(f"storing the build credentials in Secret {name}", e) from None
+        return True
+
+    async def _create_secret(self, api: client.CoreV1Api, body: dict[str, Any]) -> None:
+        """Create, retrying transient failures; a 409 on a retry is an earlier try whose answer
+        was lost."""
         attempts = 0
 
         async def create() -> None:
             nonlocal attempts
             attempts += 1
             try:
-                await api.create_namespaced_pod(self.namespace, pod, _request_timeout=self.timeout)
+                await api.create_namespaced_secret(self.namespace, body, _request_timeout=self.timeout)
             except ApiException as e:
-                if e.status != 409:
+                if e.status != 409 or attempts == 1:
                     raise
-                if attempts > 1 and await self._created_by_us(api, name):
-                    return
-                raise BuildExistsError(name) from None
-
-        await self._call(f"creating the build pod {name}", create)
-
-    async def _created_by_us(self, api: client.CoreV1Api, name: str) -> bool:
-        pod = await self._call(f"reading the build pod {name}",
-                               lambda: api.read_namespaced_pod(name, self.namespace, _request_timeout=self.timeout))
-        return (pod.metadata.annotations or {}).get(CREATOR_ANNOTATION) == self.creator
-
-    async def _store_credentials(self, api: client.CoreV1Api, job: BuildJob) -> tuple[str | None, bool]:
-        """Credentials go to a Secret when RBAC allows, else (logged once) into the pod's env.
-        Returns the Secret's name and whether this call created it (and must remove it on failure)."""
-        credentials = self._credentials(job)
-        if not credentials or not self._secrets_allowed:
-            return None, False
-        name = f"{job.name}-credentials"
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": credentials,
-                "metadata": {"name": name, "labels": {"component": COMPONENT_LABEL, "name": job.name}}}
-        try:
-            await retrying(lambda: api.create_namespaced_secret(self.namespace, body, _request_timeout=self.timeout),
-                           attempts=API_ATTEMPTS, delay=RETRY_DELAY)
-        except ApiException as e:
-            if e.status == 409:
-                return name, False
-            if e.status == 403:
-                log.warning("Not allowed to create Secrets in %s: build credentials go in the pod environment", self.namespace)
-                self._secrets_allowed = False
-                return None, False
-            raise self._failure(f"storing the build credentials in Secret {name}", e) from None
-        except CONNECTION_ERRORS as e:
-            raise self._failure(f"storing the build credentials in Secret {name}", e) from None
-        return name, True
+        await retrying(create, attempts=API_ATTEMPTS, delay=RETRY_DELAY)
 
     async def inspect(self, name: str) -> BuildInfo | None:
         api = await self.api()
@@ -433,18 +473,17 @@ class KubernetesBuildBackend(BuildBackend):
         return None
 
     async def stop(self, name: str) -> None:
+        """Delete the pod; the garbage collector deletes its credentials Secret."""
         api = await self.api()
         await self._delete(api.delete_namespaced_pod, name)
-        await self._delete(api.delete_namespaced_secret, f"{name}-credentials", forbidden_ok=True)
 
-    async def _delete(self, delete: Callable[..., Awaitable[Any]], target: str, forbidden_ok: bool = False) -> None:
-        """Delete at once (grace 0); already gone is fine, and so is a forbidden Secret delete
-        when Secrets are not used."""
+    async def _delete(self, delete: Callable[..., Awaitable[Any]], target: str) -> None:
+        """Delete at once (grace 0); already gone is fine."""
         async def call() -> None:
             try:
                 await delete(target, self.namespace, grace_period_seconds=0, _request_timeout=self.timeout)
             except ApiException as e:
-                if e.status != 404 and not (forbidden_ok and e.status == 403):
+                if e.status != 404:
                     raise
         await self._call(f"deleting {target}", call)
 
@@ -453,39 +492,6 @@ class KubernetesBuildBackend(BuildBackend):
         pods = await self._call("listing build pods", lambda: api.list_namespaced_pod(
             self.namespace, label_selector=f"component={COMPONENT_LABEL}", _request_timeout=self.timeout))
         return [self._info(pod) for pod in pods.items]
-
-    async def clean_leftovers(self, builds: set[str], grace: float = CREDENTIALS_GRACE_SECONDS) -> None:
-        """Remove credentials Secrets (``<build>-credentials``, labelled as builds) whose build pod
-        does not exist and which are older than ``grace``: :meth:`stop` removes a Secret with its
-        pod, but a pod that was never created leaves its Secret to nobody. ``builds`` are the
-        build pods there are (listed before the Secrets, so a Secret written since is young)."""
-        if not self._may_list_secrets:
-            return
-        api = await self.api()
-        try:
-            secrets = await retrying(lambda: api.list_namespaced_secret(
-                self.namespace, label_selector=f"component={COMPONENT_LABEL}", _request_timeout=self.timeout),
-                attempts=API_ATTEMPTS, delay=RETRY_DELAY)
-        except ApiException as e:
-            if e.status != 403:
-                raise self._failure("listing build credentials Secrets", e) from None
-            self._may_list_secrets = False
-            if self._secrets_allowed:
-                log.warning("Not allowed to list Secrets in %s: credentials Secrets of builds whose pod was never "
-                            "created are not removed (kubectl delete secret -l component=%s removes them by hand)",
-                            self.namespace, COMPONENT_LABEL)
-            return
-        except CONNECTION_ERRORS as e:
-            raise self._failure("listing build credentials Secrets", e) from None
-        now = time.time()
-        for secret in secrets.items:
-            meta = secret.metadata
-            build = (meta.labels or {}).get("name") or meta.name.removesuffix("-credentials")
-            created = _epoch(meta.creation_timestamp)
-            if build in builds or not meta.name.endswith("-credentials") or created is None or now - created < grace:
-                continue
-            log.info("Removing credentials Secret %s: its build pod was never created or is gone", meta.name)
-            await self._delete(api.delete_namespaced_secret, meta.name, forbidden_ok=True)
 
     async def check(self) -> dict[str, Any]:
         await self.api()

@@ -224,7 +224,7 @@ class KubernetesBuildExecutor(BuildExecutor):
     sticky_builds: bool = Field(False, description="Prefer the node chosen by rendezvous hashing of the repository URL over the image-builder nodes, to reuse its layer cache.")
     builder_pod_selector: str = Field("component=image-builder,app=binder", description="Label selector of the image-builder (dind/pink) pods sticky builds rank.")
     kubeconfig: str = Field("", description="kubeconfig file; empty tries the in-cluster service account, then `$KUBECONFIG` / `~/.kube/config`.")
-    credentials_in_secret: bool = Field(True, description="Put git and registry credentials in a per-build Secret (`<build>-credentials`) referenced by the pod, instead of plain environment values. Falls back to plain values when RBAC forbids creating Secrets.")
+    credentials_in_secret: bool = Field(True, description="Put git and registry credentials in a per-build Secret (`<build>-credentials`) referenced by the pod, instead of plain environment values. The Secret is created after the pod and owned by it (`ownerReferences`), so Kubernetes deletes it with the pod; binderapi needs only `create` and `delete` on Secrets, never `get` or `list`. Falls back to plain values when RBAC forbids creating Secrets.")
     api_timeout: float = Field(30.0, gt=0, description="Seconds before a Kubernetes API call is abandoned.")
 
 
