@@ -250,7 +250,7 @@ async def test_build_clients_get_one_failed_event_naming_the_upstream(client, fa
         git = await read_events(client, svc.url + "build/git/" + git_spec(git_server.http_url(many_refs_repo), "main"))
         unspecified = await read_events(
             client, svc.url + "build/git/" + git_spec(f"http://0.0.0.0:{git_server.http_port}/x", "a" * 40))
-    for events, words in [(ckan, "The CKAN site (127.0.0.1) sent an answer larger than 1 MiB"),
+    for events, words in [(ckan, "CKAN site (127.0.0.1) sent an answer larger than 1 MiB"),
                           (git, "The git server 127.0.0.1 sent more than 1024 KiB of refs"),
                           (unspecified, "not allowed to reach")]:
         assert [e["phase"] for e in events] == ["failed"], events
