@@ -186,6 +186,8 @@ def test_bad_pre_launch_hook_path_fails_at_start_up() -> None:
 # -- health ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_health(jupyterhub: RunningHub, counted: Counted) -> None:
     assert await launcher_for(jupyterhub, counted.client).health() == {"ok": True}
     down = Launcher(make_settings(hub_url=f"http://127.0.0.1:{free_port()}/"), counted.client)
@@ -196,6 +198,8 @@ async def test_health(jupyterhub: RunningHub, counted: Counted) -> None:
 # -- anonymous launches ---------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_launch_reaches_a_ready_server(jupyterhub: RunningHub, counted: Counted) -> None:
     launcher = launcher_for(jupyterhub, counted.client)
     request = launch_request()
@@ -244,6 +248,8 @@ async def test_launch_reaches_a_ready_server(jupyterhub: RunningHub, counted: Co
     assert after.status_code != 200
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_missing_image_fails_with_the_spawners_reason(jupyterhub: RunningHub, counted: Counted) -> None:
     launcher = launcher_for(jupyterhub, counted.client, {"retries": 4})
     messages, error = await launch(launcher, launch_request(MISSING_IMAGE))
@@ -264,6 +270,8 @@ async def test_missing_image_fails_with_the_spawners_reason(jupyterhub: RunningH
     assert await containers(jupyterhub.container_name("binder-examples-requirements")) == []
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_a_failed_attempt_is_retried_with_a_fresh_user(jupyterhub: RunningHub) -> None:
     counted = Counted(FailFirstStart())
     try:
@@ -287,6 +295,8 @@ async def test_a_failed_attempt_is_retried_with_a_fresh_user(jupyterhub: Running
         await jupyterhub.delete_user(server.username)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_a_refusal_by_the_hub_is_not_retried(jupyterhub: RunningHub, counted: Counted) -> None:
     user = f"carol-{uuid.uuid4().hex[:6]}"
     await jupyterhub.user_token(user)
@@ -322,6 +332,8 @@ async def test_no_hub_configured_is_a_clear_error(counted: Counted) -> None:
     assert counted.calls == []
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_hub_url_local_is_used_for_the_api_and_hub_url_for_the_server(jupyterhub: RunningHub,
                                                                             counted: Counted) -> None:
     public = "https://binder-hub.example.org/"  # what clients are sent to; never contacted here
@@ -346,6 +358,8 @@ async def refuse_with_conflict(launcher: Launcher, image: str, username: str, se
     raise ConflictError(f"{username} may not launch {image} now")
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_pre_launch_hook_raising_aborts_the_launch(jupyterhub: RunningHub) -> None:
     HOOK_CALLS.clear()
     flaky = Counted(FlakyTransport(failures=1))  # the first connection is refused, then retried
@@ -365,6 +379,8 @@ async def test_pre_launch_hook_raising_aborts_the_launch(jupyterhub: RunningHub)
     assert await jupyterhub.user(username) is None
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_pre_launch_hook_binder_errors_pass_through(jupyterhub: RunningHub, counted: Counted) -> None:
     launcher = launcher_for(jupyterhub, counted.client, {"pre_launch_hook": "test_launcher:refuse_with_conflict"})
     _, error = await launch(launcher, launch_request())
@@ -391,6 +407,8 @@ async def slow_image() -> AsyncIterator[str]:
     await run("docker", "rmi", "-f", name, check=False)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_launch_timeout_fails_clearly_and_cleans_up(jupyterhub: RunningHub, counted: Counted,
                                                           slow_image: str) -> None:
     launcher = launcher_for(jupyterhub, counted.client, {"launch_timeout": 3})
@@ -406,6 +424,8 @@ async def test_launch_timeout_fails_clearly_and_cleans_up(jupyterhub: RunningHub
     assert await containers(jupyterhub.container_name(user)) == []
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_a_client_going_away_mid_launch_leaves_nothing_behind(jupyterhub: RunningHub, counted: Counted,
                                                                      slow_image: str) -> None:
     launcher = launcher_for(jupyterhub, counted.client)
@@ -424,6 +444,8 @@ async def test_a_client_going_away_mid_launch_leaves_nothing_behind(jupyterhub: 
 # -- auth mode ------------------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_auth_mode_named_servers_and_their_limit(jupyterhub: RunningHub, counted: Counted) -> None:
     user = f"alice-{uuid.uuid4().hex[:6]}"
     user_token = await jupyterhub.user_token(user)
@@ -452,6 +474,8 @@ async def test_auth_mode_named_servers_and_their_limit(jupyterhub: RunningHub, c
         await jupyterhub.delete_user(user)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_auth_mode_default_server_already_running_is_409(jupyterhub: RunningHub, counted: Counted) -> None:
     user = f"bob-{uuid.uuid4().hex[:6]}"
     await jupyterhub.user_token(user)
