@@ -21,8 +21,8 @@ from jupyterhub.slugs import is_valid_safe_slug  # what JupyterHub 6 requires of
 from binderapi.errors import BinderError, ConflictError, LaunchError
 from binderapi.events import LaunchingEvent, LaunchReadyEvent
 from binderapi.launcher import LaunchedServer, Launcher, LaunchRequest, new_token
-from fixtures.hub import SINGLEUSER_IMAGE, RunningHub, container_env, containers, free_port, run
-from fixtures.server import make_settings
+from fixtures.hub import SINGLEUSER_IMAGE, RunningHub, container_env, containers, run
+from fixtures.server import free_port, make_settings
 
 REPO_URL = "https://github.com/binder-examples/requirements"
 MISSING_IMAGE = "127.0.0.1:5000/does-not-exist:v9"

@@ -24,9 +24,9 @@ from fixtures.hub import (
     SINGLEUSER_IMAGE,
     RunningHub,
     containers,
-    free_port,
     run,
 )
+from fixtures.server import free_port
 
 OPTIONS = {
     "image": "127.0.0.1:5000/binder-x:abc", "repo_url": "https://github.com/o/r", "token": "t0k3n-abcdefghijklmnop",
