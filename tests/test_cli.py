@@ -60,6 +60,7 @@ def test_bad_configuration_stops_with_one_clear_message(args, fragment):
     assert result.stderr.startswith("binderapi: ")
 
 
+@pytest.mark.docker  # the command starts the Docker backend (build_class docker)
 def test_serves_and_redacts_secrets_from_access_logs():
     port = free_port()
     proc = subprocess.Popen(

@@ -25,7 +25,8 @@ from fixtures.server import make_settings, serve
 
 CLIENT_DIR = Path(__file__).parent / "clients" / "binderhub-client"
 
-pytestmark = pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")), reason="needs node and npm")
+pytestmark = [pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")), reason="needs node and npm"),
+              pytest.mark.docker]  # the service starts the Docker backend
 
 
 @pytest.fixture(scope="session")

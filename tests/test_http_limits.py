@@ -10,6 +10,9 @@ import pytest
 
 from fixtures.server import make_settings, serve
 
+#: the service starts the Docker backend (build_class docker), which checks the engine at start-up
+pytestmark = pytest.mark.docker
+
 
 def settings(**binderhub):
     return make_settings(build_class="docker", use_registry=False, **binderhub)

@@ -31,8 +31,8 @@ from binderapi.launcher import (
     is_temporary_name,
     new_token,
 )
-from fixtures.hub import SINGLEUSER_IMAGE, RunningHub, container_env, containers, free_port, run
-from fixtures.server import make_settings
+from fixtures.hub import SINGLEUSER_IMAGE, RunningHub, container_env, containers, run
+from fixtures.server import free_port, make_settings
 
 REPO_URL = "https://github.com/binder-examples/requirements"
 MISSING_IMAGE = "127.0.0.1:5000/does-not-exist:v9"
@@ -206,6 +206,8 @@ def test_bad_pre_launch_hook_path_fails_at_start_up() -> None:
 # -- health ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_health(jupyterhub: RunningHub, counted: Counted) -> None:
     assert await launcher_for(jupyterhub, counted.client).health() == {"ok": True}
     down = Launcher(make_settings(hub_url=f"http://127.0.0.1:{free_port()}/"), counted.client)
@@ -216,6 +218,8 @@ async def test_health(jupyterhub: RunningHub, counted: Counted) -> None:
 # -- anonymous launches ---------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_launch_reaches_a_ready_server(jupyterhub: RunningHub, counted: Counted) -> None:
     launcher = launcher_for(jupyterhub, counted.client)
     request = launch_request()
@@ -264,6 +268,8 @@ async def test_launch_reaches_a_ready_server(jupyterhub: RunningHub, counted: Co
     assert after.status_code != 200
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_missing_image_fails_with_the_spawners_reason(jupyterhub: RunningHub, counted: Counted) -> None:
     launcher = launcher_for(jupyterhub, counted.client, {"retries": 4})
     messages, error = await launch(launcher, launch_request(MISSING_IMAGE))
@@ -284,6 +290,8 @@ async def test_missing_image_fails_with_the_spawners_reason(jupyterhub: RunningH
     assert await containers(jupyterhub.container_name("binder-examples-requirements")) == []
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_a_failed_attempt_is_retried_with_a_fresh_user(jupyterhub: RunningHub) -> None:
     counted = Counted(FailFirstStart())
     try:
@@ -307,6 +315,8 @@ async def test_a_failed_attempt_is_retried_with_a_fresh_user(jupyterhub: Running
         await jupyterhub.delete_user(server.username)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_a_refusal_by_the_hub_is_not_retried(jupyterhub: RunningHub, counted: Counted) -> None:
     user = f"carol-{uuid.uuid4().hex[:6]}"
     await jupyterhub.user_token(user)
@@ -342,6 +352,8 @@ async def test_no_hub_configured_is_a_clear_error(counted: Counted) -> None:
     assert counted.calls == []
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_hub_url_local_is_used_for_the_api_and_hub_url_for_the_server(jupyterhub: RunningHub,
                                                                             counted: Counted) -> None:
     public = "https://binder-hub.example.org/"  # what clients are sent to; never contacted here
@@ -366,6 +378,8 @@ async def refuse_with_conflict(launcher: Launcher, image: str, username: str, se
     raise ConflictError(f"{username} may not launch {image} now")
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_pre_launch_hook_raising_aborts_the_launch(jupyterhub: RunningHub) -> None:
     HOOK_CALLS.clear()
     flaky = Counted(FlakyTransport(failures=1))  # the first connection is refused, then retried
@@ -385,6 +399,8 @@ async def test_pre_launch_hook_raising_aborts_the_launch(jupyterhub: RunningHub)
     assert await jupyterhub.user(username) is None
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_pre_launch_hook_binder_errors_pass_through(jupyterhub: RunningHub, counted: Counted) -> None:
     launcher = launcher_for(jupyterhub, counted.client, {"pre_launch_hook": "test_launcher:refuse_with_conflict"})
     _, error = await launch(launcher, launch_request())
@@ -411,6 +427,8 @@ async def slow_image() -> AsyncIterator[str]:
     await run("docker", "rmi", "-f", name, check=False)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_launch_timeout_fails_clearly_and_cleans_up(jupyterhub: RunningHub, counted: Counted,
                                                           slow_image: str) -> None:
     launcher = launcher_for(jupyterhub, counted.client, {"launch_timeout": 3})
@@ -426,6 +444,8 @@ async def test_launch_timeout_fails_clearly_and_cleans_up(jupyterhub: RunningHub
     assert await containers(jupyterhub.container_name(user)) == []
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_a_client_going_away_mid_launch_leaves_nothing_behind(jupyterhub: RunningHub, counted: Counted,
                                                                      slow_image: str) -> None:
     launcher = launcher_for(jupyterhub, counted.client)
@@ -444,6 +464,8 @@ async def test_a_client_going_away_mid_launch_leaves_nothing_behind(jupyterhub: 
 # -- auth mode ------------------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_auth_mode_named_servers_and_their_limit(jupyterhub: RunningHub, counted: Counted) -> None:
     user = f"alice-{uuid.uuid4().hex[:6]}"
     user_token = await jupyterhub.user_token(user)
@@ -472,6 +494,8 @@ async def test_auth_mode_named_servers_and_their_limit(jupyterhub: RunningHub, c
         await jupyterhub.delete_user(user)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_auth_mode_default_server_already_running_is_409(jupyterhub: RunningHub, counted: Counted) -> None:
     user = f"bob-{uuid.uuid4().hex[:6]}"
     await jupyterhub.user_token(user)
@@ -505,6 +529,8 @@ async def wait_until(check: Any, seconds: float = 90.0) -> bool:
     return False
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 @pytest.mark.parametrize("then", ["wait", "stop"])
 async def test_a_clean_up_that_fails_while_the_hub_is_down_is_retried(jupyterhub: RunningHub, counted: Counted,
                                                                      slow_image: str, then: str) -> None:
@@ -549,6 +575,8 @@ async def test_a_clean_up_that_fails_while_the_hub_is_down_is_retried(jupyterhub
             await jupyterhub.delete_user(user)
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_leftover_temporary_users_are_removed_and_nothing_else(jupyterhub: RunningHub, counted: Counted) -> None:
     """What a crashed process leaves (a marked user without a ready server, older than any launch
     could take) is removed; users people named, a marked user with a running server (a session in

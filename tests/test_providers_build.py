@@ -16,6 +16,9 @@ from fixtures.server import free_port, make_settings, read_events, serve
 
 SHA = "1479e0252b2e648bb755ee913292b79495931717"
 
+#: the service starts the Docker backend (build_class docker), which checks the engine at start-up
+pytestmark = pytest.mark.docker
+
 
 @pytest.fixture
 async def client():

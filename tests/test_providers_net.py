@@ -241,6 +241,7 @@ async def test_git_memory_is_bounded(make_registry, git_server, many_refs_repo, 
 
 
 # -- what a /build client sees ----------------------------------------------------------------------
+@pytest.mark.docker  # the service starts the Docker backend and looks up images in the engine
 async def test_build_clients_get_one_failed_event_naming_the_upstream(client, fake_hostile, git_server, many_refs_repo):
     fake_hostile.mode = "huge"
     settings = make_settings({"RepoProvider": {"max_response_size": "1M"}, "RateLimiter": {"limit": 0}},

@@ -1,4 +1,3 @@
-"""Route shapes under base_url, JSON errors, CORS, bans and client addresses."""
 
 from __future__ import annotations
 
@@ -11,6 +10,10 @@ import pytest
 from binderapi.pipeline import BuildRequest, ResolvedRepo, format_appendix
 from fixtures.server import EVENT_STREAM, serve
 from fixtures.server import make_settings as _make_settings
+
+#: the service starts the Docker backend (build_class docker), which checks the engine at start-up;
+#: the same routes without any infrastructure: tests/test_inprocess.py
+pytestmark = pytest.mark.docker
 
 
 def make_settings(**binderhub):

@@ -24,9 +24,9 @@ from fixtures.hub import (
     SINGLEUSER_IMAGE,
     RunningHub,
     containers,
-    free_port,
     run,
 )
+from fixtures.server import free_port
 
 OPTIONS = {
     "image": "127.0.0.1:5000/binder-x:abc", "repo_url": "https://github.com/o/r", "token": "t0k3n-abcdefghijklmnop",
@@ -152,6 +152,8 @@ def test_the_mixin_imports_nothing_but_jupyterhub_and_traitlets() -> None:
 # -- on the real hub --------------------------------------------------------------------------------
 
 
+@pytest.mark.docker
+@pytest.mark.hub
 async def test_hub_refuses_a_start_without_token_or_image(jupyterhub: RunningHub) -> None:
     user = f"nobody-{uuid.uuid4().hex[:6]}"
     await jupyterhub.user_token(user)
@@ -169,6 +171,7 @@ async def test_hub_refuses_a_start_without_token_or_image(jupyterhub: RunningHub
 # -- a plain Jupyter server with the mixin's arguments ---------------------------------------------
 
 
+@pytest.mark.docker  # runs the single-user image with the docker CLI
 async def test_plain_jupyter_server_opens_with_the_launch_token() -> None:
     """BinderHub's chart runs `jupyter-notebook` instead of jupyterhub-singleuser; such a server knows
     only what its command line says. Run one with exactly the mixin's arguments."""

@@ -38,8 +38,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from fixtures.hub import RunningHub, free_port, start_hub
-from fixtures.server import RunningService, read_events, serve
+from fixtures.hub import RunningHub, start_hub
+from fixtures.server import RunningService, free_port, read_events, serve
 from fixtures.stack import SINGLEUSER_IMAGE, docker_settings, git_spec, manifest_exists, unique
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
