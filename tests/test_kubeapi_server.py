@@ -453,6 +453,7 @@ async def test_garbage_collector_follows_owner_references(v1: client.CoreV1Api, 
     assert kube_api.count("delete", "secrets") == 0
 
 
+@pytest.mark.docker
 async def test_garbage_collector_deletes_a_running_pod_gracefully(v1: client.CoreV1Api, kube_api: KubeAPIServer) -> None:
     """A dependent pod goes like any deleted pod: its kubelet stops and removes its container."""
     secret = await v1.create_namespaced_secret(NS, {"metadata": {"name": "owner"}, "stringData": {"k": "v"}})
