@@ -201,10 +201,11 @@ def encode(event: Event | dict[str, Any]) -> bytes:
 
 
 #: The phases the builder may report, as repo2docker's ``--json-logs`` writes them (``None``: a
-#: plain log line). ``failed`` (``failure`` in older repo2docker releases) becomes the reason in the
-#: final ``failed`` event, which binderapi sends itself; ``running`` is only written with ``--run``, which builds never use. Every other
-#: phase (``built``, ``ready``, ``launching``, ``waiting``, anything new) is binderapi's alone: the
-#: builder runs code from the repository and is never trusted to speak for binderapi.
+#: plain log line). ``failed`` (``failure`` in older repo2docker releases) becomes the reason in
+#: the final ``failed`` event, which binderapi sends itself; ``running`` is only written with
+#: ``--run``, which builds never use. Every other phase (``built``, ``ready``, ``launching``,
+#: ``waiting``, anything new) is binderapi's alone: the builder runs code from the repository and
+#: is never trusted to speak for binderapi.
 BUILDER_PHASES = frozenset({"fetching", "building", "pushing", "unknown", "failed", "failure"})
 #: fields kept besides ``phase`` and ``message``; anything else the builder adds is dropped
 BUILDER_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {"pushing": {"progress": (dict, str), "layers": (dict,)}}
