@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from binderapi.executors.kubernetes import CREDENTIALS_GRACE_SECONDS
+from binderapi.backends.kubernetes.executor import CREDENTIALS_GRACE_SECONDS
 from fixtures.kube import KubeAPIServer
 from fixtures.kubeapi import build_pods, kube_settings, until
 from fixtures.server import serve
