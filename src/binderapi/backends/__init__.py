@@ -88,7 +88,8 @@ def open_kind(settings: Settings) -> ActiveKind:
 def launch_quota_class(ref: str) -> Any:
     """The class ``BinderHub.launch_quota_class`` names: ``none``, a kind's quota (by the kind's
     name or the class name), or an import path."""
-    known = {**NO_QUOTA, **{name: kind.launch_quota for kind in KINDS.values() for name in kind.quota_names}}
+    known = {**NO_QUOTA, **{name: kind.launch_quota or NO_QUOTA["none"] for kind in KINDS.values()
+                            for name in kind.quota_names}}
     target = _lookup(ref, known)
     if target is not None:
         return load(target)

@@ -49,8 +49,8 @@ class BackendKind:
     executor_section: str
     cleaner_section: str
     #: its :class:`~binderapi.quota.LaunchQuota` subclass, made as ``cls(settings, supervisor)``
-    #: (plus ``engine=`` when it is this kind's own and the kind has an engine); no limits by default
-    launch_quota: Any = "binderapi.quota:LaunchQuota"
+    #: (plus ``engine=`` when the kind has an engine); ``None``: the generic one, without limits
+    launch_quota: Any = None
     #: ``factory(settings)``: the engine or API client every part of this kind shares, closed
     #: (``await engine.close()``) after all of them; ``None`` when the parts need none
     engine: Any = None
@@ -73,6 +73,8 @@ class BackendKind:
     def quota_names(self) -> tuple[str, ...]:
         """The names ``launch_quota_class`` accepts for this kind's quota."""
         quota = self.launch_quota
+        if quota is None:
+            return (self.name,)
         class_name = quota.rsplit(":", 1)[-1].rsplit(".", 1)[-1] if isinstance(quota, str) else quota.__name__
         return (self.name, class_name)
 
@@ -111,7 +113,7 @@ class ActiveKind:
 
     def _shares_engine(self, cls: type, own: Any) -> bool:
         """A class of this kind (or a subclass) gets the shared engine; any other makes its own."""
-        if self.engine is None:
+        if self.engine is None or own is None:
             return False
         own = load(own)
         return inspect.isclass(own) and inspect.isclass(cls) and issubclass(cls, own)
