@@ -17,8 +17,8 @@ from pathlib import Path
 
 from kubernetes_asyncio import client
 
-from binderapi.kube import make_api_client
-from binderapi.kube.quota import KubernetesLaunchQuota
+from binderapi.backends.kubernetes.api import make_api_client
+from binderapi.backends.kubernetes.quota import KubernetesLaunchQuota
 from binderapi.settings import load_settings
 from binderapi.supervisor import Supervisor
 

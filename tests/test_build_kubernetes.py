@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from binderapi.backends.kubernetes import executor as kube_backend
+from binderapi.backends.kubernetes.executor import KubernetesBuildBackend, rendezvous_rank
 from binderapi.builds import BuildManager
-from binderapi.executors import kubernetes as kube_backend
 from binderapi.executors.base import BuildJob
-from binderapi.executors.kubernetes import KubernetesBuildBackend, rendezvous_rank
 from binderapi.services import Services, StartupError
 from binderapi.supervisor import Supervisor
 from fixtures.kube import KubeAPIServer, write_kubeconfig

@@ -18,7 +18,8 @@ import aiodocker
 import httpx
 import pytest
 
-from binderapi import health, quota
+from binderapi import health
+from binderapi.backends.docker import quota
 from binderapi.supervisor import Supervisor
 from fixtures.registries import RegistryProcess
 from fixtures.server import EVENT_STREAM, make_settings, read_events, serve

@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
+from binderapi.backends.kubernetes.executor import KubernetesBuildBackend
 from binderapi.executors.base import BuildJob
-from binderapi.executors.kubernetes import KubernetesBuildBackend
 from fixtures.kube import KubeAPIServer
 from fixtures.kubeapi import PUSH_SECRET, build_pods, kube_settings, until
 from fixtures.server import serve

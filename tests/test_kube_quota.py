@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from binderapi.backends.kubernetes.quota import KubernetesLaunchQuota
 from binderapi.errors import QuotaExceededError
-from binderapi.kube.quota import KubernetesLaunchQuota
 from binderapi.services import Services, StartupError
 from binderapi.supervisor import Supervisor
 from fixtures.kube import KubeAPIServer

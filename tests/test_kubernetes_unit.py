@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
+from binderapi.backends.kubernetes.executor import KubernetesBuildBackend, rendezvous_rank
 from binderapi.executors.base import BuildJob
-from binderapi.executors.kubernetes import KubernetesBuildBackend, rendezvous_rank
 from fixtures.server import make_settings
 
 

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from binderapi.backends.docker.images import LocalImages
 from binderapi.errors import RegistryError
 from binderapi.registry import (
     DockerRegistry,
     ImageStore,
-    LocalImages,
     RememberedImages,
     make_image_store,
 )

@@ -72,3 +72,9 @@ class ConflictError(BinderError):
 
 class RateLimitExceededError(BinderError):
     status_code = 429
+
+
+class StartupError(Exception):
+    """binderapi cannot serve with this configuration and environment; the message says why.
+
+    Not a :class:`BinderError`: it stops the process at start-up, it never reaches a client."""

@@ -14,17 +14,17 @@ import httpx
 from fastapi import Depends, Request
 
 from . import __version__
-from ._importing import resolve
 from .auth import HubAuth
+from .backends import ActiveKind, launch_quota_class, open_kind
 from .builds import BuildManager
-from .errors import BinderError
+from .errors import BinderError, StartupError
 from .eventlog import EventLog
-from .executors import KNOWN_BACKENDS, BuildBackend
+from .executors import BuildBackend
 from .health import HealthChecks
 from .launcher import Launcher
 from .providers import ProviderContext, ProviderRegistry
 from .providers._http import make_client
-from .quota import KNOWN_QUOTAS, LaunchQuota
+from .quota import LaunchQuota
 from .ratelimit import RateLimiter
 from .registry import ImageStore, make_image_store
 from .settings import Settings
@@ -40,25 +40,12 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"binderapi/{__version__}"
 
 
-class StartupError(Exception):
-    """binderapi cannot serve with this configuration and environment; the message says why."""
-
-
-def make_backend(settings: Settings) -> BuildBackend:
+def open_backend_kind(settings: Settings) -> ActiveKind:
+    """The backend kind ``build_class`` selects (see :mod:`binderapi.backends`), its engine client made."""
     try:
-        backend_class = resolve(settings.BinderHub.build_class, KNOWN_BACKENDS, "build backend")
+        return open_kind(settings)
     except ImportError as e:
         raise StartupError(f"BinderHub.build_class: {e}") from None
-    return backend_class(settings)
-
-
-def executor_section(settings: Settings, kind: str) -> Any:
-    """The settings section of the build backend in use."""
-    return settings.DockerBuildExecutor if kind == "docker" else settings.KubernetesBuildExecutor
-
-
-def cleaner_max_age(settings: Settings, kind: str) -> int:
-    return (settings.DockerCleaner if kind == "docker" else settings.KubernetesCleaner).max_age
 
 
 def hub_api_url(settings: Settings) -> str:
@@ -66,18 +53,19 @@ def hub_api_url(settings: Settings) -> str:
     return settings.Launcher.hub_api_url or (settings.BinderHub.hub_url_local + "hub/api/")
 
 
-def make_quota(settings: Settings, supervisor: Supervisor) -> LaunchQuota:
+def make_quota(settings: Settings, supervisor: Supervisor, kind: ActiveKind) -> LaunchQuota:
     try:
-        quota_class = resolve(settings.BinderHub.launch_quota_class, KNOWN_QUOTAS, "launch quota")
+        quota_class = launch_quota_class(settings.BinderHub.launch_quota_class)
     except ImportError as e:
         raise StartupError(f"BinderHub.launch_quota_class: {e}") from None
-    return quota_class(settings, supervisor)
+    return kind.launch_quota(quota_class, supervisor)
 
 
 @dataclass
 class Services:
     settings: Settings
     http: httpx.AsyncClient
+    kind: ActiveKind
     providers: ProviderRegistry
     health: HealthChecks
     supervisor: Supervisor
@@ -99,7 +87,7 @@ class Services:
 
     @property
     def executor_settings(self) -> Any:
-        return executor_section(self.settings, self.backend.kind)
+        return self.kind.executor_settings
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -115,22 +103,24 @@ class Services:
         except ValueError as e:
             await http.aclose()
             raise StartupError(str(e)) from None
-        backend = make_backend(settings)
+        kind = open_backend_kind(settings)
+        backend = kind.build_backend()
         try:
-            images = make_image_store(settings, http)
+            images = make_image_store(settings, http, kind.local_images)
         except ValueError as e:
             await http.aclose()
+            await kind.close()
             raise StartupError(str(e)) from None
         builds = BuildManager(
             backend, supervisor,
             concurrent_build_limit=binderhub.concurrent_build_limit,
-            log_tail_lines=executor_section(settings, backend.kind).log_tail_lines,
-            max_age=cleaner_max_age(settings, backend.kind),
+            log_tail_lines=kind.executor_settings.log_tail_lines,
+            max_age=kind.cleaner_settings.max_age,
             image_exists=images.image_exists,
         )
         services = cls(
-            settings=settings, http=http, providers=providers, health=HealthChecks(), supervisor=supervisor,
-            backend=backend, images=images, builds=builds, quota=make_quota(settings, supervisor),
+            settings=settings, http=http, kind=kind, providers=providers, health=HealthChecks(), supervisor=supervisor,
+            backend=backend, images=images, builds=builds, quota=make_quota(settings, supervisor, kind),
             launcher=Launcher(settings, http), event_log=EventLog(settings.EventLog),
             build_tokens=BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
                                      binderhub.build_token_check_origin),
@@ -184,7 +174,8 @@ class Services:
             self.health.add("Docker registry", self.images.health, timeout=self.settings.DockerRegistry.timeout + 2)
         if self.settings.BinderHub.hub_url:
             self.health.add("JupyterHub API", self.launcher.health)
-        self.health.add("Builder", self.backend.check)
+        for name, check in self.kind.health_checks(self.backend):
+            self.health.add(name, check)
         self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
         if self.warm_pool is not None:
             self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)
@@ -194,7 +185,7 @@ class Services:
             await self.warm_pool.close()  # first: removing its servers needs the hub client
         await self.supervisor.close()
         await self.launcher.close()  # ends launches and finishes hub clean-ups, before the hub client closes
-        for closer in (self.quota.close, self.images.close, self.backend.close):
+        for closer in (self.quota.close, self.images.close, self.backend.close, self.kind.close):  # the engine last
             try:
                 await closer()
             except Exception:

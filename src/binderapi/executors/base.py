@@ -56,6 +56,8 @@ class BuildExistsError(Exception):
 class BuildBackend(abc.ABC):
     """Runs builds somewhere (a Docker engine, a Kubernetes cluster)."""
 
+    #: the registered backend kind this backend belongs to (:mod:`binderapi.backends`): a class given
+    #: to ``build_class`` by import path reads that kind's settings sections
     kind: str = ""
 
     @property

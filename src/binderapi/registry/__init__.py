@@ -2,7 +2,8 @@
 
 * :class:`DockerRegistry`: a Docker Registry HTTP API v2 registry (``use_registry: true``,
   BinderHub's default), configured by the ``DockerRegistry`` section and a docker ``config.json``.
-* :class:`LocalImages`: the local Docker engine (``use_registry: false``); nothing is pushed.
+* the local engine (``use_registry: false``; the backend kind's store, e.g. the Docker kind's
+  ``LocalImages``); nothing is pushed.
 
 Both raise :class:`~binderapi.errors.RegistryError` when they cannot answer, so a broken registry
 fails the launch with a message instead of triggering a rebuild.
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import httpx
 
 from .._importing import resolve
+from ..backends import local_image_store  # the table of kinds; it imports no kind's code
 from .docker import DockerRegistry
-from .local import LocalImages
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -97,26 +98,26 @@ KNOWN_REGISTRIES = {
 }
 
 
-def make_image_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
+def make_image_store(settings: Settings, http: httpx.AsyncClient,
+                     local: Callable[[], ImageStore] | None = None) -> ImageStore:
     """The store the settings ask for, behind :class:`RememberedImages` unless
     ``DockerRegistry.exists_cache_seconds`` is 0.
 
-    ``use_registry: false`` asks the engine at ``DockerBuildExecutor.docker_host`` (the socket the
-    BinderHub chart mounts in that mode). Otherwise ``BinderHub.registry_class`` is instantiated as
+    ``use_registry: false`` asks the build backend's engine, through ``local()`` (the backend
+    kind's store; by default the kind ``build_class`` names: see :mod:`binderapi.backends`). Otherwise ``BinderHub.registry_class`` is instantiated as
     ``cls(settings.DockerRegistry, http, image_prefix=BinderHub.image_prefix)``, so a class given by
     import path must accept those arguments.
     """
-    store = _make_store(settings, http)
+    store = _make_store(settings, http, local)
     seconds = settings.DockerRegistry.exists_cache_seconds
     return RememberedImages(store, seconds) if seconds > 0 else store
 
 
-def _make_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
+def _make_store(settings: Settings, http: httpx.AsyncClient, local: Callable[[], ImageStore] | None) -> ImageStore:
     binderhub = settings.BinderHub
     registry = settings.DockerRegistry
     if not binderhub.use_registry:
-        return LocalImages(settings.DockerBuildExecutor.docker_host, retries=registry.retries,
-                           retry_delay=registry.retry_delay, timeout=registry.timeout)
+        return local() if local is not None else local_image_store(settings)
     try:
         cls = resolve(binderhub.registry_class, KNOWN_REGISTRIES, "registry class")
     except ImportError as e:
@@ -124,4 +125,4 @@ def _make_store(settings: Settings, http: httpx.AsyncClient) -> ImageStore:
     return cls(registry, http, image_prefix=binderhub.image_prefix)
 
 
-__all__ = ["KNOWN_REGISTRIES", "DockerRegistry", "ImageStore", "LocalImages", "RememberedImages", "make_image_store"]
+__all__ = ["KNOWN_REGISTRIES", "DockerRegistry", "ImageStore", "RememberedImages", "make_image_store"]

@@ -27,6 +27,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
+from ..backends import pair_defaults  # the table of kinds; it imports no kind's code
 from . import helm, models, pyconfig
 from .models import LEGACY_ENV, SECTIONS, section_parent
 
@@ -294,11 +295,7 @@ def _inherit(merged: dict[str, dict[str, Any]]) -> None:
 
 def _pair_backends(merged: dict[str, dict[str, Any]]) -> None:
     """Left at their defaults, the cleaner and launch quota follow ``build_class``."""
-    binderhub = merged.setdefault("BinderHub", {})
-    build_class = binderhub.get("build_class", "kubernetes")
-    if build_class == "docker":
-        binderhub.setdefault("build_cleaner_class", "docker")
-        binderhub.setdefault("launch_quota_class", "docker")
+    pair_defaults(merged.setdefault("BinderHub", {}))
 
 
 def load_settings(

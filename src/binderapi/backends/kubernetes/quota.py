@@ -12,20 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes_asyncio import client
 
-from ..executors.base import COMPONENT_LABEL
-from ..quota import CountingQuota
-from . import Informer, make_api_client
+from ...errors import StartupError
+from ...executors.base import COMPONENT_LABEL
+from ...quota import CountingQuota
+from .api import Informer, make_api_client
 
 if TYPE_CHECKING:
-    from ..settings import Settings
-    from ..supervisor import Supervisor
+    from ...settings import Settings
+    from ...supervisor import Supervisor
+    from .engine import SharedApiClient
 
 ENDED = ("Succeeded", "Failed")
 
 
 class KubernetesLaunchQuota(CountingQuota):
-    def __init__(self, settings: Settings, supervisor: Supervisor | None = None) -> None:
+    def __init__(self, settings: Settings, supervisor: Supervisor | None = None,
+                 engine: SharedApiClient | None = None) -> None:
         super().__init__(settings, supervisor)
+        self._engine = engine  # the kind's shared client (closed by the kind), else one of our own
         self.config = settings.KubernetesLaunchQuota
         self.total_quota = self.config.total_quota
         self.namespace = self.config.namespace or settings.KubernetesBuildExecutor.namespace
@@ -73,10 +77,8 @@ class KubernetesLaunchQuota(CountingQuota):
     async def start(self) -> None:
         assert self.supervisor is not None
         try:
-            self._api_client = await make_api_client(self.kubeconfig)
+            self._api_client = await (self._engine.get() if self._engine else make_api_client(self.kubeconfig))
         except RuntimeError as e:
-            from ..services import StartupError  # here: services imports the quota classes
-
             self.start_error = f"KubernetesLaunchQuota cannot reach Kubernetes: {e}"
             raise StartupError(self.start_error) from None
         api = client.CoreV1Api(self._api_client)
@@ -105,5 +107,5 @@ class KubernetesLaunchQuota(CountingQuota):
         return result
 
     async def close(self) -> None:
-        if self._api_client is not None:
+        if self._api_client is not None and self._engine is None:
             await self._api_client.close()

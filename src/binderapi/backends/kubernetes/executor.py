@@ -26,8 +26,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import BuildError
-from ..kube import (
+from ...errors import BuildError
+from ...executors.base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
+from ...executors.repo2docker import git_config_environment, repo2docker_command
+from .api import (
     CONNECTION_ERRORS,
     ApiException,
     describe,
@@ -35,11 +37,10 @@ from ..kube import (
     make_api_client,
     retrying,
 )
-from .base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
-from .repo2docker import git_config_environment, repo2docker_command
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from ...settings import Settings
+    from .engine import SharedApiClient
 
 from kubernetes_asyncio import client, watch
 
@@ -80,8 +81,9 @@ def _epoch(value: Any) -> float | None:
 class KubernetesBuildBackend(BuildBackend):
     kind = "kubernetes"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: SharedApiClient | None = None) -> None:
         self.settings = settings
+        self._engine = engine  # the kind's shared client (closed by the kind), else one of our own
         self.config = settings.KubernetesBuildExecutor
         self.namespace = self.config.namespace
         self.timeout = self.config.api_timeout
@@ -98,7 +100,7 @@ class KubernetesBuildBackend(BuildBackend):
         async with self._lock:
             if self._api_client is None:
                 try:
-                    self._api_client = await make_api_client(self.config.kubeconfig)
+                    self._api_client = await (self._engine.get() if self._engine else make_api_client(self.config.kubeconfig))
                 except RuntimeError as e:
                     raise BuildError(f"Cannot reach Kubernetes: {e}") from None
         return client.CoreV1Api(self._api_client)
@@ -503,5 +505,5 @@ class KubernetesBuildBackend(BuildBackend):
                 "namespace": self.namespace, "build_image": self.config.build_image}
 
     async def close(self) -> None:
-        if self._api_client is not None:
+        if self._api_client is not None and self._engine is None:
             await self._api_client.close()

@@ -19,7 +19,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from .. import retry
+from ... import retry
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,19 @@ pushed. An engine that cannot answer is an error after a few attempts, like a fa
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import aiohttp
 
-from ..errors import RegistryError
-from ._retry import TransientError, retrying
+from ...errors import RegistryError
+from ...registry._retry import TransientError, retrying
+from .engine import engine_url
+
+if TYPE_CHECKING:
+    from ...settings import Settings
 
 # aiodocker's status for "could not connect to the engine"
 _NO_CONNECTION = 900
@@ -26,24 +31,18 @@ def _reason(error: aiodocker.DockerError) -> str:
     return match.group(1) if match else error.message
 
 
-def engine_url(docker_host: str) -> str:
-    """A socket path (``/var/run/docker.sock``) as ``unix://...``; URLs as they are."""
-    host = docker_host.strip()
-    if host.startswith("/"):
-        return "unix://" + host
-    return host
-
-
 class LocalImages:
     """Image existence in the local Docker engine, through its API (aiodocker)."""
 
-    def __init__(self, docker_host: str, *, retries: int = 3, retry_delay: float = 1.0, timeout: float = 10.0) -> None:
+    def __init__(self, docker_host: str, *, retries: int = 3, retry_delay: float = 1.0, timeout: float = 10.0,
+                 engine: aiodocker.Docker | None = None) -> None:
         self.docker_host = engine_url(docker_host)
         self.retries = retries
         self.retry_delay = retry_delay
         self.timeout = timeout
         self.name = f"the Docker engine at {self.docker_host}"
-        self._docker: aiodocker.Docker | None = None
+        self._docker: aiodocker.Docker | None = engine
+        self._owns_engine = engine is None  # a shared engine client is closed by its kind
 
     def _client(self) -> aiodocker.Docker:
         # created on first use: aiodocker binds its HTTP session to the running event loop
@@ -58,7 +57,8 @@ class LocalImages:
 
     async def _inspect(self, image_name: str) -> bool:
         try:
-            await self._client().images.inspect(image_name)
+            async with asyncio.timeout(self.timeout):  # the shared client has no default timeout
+                await self._client().images.inspect(image_name)
         except aiodocker.DockerError as e:
             if e.status == 404:
                 return False
@@ -83,13 +83,22 @@ class LocalImages:
 
     async def _ping(self) -> None:
         try:
-            await self._client().version()
+            async with asyncio.timeout(self.timeout):
+                await self._client().version()
         except aiodocker.DockerError as e:
             raise TransientError(f"{self.name} cannot be reached ({_reason(e)})") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise TransientError(f"{self.name} cannot be reached ({type(e).__name__}: {e})") from None
 
     async def close(self) -> None:
-        if self._docker is not None:
+        if self._docker is not None and self._owns_engine:
             await self._docker.close()
             self._docker = None
+
+
+def local_images(settings: Settings, engine: aiodocker.Docker | None = None) -> LocalImages:
+    """``use_registry: false``: the engine at ``DockerBuildExecutor.docker_host``, through the
+    shared client when the Docker kind is in use."""
+    registry = settings.DockerRegistry
+    return LocalImages(settings.DockerBuildExecutor.docker_host, retries=registry.retries,
+                       retry_delay=registry.retry_delay, timeout=registry.timeout, engine=engine)

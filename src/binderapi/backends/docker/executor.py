@@ -16,12 +16,13 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from ..errors import BuildError
-from .base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
-from .repo2docker import builder_environment, repo2docker_command
+from ...errors import BuildError
+from ...executors.base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
+from ...executors.repo2docker import builder_environment, repo2docker_command
+from .engine import engine_url, make_engine, socket_path
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from ...settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,6 @@ NO_CONNECTION = 900
 CONNECTION_FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: how long the engine may take to answer "are you there?" after a build ended abnormally
 PING_TIMEOUT = 5.0
-
-
-def engine_url(docker_host: str) -> str:
-    """``/var/run/docker.sock`` -> ``unix:///var/run/docker.sock``; URLs pass through."""
-    return docker_host if "://" in docker_host else f"unix://{docker_host}"
-
-
-def socket_path(docker_host: str) -> str | None:
-    url = engine_url(docker_host)
-    return url[len("unix://"):] if url.startswith("unix://") else None
 
 
 def _epoch(timestamp: str | None) -> float | None:
@@ -65,10 +56,11 @@ def _epoch(timestamp: str | None) -> float | None:
 class DockerBuildBackend(BuildBackend):
     kind = "docker"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: aiodocker.Docker | None = None) -> None:
         self.config = settings.DockerBuildExecutor
         self.namespace = settings.DockerBuildExecutor.namespace
-        self.docker = aiodocker.Docker(url=engine_url(self.config.docker_host))
+        self._owns_engine = engine is None  # a shared engine client is closed by its kind
+        self.docker = engine or make_engine(settings)
 
     @property
     def builder_info(self) -> dict[str, Any]:
@@ -280,4 +272,5 @@ class DockerBuildBackend(BuildBackend):
                 "build_image": self.config.build_image, "build_image_present": image_ok}
 
     async def close(self) -> None:
-        await self.docker.close()
+        if self._owns_engine:
+            await self.docker.close()
