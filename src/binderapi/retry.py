@@ -101,15 +101,15 @@ class Backoff:
         self.reset()
 
     def reset(self) -> None:
-        """Start a fresh run of attempts: the next failure is the first."""
-        self._attempts = aiter(self._policy)
+        """Start a fresh run of attempts: the next failure is the first. (Cheap: called per event.)"""
         self._attempt: AttemptManager | None = None
 
     async def failed(self, error: BaseException) -> None:
         """Count ``error`` as this attempt's outcome, then wait before the next attempt; raise
         instead when ``error`` is not transient or no attempt is left."""
         if self._attempt is None:
-            self._attempt = await anext(self._attempts)  # the first attempt: no wait
+            self._attempts = aiter(self._policy)  # a fresh run of attempts
+            self._attempt = await anext(self._attempts)  # its first: no wait
         with self._attempt:
             raise error
         self._attempt = await anext(self._attempts)
