@@ -55,8 +55,9 @@ def policy(*, transient: Callable[[BaseException], bool], attempts: int | None, 
     def log_wait(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         of = f" of {attempts}" if attempts else ""
+        wait = state.next_action.sleep if state.next_action else 0.0
         log.log(level, "%s failed (attempt %d%s): %s; retrying in %.1fs", what, state.attempt_number, of,
-                describe(error) if error is not None else "?", state.upcoming_sleep)
+                describe(error) if error is not None else "?", wait)
 
     def give_up(state: RetryCallState) -> NoReturn:
         error = state.outcome.exception() if state.outcome else None
