@@ -1,32 +1,116 @@
-"""One retry policy for calls to services that may be briefly down (registry, Docker engine,
-Kubernetes API): a few attempts, waiting ``delay``, ``2 * delay``, ... (at most 30 s) between them.
-Each caller says which failures are worth another attempt; the rest pass through at once."""
+"""The one retry policy, on tenacity, for calls to services that may be briefly down (provider
+upstreams, registry, Docker engine, Kubernetes API): a few attempts, with exponential waits of
+nominally ``delay``, ``2 * delay``, ``4 * delay`` ... capped at ``cap``, each drawn between half
+and all of its nominal value ("equal jitter") so that replicas which failed together do not knock
+again in step.
+
+Every site keeps its own judgement and words: ``transient`` says which failures are worth another
+attempt (the rest pass through at once), ``attempts`` and ``delay`` come from its settings, and
+``exhausted`` says how the last failure reads once no attempt is left.
+
+- :func:`retrying` runs one call under the policy.
+- :class:`Backoff` serves a loop that resumes a stream (a watch, an event feed): it waits after
+  each failure in a row and starts over when the stream delivers again.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    AttemptManager,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: the longest wait between two attempts unless a site says otherwise
 MAX_DELAY = 30.0
 
 
-async def retrying(op: Callable[[], Awaitable[T]], *, attempts: int, delay: float, what: str,
-                   transient: Callable[[BaseException], bool], describe: Callable[[BaseException], str] = str,
-                   level: int = logging.WARNING) -> T:
-    """``op()``, again after a ``transient`` failure; the last failure, or any other, is raised."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await op()
-        except Exception as e:
-            if attempt == attempts or not transient(e):
-                raise
-            wait = min(delay * 2 ** (attempt - 1), MAX_DELAY)
-            log.log(level, "%s failed (attempt %d of %d): %s; retrying in %.1fs", what, attempt, attempts, describe(e), wait)
-        await asyncio.sleep(wait)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+def waits(delay: float, cap: float = MAX_DELAY) -> wait_base:
+    """The policy's wait before attempt ``n + 1``: half of ``min(cap, delay * 2 ** (n - 1))`` for
+    sure, plus a random share of the other half."""
+    return (wait_exponential(multiplier=delay / 2, max=cap / 2)
+            + wait_random_exponential(multiplier=delay / 2, max=cap / 2))
+
+
+def policy(*, transient: Callable[[BaseException], bool], attempts: int | None, delay: float, what: str,
+           cap: float = MAX_DELAY, exhausted: Callable[[BaseException], BaseException] | None = None,
+           describe: Callable[[BaseException], str] = str, level: int = logging.WARNING) -> AsyncRetrying:
+    """The policy as a tenacity ``AsyncRetrying``: ``attempts`` in all (``None``: until it works),
+    retrying only ``transient`` failures; each wait is logged at ``level`` as ``what`` failed."""
+
+    def log_wait(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        of = f" of {attempts}" if attempts else ""
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.log(level, "%s failed (attempt %d%s): %s; retrying in %.1fs", what, state.attempt_number, of,
+                describe(error) if error is not None else "?", wait)
+
+    def give_up(state: RetryCallState) -> NoReturn:
+        error = state.outcome.exception() if state.outcome else None
+        assert error is not None and exhausted is not None  # only failures are retried
+        raise exhausted(error) from error
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(attempts) if attempts else stop_never,
+        wait=waits(delay, cap),
+        retry=retry_if_exception(transient),
+        before_sleep=log_wait,
+        retry_error_callback=give_up if exhausted else None,
+        reraise=True,
+    )
+
+
+async def retrying(op: Callable[[], Awaitable[T]], *, transient: Callable[[BaseException], bool], attempts: int,
+                   delay: float, what: str, cap: float = MAX_DELAY,
+                   exhausted: Callable[[BaseException], BaseException] | None = None,
+                   describe: Callable[[BaseException], str] = str, level: int = logging.WARNING) -> T:
+    """``op()``, again after a ``transient`` failure. Any other failure is raised at once; the last
+    transient one as ``exhausted(error)`` (by default as itself)."""
+    retries = policy(transient=transient, attempts=attempts, delay=delay, what=what, cap=cap,
+                     exhausted=exhausted, describe=describe, level=level)
+
+    async def call() -> T:  # tenacity awaits only coroutine functions, not a lambda returning a coroutine
+        return await op()
+
+    return await retries(call)
+
+
+class Backoff:
+    """The policy for a loop that resumes a stream: call :meth:`failed` after each failure, which
+    waits before the next try (or raises, as :func:`retrying` would), and :meth:`reset` once the
+    stream works again, so that only failures in a row count."""
+
+    def __init__(self, *, transient: Callable[[BaseException], bool], attempts: int | None, delay: float,
+                 what: str, cap: float = MAX_DELAY, exhausted: Callable[[BaseException], BaseException] | None = None,
+                 describe: Callable[[BaseException], str] = str, level: int = logging.WARNING) -> None:
+        self._policy = policy(transient=transient, attempts=attempts, delay=delay, what=what, cap=cap,
+                              exhausted=exhausted, describe=describe, level=level)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a fresh run of attempts: the next failure is the first. (Cheap: called per event.)"""
+        self._attempt: AttemptManager | None = None
+
+    async def failed(self, error: BaseException) -> None:
+        """Count ``error`` as this attempt's outcome, then wait before the next attempt; raise
+        instead when ``error`` is not transient or no attempt is left."""
+        if self._attempt is None:
+            self._attempts = aiter(self._policy)  # a fresh run of attempts
+            self._attempt = await anext(self._attempts)  # its first: no wait
+        with self._attempt:
+            raise error
+        self._attempt = await anext(self._attempts)

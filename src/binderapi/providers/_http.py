@@ -2,7 +2,7 @@
 
 Upstreams fail in two ways that matter to a user. A 4xx is an answer ("no such ref") and is returned
 at once. A 5xx, a timeout or a refused connection is a hiccup: it is retried a bounded number of
-times with exponential backoff, and only then reported as "<upstream> is unreachable", naming the
+times under the retry policy (:mod:`binderapi.retry`), and only then reported as "<upstream> is unreachable", naming the
 host but never a token. Redirects are followed by hand so that every hop passes the
 ``denied_networks`` check (a DOI may point anywhere), and each hop's connection is pinned to the
 address checked (:class:`PinningTransport`).
@@ -24,6 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from .. import retry
 from ..errors import UpstreamError, UpstreamRateLimitError
 from ._net import DEFAULT_PORTS, Pin, check_url, denied_networks, display_url, host_of
 
@@ -158,6 +159,10 @@ async def _fetch(
     raise UpstreamError(f"{upstream} redirected more than {max_redirects} times; giving up.")
 
 
+class _Hiccup(Exception):
+    """A failed attempt another may cure (5xx, timeout, broken connection); its text is the reason."""
+
+
 async def _get_with_retries(
     context: ProviderContext,
     config: models.RepoProvider,
@@ -165,27 +170,28 @@ async def _get_with_retries(
     url: str,
     **kwargs: Any,
 ) -> httpx.Response:
-    reason = ""
-    for attempt in range(1, config.retries + 1):
+    """GET ``url``, each attempt bounded by ``request_timeout``, under the retry policy."""
+
+    async def attempt() -> httpx.Response:
         started = time.monotonic()
         try:
             async with asyncio.timeout(config.request_timeout):
                 response = await _get_bounded(context, config, upstream, url, **kwargs)
         except (httpx.TimeoutException, TimeoutError):
-            reason = f"no answer within {config.request_timeout:g} seconds"
+            raise _Hiccup(f"no answer within {config.request_timeout:g} seconds") from None
         except httpx.TransportError as e:
-            reason = _transport_reason(e)
-        else:
-            log.debug("GET %s -> %s (%.3fs)", display_url(str(response.url)), response.status_code,
-                      time.monotonic() - started)
-            if response.status_code < 500:
-                return response
-            reason = f"HTTP {response.status_code}"
-        log.warning("%s request to %s failed (attempt %d/%d): %s", upstream, display_url(url), attempt,
-                    config.retries, reason)
-        if attempt < config.retries:
-            await asyncio.sleep(config.retry_delay * 2 ** (attempt - 1))
-    raise UpstreamError(f"{upstream} ({host_of(url)}) is unreachable or failing ({reason}). Please try again later.")
+            raise _Hiccup(_transport_reason(e)) from None
+        log.debug("GET %s -> %s (%.3fs)", display_url(str(response.url)), response.status_code,
+                  time.monotonic() - started)
+        if response.status_code >= 500:
+            raise _Hiccup(f"HTTP {response.status_code}")
+        return response
+
+    return await retry.retrying(
+        attempt, attempts=config.retries, delay=config.retry_delay,
+        what=f"{upstream} request to {display_url(url)}", transient=lambda e: isinstance(e, _Hiccup),
+        exhausted=lambda e: UpstreamError(
+            f"{upstream} ({host_of(url)}) is unreachable or failing ({e}). Please try again later."))
 
 
 async def _get_bounded(

@@ -25,9 +25,7 @@ async def retrying(op: Callable[[], Awaitable[T]], *, attempts: int, delay: floa
     """Run ``op`` up to ``attempts`` times (:func:`binderapi.retry.retrying`), retrying only
     :class:`TransientError`; any other exception (a definite refusal such as rejected credentials)
     passes through at once."""
-    try:
-        return await retry.retrying(op, attempts=attempts, delay=delay, what=what,
-                                    transient=lambda e: isinstance(e, TransientError))
-    except TransientError as e:
-        plural = "s" if attempts != 1 else ""
-        raise RegistryError(f"{e} (gave up after {attempts} attempt{plural})", status_code=503) from e
+    plural = "s" if attempts != 1 else ""
+    return await retry.retrying(
+        op, attempts=attempts, delay=delay, what=what, transient=lambda e: isinstance(e, TransientError),
+        exhausted=lambda e: RegistryError(f"{e} (gave up after {attempts} attempt{plural})", status_code=503))

@@ -267,7 +267,7 @@ class DockerRegistry(Section):
     docker_config_path: str = Field("", description="docker `config.json` to read; empty means `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. A missing file means no credentials.")
     not_found_401: bool | None = Field(None, description="Count a 401 answered to a Bearer-authenticated manifest request as 'image missing' (Docker Hub answers 401 for repositories that do not exist). Null turns it on for Docker Hub only; elsewhere such a 401 is an error naming the registry.")
     retries: int = Field(3, ge=1, description="Attempts on a failing registry (5xx, 429, timeouts, refused connections) before the check fails with an error; a failing registry never counts as 'image missing'.")
-    retry_delay: float = Field(1.0, ge=0, description="Seconds before the second attempt; doubled for each further one (at most 30).")
+    retry_delay: float = Field(1.0, ge=0, description="Seconds before the second attempt; doubled for each further one (at most 30). Each wait is drawn between half and all of that, so replicas do not retry in step.")
     timeout: float = Field(10.0, gt=0, description="Seconds per registry or token-server request.")
     exists_cache_seconds: float = Field(300.0, ge=0, description="Seconds an image found in the registry (or local engine) is remembered as present, sparing a round trip on every request for an image already built; 0 asks every time. Images are named after the resolved ref, so a present image does not change; only an operator deleting it makes the memory stale, for at most this long. Absent images are never remembered.")
 
@@ -387,7 +387,7 @@ class RepoProvider(Section):
     request_deadline: float = Field(60.0, gt=0, description="Seconds one upstream call may take in all: every attempt, the waits between them and every redirect hop included. When it runs out the build fails naming the upstream.")
     max_response_size: ByteSize = Field(10 * 1024**2, gt=0, description="Largest upstream HTTP answer body read (after decompression), e.g. `10M`. A larger one is cut off and the build fails naming the upstream and the limit.")
     retries: int = Field(3, ge=1, description="Attempts per upstream request on 5xx answers, timeouts and failed connections (4xx answers are never retried).")
-    retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt; doubled before each further one.")
+    retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt; doubled before each further one (at most 30). Each wait is drawn between half and all of that, so replicas do not retry in step.")
     denied_networks: list[Network] = Field(
         default_factory=lambda: list(DEFAULT_DENIED_NETWORKS),
         description="Networks that provider requests (every redirect hop included), git URLs and the builds' clones may never reach, checked on every address a host name resolves to; the connection is then pinned to the checked address, so a name that resolves elsewhere later (DNS rebinding) gains nothing. An unspecified address (`0.0.0.0`, `::`) counts as loopback, and IPv4-mapped IPv6 addresses as their IPv4 address. The default blocks this host (loopback and unspecified), link-local addresses and cloud metadata endpoints. Setting this option replaces the list: keep the defaults and add your cluster and private ranges (`10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16`, `fc00::/7`) on a public deployment so it cannot be used to probe its own network; an empty list turns the check off.",

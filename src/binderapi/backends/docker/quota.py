@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from typing import TYPE_CHECKING
 
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from ... import retry
 from ...quota import CountingQuota
 from .engine import make_engine
 
@@ -23,9 +23,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: while the engine is down, the events watch tries again after 1, 2, 4 ... seconds, at most this
-#: many (each wait drawn between half and all of it, so replicas do not knock in step)
+#: many (each wait drawn between half and all of it, so replicas do not knock in step: binderapi.retry)
 EVENTS_RETRY_MIN = 1.0
 EVENTS_RETRY_MAX = 60.0
+#: what an engine that is down, restarting or unreachable raises
+ENGINE_ERRORS = (DockerError, OSError, TimeoutError, aiohttp.ClientError)
+
+
+class _EventsEnded(Exception):
+    """The engine closed the events stream (restarting, say): follow it again after a wait."""
 
 
 class DockerLaunchQuota(CountingQuota):
@@ -76,22 +82,23 @@ class DockerLaunchQuota(CountingQuota):
 
     async def _watch_events(self) -> None:
         """Follow the events for good. An engine that is down is a state, not a crash: one
-        WARNING when it goes, one INFO when it is back, and in between attempts spaced by a
-        capped, jittered exponential backoff (not a traceback every 2 s)."""
-        delay = EVENTS_RETRY_MIN
+        WARNING when it goes, one INFO when it is back, and in between attempts spaced by the
+        retry policy's capped, jittered exponential backoff (not a traceback every 2 s)."""
+        backoff = retry.Backoff(transient=lambda e: True, attempts=None, delay=EVENTS_RETRY_MIN, cap=EVENTS_RETRY_MAX,
+                                what="quota: following the Docker events", level=logging.DEBUG)
         while True:
             try:
                 await self._follow_events()
-            except (DockerError, OSError, TimeoutError, aiohttp.ClientError) as e:
+            except ENGINE_ERRORS as e:
                 if self.engine_down is None:  # a new outage
                     self.engine_down = str(e) or type(e).__name__
                     log.warning("quota: the Docker engine cannot be reached (%s); launch counts are frozen "
                                 "until it is back, retrying with backoff", self.engine_down)
-                    delay = EVENTS_RETRY_MIN
-            else:
-                delay = EVENTS_RETRY_MIN  # the stream ended normally: follow again soon
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, EVENTS_RETRY_MAX)
+                    backoff.reset()
+                await backoff.failed(e)
+            else:  # the stream ended normally: follow again after the first wait
+                backoff.reset()
+                await backoff.failed(_EventsEnded("the events stream ended"))
 
     def _engine_answered(self) -> None:
         if self.engine_down is not None:
@@ -102,7 +109,7 @@ class DockerLaunchQuota(CountingQuota):
         while True:
             await asyncio.sleep(self.config.resync_interval)
             if self.engine_down is None:  # while it is down, the events watch owns the retries
-                with contextlib.suppress(DockerError, OSError, TimeoutError, aiohttp.ClientError):
+                with contextlib.suppress(*ENGINE_ERRORS):
                     await self.resync()
 
     async def start(self) -> None:

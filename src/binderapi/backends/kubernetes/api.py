@@ -32,6 +32,8 @@ T = TypeVar("T")
 CONNECTION_ERRORS = (TimeoutError, OSError, aiohttp.ClientError)
 #: answers worth asking again: overload and server-side failures, never a refusal
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+#: an informer's first wait before relisting after a failure (then doubled, jittered, capped)
+RELIST_DELAY = 2.0
 
 
 async def make_api_client(kubeconfig: str = "") -> client.ApiClient:
@@ -96,10 +98,14 @@ class Informer:
         return pods["metadata"]["resourceVersion"]
 
     async def run(self) -> None:
-        """Run until cancelled; errors are logged and retried after a pause."""
+        """Run until cancelled; errors are logged and retried after the retry policy's wait,
+        growing while the apiserver keeps failing, from the start again once a LIST succeeds."""
+        backoff = retry.Backoff(transient=lambda e: True, attempts=None, delay=RELIST_DELAY,
+                                what=f"Pod watch {self.selector} in {self.namespace}")
         while True:
             try:
                 version = await self._list()
+                backoff.reset()
                 async with asyncio.timeout(self.resync_interval):
                     await self._watch(version)
             except TimeoutError:
@@ -107,8 +113,7 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("Pod watch %s in %s failed (%s); relisting soon", self.selector, self.namespace, e)
-                await asyncio.sleep(2)
+                await backoff.failed(e)  # logged: "Pod watch ... failed (attempt n): ...; retrying in ..."
 
     async def _watch(self, version: str) -> None:
         while True:

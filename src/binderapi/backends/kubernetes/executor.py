@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ... import retry
 from ...errors import BuildError
 from ...executors.base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
 from ...executors.repo2docker import git_config_environment, repo2docker_command
@@ -360,7 +361,8 @@ class KubernetesBuildBackend(BuildBackend):
         api = await self.api()
         selector = f"metadata.name={name}"
         version: str | None = None
-        failures = 0
+        backoff = retry.Backoff(transient=is_transient, attempts=API_ATTEMPTS, delay=RETRY_DELAY,
+                                what=f"Watching build pod {name}", describe=describe, level=logging.INFO)
         while True:
             if version is None:
                 pods = await self._call(f"listing the build pod {name}", lambda: api.list_namespaced_pod(
@@ -377,7 +379,7 @@ class KubernetesBuildBackend(BuildBackend):
                                          timeout_seconds=max(1, int(self.timeout)),
                                          _request_timeout=self.timeout + 5) as events:
                     async for event in events:
-                        failures = 0
+                        backoff.reset()
                         version = event["raw_object"]["metadata"].get("resourceVersion") or version
                         if event["type"] == "BOOKMARK":
                             continue
@@ -388,11 +390,10 @@ class KubernetesBuildBackend(BuildBackend):
                 if isinstance(e, ApiException) and e.status == 410:
                     version = None  # expired: start again from a LIST
                     continue
-                failures += 1
-                if failures >= API_ATTEMPTS or not is_transient(e):
+                try:
+                    await backoff.failed(e)  # waits, or raises after API_ATTEMPTS in a row
+                except (ApiException, *CONNECTION_ERRORS):
                     raise self._failure(f"watching the build pod {name}", e) from None
-                log.info("Watching build pod %s failed (%s); resuming", name, describe(e))
-                await asyncio.sleep(RETRY_DELAY * 2 ** (failures - 1))
             finally:
                 stream.stop()
 
