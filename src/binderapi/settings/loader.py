@@ -1,33 +1,33 @@
-"""Assemble the effective configuration from pydantic-settings sources and explain any mistake in
-one message.
+"""Assemble the effective configuration from pydantic-settings sources; explain any mistake in one
+message naming the file or variable, the key and the problem, with a "did you mean" hint.
 
-Sources, highest precedence first (``Settings.settings_customise_sources``): command-line flags,
-``BINDERAPI_<SECTION>__<OPTION>`` environment variables (pydantic-settings' ``EnvSettingsSource``),
-``.env`` (``DotEnvSettingsSource``), a config file (``YamlConfigSettingsSource``,
-``JsonConfigSettingsSource``, ``TomlConfigSettingsSource``), BinderHub's established environment
-variables (they were defaults in BinderHub too), then the values the others imply. pydantic-settings
-merges them; every source goes through :class:`_Layer`, which checks its values on their own so an
-error names the file or variable, the key and the problem (with a "did you mean" hint).
+``Settings.settings_customise_sources`` lists the sources, highest precedence first:
 
-What stays custom, and why:
+1. command-line flags (``--<Section>.<option>=<value>``, as ``cli.py`` hands them over);
+2. ``BINDERAPI_<SECTION>__<OPTION>`` environment variables: pydantic-settings' ``EnvSettingsSource``;
+3. ``.env``: ``DotEnvSettingsSource``;
+4. the config file: ``YamlConfigSettingsSource``, ``JsonConfigSettingsSource`` or
+   ``TomlConfigSettingsSource``, a whole Helm values file translated first (:mod:`.helm`);
+5. BinderHub's own environment variables (``LEGACY_ENV``), defaults in BinderHub too;
+6. what those imply: deprecated options forwarded, parent sections inherited, backends paired.
 
-- The command line: ``cli.py`` pulls ``--<Section>.<option>=<value>`` out of argv beside its own
-  argparse flags and the ``token`` subcommand, and tests pass typed values (``load_settings(cli=
-  {"BinderHub": {"port": 1}})``). ``CliSettingsSource`` parses argv strings itself and would build an
-  argparse parser for every option of 27 sections at each start; it is case-sensitive unless it owns
-  the root parser, so it cannot accept ``--binderhub.PORT`` beside cli.py's flags; and an unknown
-  flag is argparse's "unrecognized arguments", without our source and hint. :class:`_Layer` over the
-  dict is the thin source.
-- BinderHub's environment variables (``LEGACY_ENV``) map fixed names to options, which no
-  pydantic-settings source does.
-- The config file's name is itself a setting (``BinderHub.config_file``), known only once the
-  higher sources are read, so its source is made when called; Python and Helm-values files are
-  recognised and explained or translated (:mod:`.pyconfig`, :mod:`.helm`) around the library's
-  parsing.
-- Lower sources yield to a higher one option by option, as traitlets did: pydantic-settings alone
-  would deep-merge a dict option (``ban_networks``) across sources.
-- Deprecated options, section inheritance and backend pairing need every source's values, so they
-  are the last, lowest source (:class:`_Implied`): they only fill options nothing else set.
+Each is wrapped in :class:`_Layer`, which checks the source's values on their own (so an error names
+that source) and keeps only the options no higher source set. What stays custom, and why:
+
+- Command line: ``CliSettingsSource`` parses argv strings, while ``load_settings(cli=...)`` takes
+  typed values (tests and fixtures pass dicts and ints). Owning argv beside cli.py's flags and its
+  ``token`` subcommand, it builds an argparse parser of ~400 options per start (36 ms measured); an
+  unknown ``--BinderHub.nonsense`` either exits with argparse's usage of every option or, with
+  ``cli_ignore_unknown_args``, vanishes silently, never "unknown option ... (did you mean ...)".
+- ``LEGACY_ENV``: fixed variable names per option, which no library source maps.
+- The config file's name is itself a setting (``BinderHub.config_file``, e.g. from the environment),
+  known only once the higher sources are read, so :class:`_ConfigFile` makes the library source when
+  called; errors, Python (traitlets) files (:mod:`.pyconfig`) and Helm values wrap its parsing.
+- Option-by-option precedence, as traitlets had: pydantic-settings alone deep-merges sources, so a
+  dict option (``ban_networks``) from the environment would be merged into the file's, not replace it.
+- Deprecated forwarding, inheritance and pairing depend on every source (a deprecated option on the
+  command line yields to its replacement set in the file), so they are the lowest source,
+  :class:`_Implied`, which sees all the others' values and fills only what none of them set.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import tomllib
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,15 @@ class Settings(Sections, BaseSettings):
         return getattr(self, name)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], *_: Any, **__: Any) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Our sources instead of the library's defaults, for what the current load reads."""
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The sources of the module docstring, reading what :func:`load_settings` was given."""
         return (_LOAD.get(None) or _Load()).sources(settings_cls)
 
 
@@ -150,25 +158,18 @@ class _Load:
         if self.config_file:  # the file read is the one the settings name
             cli.setdefault("BinderHub", {})["config_file"] = str(self.config_file)
         legacy, legacy_names = _legacy_env({**dotenv, **environ})
-
-        def env(source: str, reader: EnvSettingsSource, environ: dict[str, str]) -> Callable[[], dict[str, Any]]:
-            return lambda: _env_values(source, reader, environ)
-
+        env = "environment variables"
         sources: list[PydanticBaseSettingsSource] = [
             _Layer(settings_cls, self, "command-line flags", lambda: cli, lambda s, o: f"--{s}.{o}"),
-            _Layer(settings_cls, self, "environment variables",
-                   env("environment variables", _EnvSource(settings_cls, environ), environ), _env_name),
+            _Layer(settings_cls, self, env, partial(_env_values, env, _EnvSource(settings_cls, environ), environ), _env_name),
         ]
         if dotenv:
-            source = f".env file {dotenv_file}"
-            sources.append(_Layer(settings_cls, self, source,
-                                  env(source, DotEnvSettingsSource(settings_cls, env_file=dotenv_file), {}), _env_name))
-        sources += [
-            _ConfigFile(settings_cls, self, "config file", dict),
-            _Layer(settings_cls, self, "BinderHub environment variables", lambda: legacy, lambda s, o: legacy_names[s, o]),
-            _Implied(settings_cls, self, "implied values", dict),
-        ]
-        return tuple(sources)
+            env = f".env file {dotenv_file}"
+            dotenv_source = DotEnvSettingsSource(settings_cls, env_file=dotenv_file)
+            sources.append(_Layer(settings_cls, self, env, partial(_env_values, env, dotenv_source, {}), _env_name))
+        return (*sources, _ConfigFile(settings_cls, self, "config file"),
+                _Layer(settings_cls, self, "BinderHub environment variables", lambda: legacy, lambda s, o: legacy_names[s, o]),
+                _Implied(settings_cls, self, "implied values"))
 
 
 _LOAD: ContextVar[_Load] = ContextVar("binderapi_settings_load")
@@ -200,7 +201,7 @@ class _Layer(PydanticBaseSettingsSource):
     """One source's values, checked on their own, then only the options no higher source sets."""
 
     def __init__(self, settings_cls: type[BaseSettings], load: _Load, source: str,
-                 read: Callable[[], dict[str, Any]], key_name: Callable[[str, str], str] | None = None) -> None:
+                 read: Callable[[], dict[str, Any]] = dict, key_name: Callable[[str, str], str] | None = None) -> None:
         super().__init__(settings_cls)
         self.load, self.source, self.read, self.key_name = load, source, read, key_name
 
