@@ -131,8 +131,9 @@ class Settings(Sections, BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The sources of the module docstring, reading what :func:`load_settings` was given."""
-        return (_LOAD.get(None) or _Load()).sources(settings_cls)
+        """The sources of the module docstring, reading what :func:`load_settings` was given;
+        values passed to ``Settings(...)`` itself still come first."""
+        return (init_settings, *(_LOAD.get(None) or _Load()).sources(settings_cls))
 
 
 assert set(Settings.model_fields) == set(SECTIONS), "every section needs a Settings field"
