@@ -152,6 +152,7 @@ class _Load:
     origins: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def sources(self, settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest precedence first, as the module docstring lists them."""
         environ = self.environ
         dotenv_file = Path(environ.get(f"{ENV_PREFIX}ENV_FILE", self.dotenv_path)) if self.dotenv_path else None
         dotenv = _dotenv_values(dotenv_file) if dotenv_file and dotenv_file.is_file() else {}
@@ -159,18 +160,18 @@ class _Load:
         if self.config_file:  # the file read is the one the settings name
             cli.setdefault("BinderHub", {})["config_file"] = str(self.config_file)
         legacy, legacy_names = _legacy_env({**dotenv, **environ})
-        env = "environment variables"
-        sources: list[PydanticBaseSettingsSource] = [
+
+        def env_layer(source: str, reader: EnvSettingsSource, environ: dict[str, str]) -> _Layer:
+            return _Layer(settings_cls, self, source, partial(_env_values, source, reader, environ), _env_name)
+
+        return (
             _Layer(settings_cls, self, "command-line flags", lambda: cli, lambda s, o: f"--{s}.{o}"),
-            _Layer(settings_cls, self, env, partial(_env_values, env, _EnvSource(settings_cls, environ), environ), _env_name),
-        ]
-        if dotenv:
-            env = f".env file {dotenv_file}"
-            dotenv_source = DotEnvSettingsSource(settings_cls, env_file=dotenv_file)
-            sources.append(_Layer(settings_cls, self, env, partial(_env_values, env, dotenv_source, {}), _env_name))
-        return (*sources, _ConfigFile(settings_cls, self, "config file"),
-                _Layer(settings_cls, self, "BinderHub environment variables", lambda: legacy, lambda s, o: legacy_names[s, o]),
-                _Implied(settings_cls, self, "implied values"))
+            env_layer("environment variables", _EnvSource(settings_cls, environ), environ),
+            env_layer(f".env file {dotenv_file}", DotEnvSettingsSource(settings_cls, env_file=dotenv_file), {}),
+            _ConfigFile(settings_cls, self, "config file"),
+            _Layer(settings_cls, self, "BinderHub environment variables", lambda: legacy, lambda s, o: legacy_names[s, o]),
+            _Implied(settings_cls, self, "implied values"),
+        )
 
 
 _LOAD: ContextVar[_Load] = ContextVar("binderapi_settings_load")
