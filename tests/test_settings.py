@@ -396,3 +396,43 @@ def test_show_config_redacts_secrets():
     dumped = json.loads(text)
     assert dumped["BinderHub"]["hub_api_token"] == "[secret]"
     assert set(dumped) == set(SECTIONS)
+
+
+def test_a_higher_source_replaces_a_dict_option_whole(tmp_path):
+    """As in traitlets: the environment's ban_networks replaces the file's, it is not merged into it."""
+    config = tmp_path / "c.yaml"
+    config.write_text("BinderHub:\n  ban_networks: {'192.0.2.0/24': file}\n  port: 1001\n")
+    s = load(config_file=str(config), environ={"BINDERAPI_BINDERHUB__BAN_NETWORKS": '{"198.51.100.0/24": "env"}'})
+    assert s.BinderHub.ban_networks == {"198.51.100.0/24": "env"}
+    assert s.BinderHub.port == 1001
+
+
+def test_deprecated_option_yields_to_its_replacement_from_any_source(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("LaunchQuota: {total_quota: 9}\n")
+    s = load(config_file=str(config), cli={"BinderHub": {"pod_quota": 5}})
+    assert (s.LaunchQuota.total_quota, s.KubernetesLaunchQuota.total_quota) == (9, 9)
+    assert any("BinderHub.pod_quota is deprecated and ignored here: LaunchQuota.total_quota is set" in w for w in s.warnings)
+    assert load(cli={"BinderHub": {"pod_quota": 5}}).KubernetesLaunchQuota.total_quota == 5
+
+
+def test_config_file_named_in_dotenv_and_errors_name_the_dotenv_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("BinderHub: {port: 4321}")
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"BINDERAPI_BINDERHUB__CONFIG_FILE={config}\n")
+    s = load(dotenv_path=dotenv)
+    assert (s.BinderHub.port, s.BinderHub.config_file) == (4321, str(config))
+    dotenv.write_text("BINDERAPI_BINDERHUB__PORT=many\n")
+    with pytest.raises(ConfigError, match=rf"Invalid configuration in .env file {dotenv}: BINDERAPI_BINDERHUB__PORT: "):
+        load(dotenv_path=dotenv)
+
+
+def test_sources_valid_alone_can_be_invalid_together(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("BinderHub: {ban_networks_min_prefix_len: 8}\n")
+    with pytest.raises(ConfigError) as info:
+        load(config_file=str(config), cli={"BinderHub": {"ban_networks": {"16.0.0.0/4": "x"}}})
+    message = str(info.value)
+    assert message.startswith("Invalid configuration in the combined configuration")
+    assert "16.0.0.0/4" in message and "ban_networks_min_prefix_len" in message
