@@ -323,8 +323,3 @@ class BuildManager:
                 log.info("Removing finished build %s", info.name)
                 await self.backend.stop(info.name)
         await self.backend.clean_leftovers({info.name for info in infos})
-
-    async def clean_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await self.clean()

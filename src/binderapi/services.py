@@ -165,7 +165,8 @@ class Services:
                                    "Fix it, or set BinderHub.builder_required: false to start anyway.") from None
             log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
         if binderhub.build_cleaner_class != "none":
-            self.supervisor.run_forever("build cleaner", lambda: self.builds.clean_forever(binderhub.build_cleanup_interval))
+            interval = binderhub.build_cleanup_interval
+            self.supervisor.run_forever("build cleaner", self.builds.clean, restart_delay=interval, first_delay=interval)
         try:
             await self.quota.start()
         except StartupError as e:
