@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from aiodocker.exceptions import DockerError
 
 from .errors import QuotaExceededError
 from .naming import repo_of_image
+from .retry import Backoff
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -171,7 +171,7 @@ class DockerLaunchQuota(CountingQuota):
         """Follow the events for good. An engine that is down is a state, not a crash: one
         WARNING when it goes, one INFO when it is back, and in between attempts spaced by a
         capped, jittered exponential backoff (not a traceback every 2 s)."""
-        delay = EVENTS_RETRY_MIN
+        backoff = Backoff(EVENTS_RETRY_MIN, EVENTS_RETRY_MAX)
         while True:
             try:
                 await self._follow_events()
@@ -180,11 +180,10 @@ class DockerLaunchQuota(CountingQuota):
                     self.engine_down = str(e) or type(e).__name__
                     log.warning("quota: the Docker engine cannot be reached (%s); launch counts are frozen "
                                 "until it is back, retrying with backoff", self.engine_down)
-                    delay = EVENTS_RETRY_MIN
+                    backoff.reset()
             else:
-                delay = EVENTS_RETRY_MIN  # the stream ended normally: follow again soon
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, EVENTS_RETRY_MAX)
+                backoff.reset()  # the stream ended normally: follow again soon
+            await backoff.wait()
 
     def _engine_answered(self) -> None:
         if self.engine_down is not None:
