@@ -18,7 +18,7 @@ import aiodocker
 import httpx
 import pytest
 
-from binderapi import health
+from binderapi import health, supervisor
 from binderapi.backends.docker import quota
 from binderapi.supervisor import Supervisor
 from fixtures.registries import RegistryProcess
@@ -135,6 +135,105 @@ async def test_engine_outage_is_one_warning_and_one_recovery_line(engine_proxy, 
     finally:
         await supervisor.close()
         await watch.close()
+
+
+# -- background tasks that keep failing --------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_restarts(monkeypatch):
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF", (0.01, 0.05), raising=False)
+
+
+def supervised(caplog, level: int = logging.INFO, text: str = "") -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == "binderapi.supervisor" and r.levelno >= level and text in r.getMessage()]
+
+
+async def test_a_task_failing_again_and_again_is_one_warning_and_one_recovery_line(quick_restarts, caplog):
+    caplog.set_level(logging.DEBUG, logger="binderapi.supervisor")
+    calls = 0
+
+    async def flaky():
+        nonlocal calls
+        calls += 1
+        if calls <= 6:
+            raise ConnectionError(f"backend unreachable (try {calls})")
+
+    tasks = Supervisor()
+    tasks.run_forever("flaky job", flaky, restart_delay=0.01)
+    try:
+        await wait_for(lambda: calls >= 9, "the job ran again after it failed")
+    finally:
+        await tasks.close()
+    (warning,) = [r for r in supervised(caplog) if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
+    assert "flaky job failed (ConnectionError: backend unreachable (try 1))" in warning.getMessage()
+    (back,) = [r for r in supervised(caplog) if r.levelno == logging.INFO]
+    assert back.getMessage() == "Background task flaky job is running again (after 6 failed tries)"
+    # every traceback is at DEBUG, one per failure
+    assert [r.levelno for r in caplog.records if r.exc_info] == [logging.DEBUG] * 6
+
+
+async def test_a_task_that_keeps_running_has_recovered(quick_restarts, monkeypatch, caplog):
+    """A task that never returns (a watch) counts as running again once it has run a while; a later
+    crash is a new outage, said again."""
+    monkeypatch.setattr(supervisor, "HEALTHY_AFTER", 0.2, raising=False)
+    caplog.set_level(logging.INFO, logger="binderapi.supervisor")
+    calls = 0
+    crash = asyncio.Event()
+
+    async def watch():
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise OSError("engine away")
+        if calls == 4:
+            await crash.wait()
+            raise OSError("engine away again")
+        await asyncio.Event().wait()
+
+    tasks = Supervisor()
+    tasks.run_forever("watch", watch)
+    try:
+        await wait_for(lambda: supervised(caplog, text="running again"), "the watch counted as running again")
+        assert len(supervised(caplog, logging.WARNING)) == 1
+        crash.set()
+        await wait_for(lambda: calls >= 5, "the watch restarted after its second crash")
+    finally:
+        await tasks.close()
+    warnings = supervised(caplog, logging.WARNING)
+    assert ["engine away again" in r.getMessage() for r in warnings] == [False, True]
+    assert len(supervised(caplog, text="running again")) == 1  # the second outage has not ended yet
+
+
+@pytest.mark.docker
+async def test_build_cleaner_with_the_engine_away_is_one_line_per_outage(engine_proxy, quick_restarts, caplog):
+    """The real case: binderapi started without its engine (``builder_required: false``) runs the
+    build cleaner every second; the engine away for several rounds is one line, and one when it is back."""
+    settings = docker_settings({"DockerBuildExecutor": {"docker_host": engine_proxy.docker_host}},
+                               builder_required=False, build_cleanup_interval=1, use_registry=False,
+                               build_token_secret="ab" * 32)
+    caplog.set_level(logging.INFO, logger="binderapi")
+    caplog.set_level(logging.DEBUG, logger="binderapi.supervisor")  # to count the failed rounds
+    failed_rounds = lambda: len(supervised(caplog, logging.DEBUG, "build cleaner failed"))  # noqa: E731
+    engine_proxy.cut()
+    async with serve(settings):
+        await wait_for(lambda: failed_rounds() >= 5, "the cleaner failed several rounds")
+        during = ours(caplog, logging.WARNING)
+        assert [r.exc_info for r in during] == [None, None], [r.getMessage() for r in during]
+        assert "The build backend is unreachable" in during[0].getMessage()  # at start-up
+        assert "Background task build cleaner failed" in during[1].getMessage()
+
+        engine_proxy.restore()
+        await wait_for(lambda: supervised(caplog, text="running again"), "the cleaner ran again")
+        rounds = failed_rounds()
+        engine_proxy.cut()  # a second outage is said again, once
+        await wait_for(lambda: failed_rounds() >= rounds + 3, "the cleaner failed again")
+        assert len(supervised(caplog, logging.WARNING)) == 2
+    (back,) = supervised(caplog, text="running again")
+    assert back.levelno == logging.INFO and "build cleaner" in back.getMessage()
+    assert not [r for r in ours(caplog, logging.INFO) if r.exc_info]
 
 
 # -- the engine going away mid-build ----------------------------------------------------------------

@@ -6,16 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import sys
 import time
 import uuid
 
 import httpx
 import jsonschema
 import pytest
+import yaml
 from jose import jwt
 
 from binderapi.eventlog import load_schema
 from binderapi.launcher import ORPHAN_MARGIN, Launcher, is_temporary_name
+from binderapi.settings.dump import dump_settings
 from fixtures.hub import containers
 from fixtures.server import free_port, read_events, serve
 from fixtures.stack import SINGLEUSER_IMAGE, docker_settings, git_spec
@@ -217,27 +222,77 @@ async def user_names(hub) -> set[str]:
     return {user["name"] for user in (await hub.api("GET", "users")).json()}
 
 
-async def test_stopping_binderapi_mid_launch_leaves_no_user_behind(client, hub, git_server, image_prefix):
+@pytest.fixture(scope="module")
+def slow_start_repo(git_server):
     name = f"slow-start-{uuid.uuid4().hex[:6]}"
     git_server.create_repo(name, SLOW_START_REPO)
+    return git_server.daemon_url(name)
+
+
+async def wait_until_spawning(hub, before: set[str], reader: asyncio.Task) -> str:
+    """The temporary user whose server is starting, once the build is done and the spawn begun."""
+    for _ in range(600):
+        for user in (await hub.api("GET", "users")).json():
+            if user["name"] not in before and (user.get("servers") or {}).get("", {}).get("pending") == "spawn":
+                return user["name"]
+        if reader.done():
+            break
+        await asyncio.sleep(0.2)
+    raise AssertionError((await reader) if reader.done() else "no server started spawning")
+
+
+async def test_stopping_binderapi_mid_launch_leaves_no_user_behind(client, hub, slow_start_repo, image_prefix):
     before = await user_names(hub)
-    spawning: set[str] = set()
     async with serve(launch_settings(hub, image_prefix)) as svc:
-        url = svc.url + "build/" + git_spec(git_server.daemon_url(name), "main")
-        reader = asyncio.create_task(read_events(client, url))
-        for _ in range(600):  # the build, then the temporary user's server starting
-            for user in (await hub.api("GET", "users")).json():
-                if user["name"] not in before and (user.get("servers") or {}).get("", {}).get("pending") == "spawn":
-                    spawning.add(user["name"])
-            if spawning or reader.done():
-                break
-            await asyncio.sleep(0.2)
-        assert spawning, (await reader) if reader.done() else "no server started spawning"
+        reader = asyncio.create_task(read_events(client, svc.url + "build/" + git_spec(slow_start_repo, "main")))
+        spawning = await wait_until_spawning(hub, before, reader)
     # binderapi stopped gracefully: it removed the user (and its server) before it was gone
     assert await user_names(hub) - before == set()
-    assert await containers(hub.container_name(spawning.pop())) == []
+    assert await containers(hub.container_name(spawning)) == []
     with contextlib.suppress(httpx.HTTPError):
         await reader
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_stopping_the_binderapi_process_mid_launch_leaves_no_user_behind(
+        client, hub, slow_start_repo, image_prefix, tmp_path, stop):
+    """The real command, stopped mid-launch as ``docker stop`` and Kubernetes do (SIGTERM) or as
+    Ctrl-C does (SIGINT): it finishes its clean-ups before it exits, exits 0, and says no traceback."""
+    port = free_port()
+    config = tmp_path / "binderapi.yaml"
+    settings = launch_settings(hub, image_prefix, ip="127.0.0.1", port=port, log_level="INFO")
+    config.write_text(yaml.safe_dump(dump_settings(settings, redact=False)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERAPI_")}  # PYTHONPATH stays
+    stderr = tmp_path / "stderr.log"
+    before = await user_names(hub)
+    with stderr.open("w") as log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "binderapi", "--config-file", str(config),
+                                                    stdin=asyncio.subprocess.DEVNULL, stderr=log, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(600):
+            with contextlib.suppress(httpx.TransportError):
+                await client.get(url + "versions")
+                break
+            assert proc.returncode is None, stderr.read_text()
+            await asyncio.sleep(0.1)
+        reader = asyncio.create_task(read_events(client, url + "build/" + git_spec(slow_start_repo, "main")))
+        spawning = await wait_until_spawning(hub, before, reader)
+        proc.send_signal(stop)
+        # a hang guard, well past the stop's bound (5 s for open connections, Launcher.cleanup_timeout 20 s)
+        returncode = await asyncio.wait_for(proc.wait(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    output = stderr.read_text()
+    assert returncode == 0, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert await user_names(hub) - before == set()
+    assert await containers(hub.container_name(spawning)) == []
+    # the client was told, not cut off
+    final = (await reader)[-1]
+    assert (final["phase"], final["message"]) == ("failed", "binderapi is shutting down; try again in a moment\n")
 
 
 async def test_a_start_removes_temporary_users_a_crash_left(client, hub, image_prefix):

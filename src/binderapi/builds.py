@@ -321,8 +321,3 @@ class BuildManager:
             elif (ours is None or ours.done) and (info.finished_at is None or now - info.finished_at >= grace):
                 log.info("Removing finished build %s", info.name)
                 await self.backend.stop(info.name)
-
-    async def clean_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await self.clean()

@@ -113,18 +113,20 @@ def serve(settings: Any) -> None:
 
 
 async def _serve(settings: Any) -> None:
-    import uvicorn
-
+    """Serve until SIGINT or SIGTERM, then close the services (hub clean-ups included) before the
+    process exits: the signals stay caught until then (httpserver.StopSignals)."""
     from .app import create_app
-    from .httpserver import uvicorn_config
+    from .httpserver import Server, StopSignals, uvicorn_config
     from .services import Services, StartupError
 
-    try:
-        services = await Services.start(settings)
-    except StartupError as e:
-        sys.exit(f"binderapi: {e}")
-    config = uvicorn_config(create_app(settings, services), settings.BinderHub)
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        await services.close()
+    with StopSignals() as stop:
+        try:
+            services = await Services.start(settings)
+        except StartupError as e:
+            sys.exit(f"binderapi: {e}")
+        config = uvicorn_config(create_app(settings, services), settings.BinderHub)
+        server = stop.attach(Server(config, on_stop=services.stop))
+        try:
+            await server.serve()
+        finally:
+            await services.close()

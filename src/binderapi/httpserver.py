@@ -12,9 +12,14 @@ clock either. So the httptools protocol is subclassed with three checks, each an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 #: how long a refused connection is drained before it is closed
@@ -163,3 +168,73 @@ def uvicorn_config(app: Any, binderhub: Any, **options: Any) -> Any:
         "http": protocol_class(limits),
         **options,
     })
+
+
+#: what stops binderapi gracefully: Ctrl-C, and ``docker stop`` or Kubernetes
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with ``on_stop`` run as it stops, and the stop signals left to
+    :class:`StopSignals`.
+
+    ``on_stop`` starts as soon as the server stops taking connections, while uvicorn waits for the
+    open ones (``timeout_graceful_shutdown``): it ends what the event streams wait on, so each
+    stream ends with its final event instead of being cancelled (a traceback) when the wait is over.
+
+    uvicorn catches SIGINT and SIGTERM only while it serves, and raises them again once it is done
+    so that the process ends "as the signal would have". binderapi still has its services to close
+    then (launches cut short leave hub users to remove), and the signal raised again ends that:
+    SIGTERM's default action kills the process before a single clean-up, and SIGINT makes asyncio
+    cancel them half-way, with a KeyboardInterrupt traceback."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # scheduled now, it first runs once uvicorn has closed its listeners (before its first await)
+        stopping = asyncio.ensure_future(self.on_stop()) if self.on_stop is not None else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if stopping is not None:
+                await stopping
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, caught for the command's whole run: start-up, serving and the clean-ups
+    after it. The first stops serving gracefully (one that comes during start-up, as soon as the
+    server is up); a second SIGINT stops waiting for open connections, as uvicorn's does. The
+    clean-ups after serving always run, each within its own bound (``Launcher.cleanup_timeout``),
+    and the process then exits 0: a requested stop that finished is a success."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._server: Server | None = None
+
+    def attach(self, server: Server) -> Server:
+        self._server = server
+        for sig in self.received:
+            server.handle_exit(sig, None)
+        return server
+
+    def _handle(self, sig: int) -> None:
+        self.received.append(sig)
+        if self._server is not None:
+            self._server.handle_exit(sig, None)
+
+    def __enter__(self) -> StopSignals:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._handle, sig)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)

@@ -6,8 +6,9 @@ lazily on the request path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
@@ -80,6 +81,7 @@ class Services:
     hub_auth: HubAuth
     keepalives: KeepaliveTicker
     warm_pool: WarmPool | None = None  # off by default, never in auth mode
+    _stopping: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def builder_info(self) -> dict[str, Any]:
@@ -155,7 +157,8 @@ class Services:
                                    "Fix it, or set BinderHub.builder_required: false to start anyway.") from None
             log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
         if binderhub.build_cleaner_class != "none":
-            self.supervisor.run_forever("build cleaner", lambda: self.builds.clean_forever(binderhub.build_cleanup_interval))
+            interval = binderhub.build_cleanup_interval
+            self.supervisor.run_forever("build cleaner", self.builds.clean, restart_delay=interval, first_delay=interval)
         try:
             await self.quota.start()
         except StartupError as e:
@@ -180,11 +183,23 @@ class Services:
         if self.warm_pool is not None:
             self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """End what open event streams wait on, so each ends with its final event rather than being
+        cut off: launches (``binderapi is shutting down; try again in a moment``, then their hub
+        clean-ups, within ``Launcher.cleanup_timeout``), builds and background work. The server
+        calls it as soon as it stops taking requests (httpserver.Server); :meth:`close` calls it too."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
         if self.warm_pool is not None:
             await self.warm_pool.close()  # first: removing its servers needs the hub client
         await self.supervisor.close()
         await self.launcher.close()  # ends launches and finishes hub clean-ups, before the hub client closes
+
+    async def close(self) -> None:
+        await self.stop()
         for closer in (self.quota.close, self.images.close, self.backend.close, self.kind.close):  # the engine last
             try:
                 await closer()
