@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .errors import BinderError
-from .launcher import LaunchedServer, Launcher, LaunchRequest, escape
+from .hub import HubAPI, format_hub_time, user_path
+from .launcher import LaunchedServer, Launcher, LaunchRequest
 from .naming import repo_of_image
 
 if TYPE_CHECKING:
@@ -89,10 +90,6 @@ def carries_mark(username: str, last_activity: str | None) -> bool:
     return when.microsecond == marker_microseconds(username)
 
 
-def hub_time(when: datetime) -> str:
-    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
 @dataclass
 class WarmServer:
     server: LaunchedServer
@@ -120,11 +117,17 @@ class WarmPool:
     """Owns every warm server: takes, refills, recycles, shrinks, and removes them."""
 
     def __init__(
-        self, settings: Settings, launcher: Launcher, quota: LaunchQuota, supervisor: Supervisor
+        self,
+        settings: Settings,
+        launcher: Launcher,
+        hub: HubAPI,
+        quota: LaunchQuota,
+        supervisor: Supervisor,
     ) -> None:
         self.config = settings.WarmPool
         self.default_repo_quota = settings.BinderHub.per_repo_quota
         self.launcher = launcher
+        self.hub = hub
         self.quota = quota
         self.supervisor = supervisor
         self.pools: dict[str, ImagePool] = {}
@@ -220,7 +223,7 @@ class WarmPool:
         """Stop and delete ready servers still marked warm: a previous process's pool."""
         offset, leftovers = 0, []
         while True:
-            response = await self.launcher.hub.request(
+            response = await self.hub.request(
                 "GET", f"users?state=ready&offset={offset}&limit={USERS_PAGE}"
             )
             if response.status != 200 or not isinstance(response.data, list):
@@ -281,8 +284,8 @@ class WarmPool:
         """Servers the hub no longer reports as ready (culled, crashed) are never handed out."""
         for pool in list(self.pools.values()):
             for warm in list(pool.ready):
-                response = await self.launcher.hub.request(
-                    "GET", f"users/{escape(warm.server.username)}"
+                response = await self.hub.request(
+                    "GET", user_path(warm.server.username)
                 )
                 server = (
                     ((response.data or {}).get("servers") or {}).get("")
@@ -387,10 +390,10 @@ class WarmPool:
     # -- hub-side marks and removal ------------------------------------------------------------------
 
     async def _post_activity(self, username: str, when: datetime) -> bool:
-        stamp = hub_time(when)
-        response = await self.launcher.hub.request(
+        stamp = format_hub_time(when)
+        response = await self.hub.request(
             "POST",
-            f"users/{escape(username)}/activity",
+            f"{user_path(username)}/activity",
             {"last_activity": stamp, "servers": {"": {"last_activity": stamp}}},
         )
         if response.status >= 300:
