@@ -502,8 +502,14 @@ class Launcher:
     # -- clean-up ----------------------------------------------------------------------------------
 
     async def remove_temporary_user(self, username: str) -> None:
-        """Stop a temporary user's server and delete the user (the warm pool's servers)."""
-        await self._remove_soon(Removal(username, delete_user=True))
+        """Stop a temporary user's server and delete the user (the warm pool's leftovers); returns
+        after the first try (a try that fails is repeated in the background)."""
+        await asyncio.shield(self._start_removal(Removal(username, delete_user=True)))
+
+    def start_removing_temporary_user(self, username: str) -> None:
+        """:meth:`remove_temporary_user` without waiting: the removal is the launcher's from now
+        on, tried until done, and :meth:`close` finishes it before the hub client closes."""
+        self._start_removal(Removal(username, delete_user=True))
 
     async def _clean_up(self, attempt: Attempt, *, stop_server: bool) -> None:
         """Remove what a failed attempt created."""
@@ -518,11 +524,16 @@ class Launcher:
     async def _remove_soon(self, removal: Removal) -> None:
         """Run ``removal`` in a task of its own and wait for its first try. Shielded: a caller going
         away does not stop it half-way; a try that fails is repeated in the background."""
+        await asyncio.shield(self._start_removal(removal))
+
+    def _start_removal(self, removal: Removal) -> asyncio.Future[None]:
+        """Start ``removal`` in a task of its own (one :meth:`close` waits for); the future is done
+        after its first try."""
         first_try: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(self._remove_until_done(removal, first_try))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(first_try)
+        return first_try
 
     async def _remove_until_done(self, removal: Removal, first_try: asyncio.Future[None]) -> None:
         """Try ``removal`` until the hub has carried it out (or refused it for good), pausing with
