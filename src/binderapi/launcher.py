@@ -9,9 +9,10 @@ progress stream), rebuilt around two lessons from BinderHub's issues:
   a missing image) is in the ``failed`` event of the progress stream, so that is where the final
   message comes from.
 * **Retries stay bounded.** API requests are repeated only when the hub was not reached (connection
-  failures, gateway errors: :class:`binderapi.hub.HubAPI`); a launch attempt is repeated only after a failed spawn, and not when it
-  failed for the same reason as the attempt before. A failing launch therefore makes a handful of
-  hub calls, not ``retries x api_retries`` of them (BinderHub issue #819).
+  failures, gateway errors: :mod:`binderapi.hub`); a launch attempt is repeated only after a failed
+  spawn, and not when it failed for the same reason as the attempt before. A failing launch
+  therefore makes a handful of hub calls, not ``retries x api_retries`` of them (BinderHub issue
+  #819).
 
 ``launch_timeout`` bounds the whole launch. Whatever an attempt created (server, temporary user) is
 removed when the attempt fails, times out or is abandoned by its client, so nothing is left behind
@@ -502,9 +503,8 @@ class Launcher:
     # -- clean-up ----------------------------------------------------------------------------------
 
     async def remove_temporary_user(self, username: str) -> None:
-        """Stop a temporary user's server and delete the user (the warm pool's leftovers); returns
-        after the first try (a try that fails is repeated in the background)."""
-        await asyncio.shield(self._start_removal(Removal(username, delete_user=True)))
+        """Stop a temporary user's server and delete the user (the warm pool's servers)."""
+        await self._remove_soon(Removal(username, delete_user=True))
 
     def start_removing_temporary_user(self, username: str) -> None:
         """:meth:`remove_temporary_user` without waiting: the removal is the launcher's from now
