@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import httpx
 from starlette.requests import Request
 
 from . import signing
 from .errors import BinderError, ForbiddenError
+from .hub import HubAPI, HubError, HubResponse
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +137,17 @@ class HubOAuth:
     """binderapi as an OAuth client of JupyterHub: the authorize redirect, the code exchange, and
     the signed cookies holding the login state and, afterwards, the user's hub token."""
 
-    def __init__(self, *, http: httpx.AsyncClient, client_id: str, client_secret: str, authorize_url: str,
-                 token_url: str, redirect_uri: str, base_url: str, cookie_name: str, key: bytes,
-                 timeout: float = 10.0) -> None:
-        self.http = http
+    def __init__(self, *, hub: HubAPI, client_id: str, client_secret: str, authorize_url: str,
+                 redirect_uri: str, base_url: str, cookie_name: str, key: bytes) -> None:
+        self.hub = hub  # the code is exchanged at <hub.api_url>oauth2/token
         self.client_id = client_id
         self.client_secret = client_secret
         self.authorize_url = authorize_url
-        self.token_url = token_url
         self.redirect_uri = redirect_uri
         self.base_url = base_url
         self.cookie_name = cookie_name
         self.state_cookie_name = cookie_name + "-oauth-state"
         self.key = key
-        self.timeout = timeout
         self.login_path = base_url + "oauth_login"
         self.callback_path = base_url + "oauth_callback"
         if redirect_uri and urlsplit(redirect_uri).path != self.callback_path:
@@ -158,19 +155,18 @@ class HubOAuth:
                         "OAuth callback: logins will not complete", redirect_uri, self.callback_path)
 
     @classmethod
-    def from_settings(cls, settings: Any, http: httpx.AsyncClient, hub_api_url: str) -> HubOAuth:
+    def from_settings(cls, settings: Any, hub: HubAPI) -> HubOAuth:
         binderhub, oauth = settings.BinderHub, settings.HubOAuth
-        hub = urlsplit(binderhub.hub_url)
-        hub_host = (oauth.hub_host or (f"{hub.scheme}://{hub.netloc}" if hub.netloc else "")).rstrip("/")
-        hub_prefix = oauth.hub_prefix or ((hub.path or "/").rstrip("/") + "/hub/")
-        api_url = (oauth.api_url or hub_api_url).rstrip("/") + "/"
+        parts = urlsplit(binderhub.hub_url)
+        hub_host = (oauth.hub_host or (f"{parts.scheme}://{parts.netloc}" if parts.netloc else "")).rstrip("/")
+        hub_prefix = oauth.hub_prefix or ((parts.path or "/").rstrip("/") + "/hub/")
         key = cookie_key(oauth.cookie_secret, binderhub.build_token_secret)
         return cls(
-            http=http, client_id=oauth.oauth_client_id, client_secret=oauth.api_token or binderhub.hub_api_token,
+            hub=hub.at(oauth.api_url) if oauth.api_url else hub,
+            client_id=oauth.oauth_client_id, client_secret=oauth.api_token or binderhub.hub_api_token,
             authorize_url=hub_host and hub_host + "/" + hub_prefix.strip("/") + "/api/oauth2/authorize",
-            token_url=api_url + "oauth2/token", redirect_uri=oauth.oauth_redirect_uri,
-            base_url=binderhub.base_url, cookie_name=oauth.cookie_name, key=key,
-            timeout=settings.Launcher.request_timeout,
+            redirect_uri=oauth.oauth_redirect_uri, base_url=binderhub.base_url, cookie_name=oauth.cookie_name,
+            key=key,
         )
 
     # -- the login redirect and its state ---------------------------------------------------------
@@ -207,23 +203,23 @@ class HubOAuth:
 
     async def token_for_code(self, code: str, redirect_uri: str) -> tuple[str, int | None]:
         """Exchange a login code for the user's hub token (as JupyterHub's HubOAuth: the service's API
-        token is the client secret). Returns the token and its lifetime in seconds, when the hub says."""
+        token is the client secret, so the request carries no token of its own; a user is waiting,
+        so it is not repeated). Returns the token and its lifetime in seconds, when the hub says."""
         form = {"client_id": self.client_id, "client_secret": self.client_secret,
                 "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
         try:
-            response = await self.http.post(self.token_url, data=form, timeout=self.timeout)
-        except httpx.HTTPError as e:
-            raise BinderError(f"Could not finish the login: the hub at {self.token_url} is unreachable "
-                              f"({type(e).__name__})", status_code=503) from None
-        if response.status_code in (400, 401, 403):
+            response = await self.hub.request("POST", "oauth2/token", form=form, token="", retry=False)
+        except HubError as e:
+            raise BinderError(f"Could not finish the login: {e}", status_code=503) from None
+        if response.status in (400, 401, 403):
             raise ForbiddenError(f"JupyterHub refused the login ({_oauth_error(response)}): start again at {self.login_path}")
-        if response.status_code != 200:
-            raise BinderError(f"Could not finish the login: the hub answered {response.status_code}", status_code=503)
+        if response.status != 200:
+            raise BinderError(f"Could not finish the login: the hub answered {response.status}", status_code=503)
         try:
-            reply = response.json()
+            reply = response.data
             token = reply["access_token"]
             expires_in = reply.get("expires_in")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             raise BinderError("Could not finish the login: the hub's token answer has no access_token", status_code=502) from None
         return token, int(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else None
 
@@ -246,14 +242,13 @@ class HubOAuth:
         return token
 
 
-def _oauth_error(response: httpx.Response) -> str:
+def _oauth_error(response: HubResponse) -> str:
     """The hub's OAuth error (``invalid_grant: ...``), or its status code."""
-    try:
-        body = response.json()
-        error = str(body.get("error") or response.status_code)
-        description = body.get("error_description")
-    except (ValueError, AttributeError):
-        return f"HTTP {response.status_code}"
+    body = response.data
+    if not isinstance(body, dict):
+        return f"HTTP {response.status}"
+    error = str(body.get("error") or response.status)
+    description = body.get("error_description")
     return f"{error}: {description}" if description else error
 
 
@@ -262,21 +257,18 @@ class InvalidHubToken(ForbiddenError):
 
 
 class HubAuth:
-    def __init__(self, api_url: str, http: httpx.AsyncClient, timeout: float = 10.0,
-                 oauth: HubOAuth | None = None, access_scopes: set[str] | None = None) -> None:
-        self.api_url = api_url.rstrip("/") + "/"
-        self.http = http
-        self.timeout = timeout
+    def __init__(self, hub: HubAPI, oauth: HubOAuth | None = None, access_scopes: set[str] | None = None) -> None:
+        self.hub = hub
         self.oauth = oauth
         self.access_scopes = access_scopes or default_access_scopes("service-binder")
         self._cache: OrderedDict[str, tuple[HubUser, float]] = OrderedDict()
 
     @classmethod
-    def from_settings(cls, settings: Any, http: httpx.AsyncClient, hub_api_url: str) -> HubAuth:
+    def from_settings(cls, settings: Any, hub: HubAPI) -> HubAuth:
         """With auth mode off there is no login (and no cookie key to warn about)."""
-        oauth = HubOAuth.from_settings(settings, http, hub_api_url) if settings.BinderHub.auth_enabled else None
+        oauth = HubOAuth.from_settings(settings, hub) if settings.BinderHub.auth_enabled else None
         scopes = set(settings.HubOAuth.access_scopes) or default_access_scopes(settings.HubOAuth.oauth_client_id)
-        return cls(hub_api_url, http, oauth=oauth, access_scopes=scopes)
+        return cls(hub, oauth=oauth, access_scopes=scopes)
 
     async def user_for_request(self, request: Request) -> HubUser:
         """The hub user behind a request's token, or else its login cookie; :class:`ForbiddenError`
@@ -306,19 +298,18 @@ class HubAuth:
         cached = self._cache.get(key)
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        try:
-            response = await self.http.get(self.api_url + "user", headers={"Authorization": f"token {token}"},
-                                           timeout=self.timeout)
-        except httpx.HTTPError as e:
-            raise BinderError(f"Could not check your JupyterHub token: the hub at {self.api_url} is unreachable ({type(e).__name__})", status_code=503) from None
-        if response.status_code in (401, 403):
+        try:  # with the token in question, once: a request is waiting
+            response = await self.hub.request("GET", "user", token=token, retry=False)
+        except HubError as e:
+            raise BinderError(f"Could not check your JupyterHub token: {e}", status_code=503) from None
+        if response.status in (401, 403):
             raise InvalidHubToken("Invalid JupyterHub token: log in to JupyterHub and use a current API token")
-        if response.status_code != 200:
-            raise BinderError(f"Could not check your JupyterHub token: the hub answered {response.status_code}", status_code=503)
+        if response.status != 200:
+            raise BinderError(f"Could not check your JupyterHub token: the hub answered {response.status}", status_code=503)
         try:
-            model = response.json()
+            model = response.data
             user = HubUser(name=model["name"], kind=model.get("kind", "user"))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             raise BinderError("Could not check your JupyterHub token: the hub's answer names no user", status_code=503) from None
         if not isinstance(user.name, str) or user.kind not in ("user", "service"):
             raise ForbiddenError(f"This JupyterHub token belongs to neither a user nor a service ({user.kind!r})")

@@ -9,9 +9,10 @@ progress stream), rebuilt around two lessons from BinderHub's issues:
   a missing image) is in the ``failed`` event of the progress stream, so that is where the final
   message comes from.
 * **Retries stay bounded.** API requests are repeated only when the hub was not reached (connection
-  failures, gateway errors); a launch attempt is repeated only after a failed spawn, and not when it
-  failed for the same reason as the attempt before. A failing launch therefore makes a handful of
-  hub calls, not ``retries x api_retries`` of them (BinderHub issue #819).
+  failures, gateway errors: :mod:`binderapi.hub`); a launch attempt is repeated only after a failed
+  spawn, and not when it failed for the same reason as the attempt before. A failing launch
+  therefore makes a handful of hub calls, not ``retries x api_retries`` of them (BinderHub issue
+  #819).
 
 ``launch_timeout`` bounds the whole launch. Whatever an attempt created (server, temporary user) is
 removed when the attempt fails, times out or is abandoned by its client, so nothing is left behind
@@ -48,21 +49,28 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 import httpx
 
 from ._importing import import_object
 from .errors import BinderError, ConflictError, LaunchError
 from .events import LaunchingEvent, line
+from .hub import (
+    HubAPI,
+    HubError,
+    describe,
+    escape,
+    parse_hub_time,
+    read_hub_response,
+    server_path,
+    user_path,
+)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-HEALTH_TIMEOUT = 3.0  # BinderHub's timeout for the hub health check
 STOP_TIMEOUT = 30.0  # how long a clean-up waits for a server to stop
 MIN_PROGRESS_SILENCE = 30.0  # the hub sends a keepalive every 8 s; silence beyond this means trouble
 NAME_SUFFIX_CHARS = string.ascii_lowercase + string.digits
@@ -126,11 +134,6 @@ def new_token() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
 
 
-def escape(name: str) -> str:
-    """A user or server name as a URL path segment (BinderHub's quoting)."""
-    return quote(name, safe="@~")
-
-
 def _name_mark(unmarked: str) -> str:
     value = zlib.crc32(NAME_MARK_SALT + unmarked.encode())
     mark = ""
@@ -154,143 +157,6 @@ def is_temporary_name(name: str) -> bool:
     if len(name) <= NAME_SUFFIX_LEN or name[-NAME_SUFFIX_LEN - 1] != "-":
         return False
     return name[-NAME_MARK_LEN:] == _name_mark(name[:-NAME_MARK_LEN])
-
-
-# -- JupyterHub's REST API ---------------------------------------------------------------------
-
-
-class HubError(Exception):
-    """JupyterHub could not be reached (after the request's own retries). ``sent``: the request
-    may have reached the hub (not every try failed to connect)."""
-
-    def __init__(self, message: str, sent: bool = True) -> None:
-        super().__init__(message)
-        self.sent = sent
-
-
-@dataclass
-class HubResponse:
-    status: int
-    data: Any
-    text: str
-    retried: bool  # the answer came to a repeated request
-    date: float | None = None  # the hub's clock (its Date header), epoch seconds
-
-    @property
-    def message(self) -> str:
-        """The hub's own explanation (its JSON ``message``), else the body or the status."""
-        if isinstance(self.data, dict) and isinstance(self.data.get("message"), str) and self.data["message"]:
-            return self.data["message"]
-        text = self.text.strip()
-        return text[:500] if text else f"HTTP {self.status}"
-
-
-def describe(error: BaseException) -> str:
-    return str(error) or type(error).__name__
-
-
-class HubAPI:
-    """Requests to the hub with the ``binder`` service token, repeated only when the hub was not
-    reached: connection failures and gateway errors for every request, any 5xx for reads and
-    deletes (which are safe to repeat)."""
-
-    SAFE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
-    GATEWAY_ERRORS = frozenset({502, 503, 504})
-
-    def __init__(self, http: httpx.AsyncClient, api_url: str, token: str, attempts: int, delay: float,
-                 timeout: float) -> None:
-        self.http = http
-        self.api_url = api_url
-        self.headers = {"Authorization": f"token {token}"} if token else {}
-        self.attempts = attempts
-        self.delay = delay
-        self.timeout = timeout
-
-    def _retry_after(self, method: str, error: BaseException | None, status: int | None) -> bool:
-        if error is not None:
-            return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) or method in self.SAFE_METHODS
-        assert status is not None
-        return status in self.GATEWAY_ERRORS or (status >= 500 and method in self.SAFE_METHODS)
-
-    async def request(self, method: str, path: str, body: Any = None) -> HubResponse:
-        delay = self.delay
-        sent = False
-        for attempt in range(1, self.attempts + 1):
-            last = attempt == self.attempts
-            try:
-                response = await self.http.request(method, self.api_url + path, json=body,
-                                                   headers=self.headers, timeout=self.timeout)
-            except httpx.TransportError as e:
-                sent = sent or not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
-                if last or not self._retry_after(method, e, None):
-                    raise HubError(f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}", sent) from None
-                log.info("%s %s failed (%s); trying again in %gs", method, path, describe(e), delay)
-            else:
-                if last or not self._retry_after(method, None, response.status_code):
-                    try:
-                        data = response.json() if response.content else None
-                    except ValueError:
-                        data = None
-                    return HubResponse(response.status_code, data, response.text, attempt > 1,
-                                       _header_time(response.headers.get("date")))
-                sent = True
-                log.info("%s %s answered %d; trying again in %gs", method, path, response.status_code, delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
-
-    @contextlib.asynccontextmanager
-    async def stream(self, path: str, read_timeout: float) -> AsyncIterator[httpx.Response]:
-        """An open streaming GET (the progress event stream), opened with the same retries as a read."""
-        delay = self.delay
-        timeout = httpx.Timeout(self.timeout, read=read_timeout)
-        for attempt in range(1, self.attempts + 1):
-            last = attempt == self.attempts
-            request = self.http.build_request("GET", self.api_url + path, headers=self.headers, timeout=timeout)
-            try:
-                response = await self.http.send(request, stream=True)
-            except httpx.TransportError as e:
-                if last:
-                    raise HubError(f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}") from None
-                log.info("GET %s failed (%s); trying again in %gs", path, describe(e), delay)
-            else:
-                if response.status_code < 500 or last:
-                    try:
-                        yield response
-                    finally:
-                        await response.aclose()
-                    return
-                await response.aclose()
-                log.info("GET %s answered %d; trying again in %gs", path, response.status_code, delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-
-
-def _header_time(value: str | None) -> float | None:
-    try:
-        return parsedate_to_datetime(value).timestamp() if value else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _hub_time(value: Any) -> float | None:
-    """A JupyterHub timestamp (ISO 8601, ``Z``) as epoch seconds."""
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when.timestamp() if when.tzinfo else None
-
-
-async def read_hub_response(response: httpx.Response) -> HubResponse:
-    await response.aread()
-    try:
-        data = response.json() if response.content else None
-    except ValueError:
-        data = None
-    return HubResponse(response.status_code, data, response.text, False)
 
 
 # -- one launch attempt ----------------------------------------------------------------------------
@@ -350,17 +216,15 @@ class Launcher:
     """Starts servers through JupyterHub's REST API (the ``binder`` service token needs the scopes
     ``admin:users`` and ``servers``)."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, hub: HubAPI | None = None) -> None:
         self.settings = settings
         self.config = settings.Launcher
         binderhub = settings.BinderHub
         self.auth_enabled = binderhub.auth_enabled
         self.hub_url = binderhub.hub_url or binderhub.hub_url_local
-        api_url = self.config.hub_api_url or binderhub.hub_url_local + "hub/api/"
-        self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self.http = http
-        self.hub = HubAPI(http, self.api_url, binderhub.hub_api_token, self.config.api_retries,
-                          self.config.api_retry_delay, self.config.request_timeout)
+        self.hub = hub or HubAPI.from_settings(settings, http)
+        self.api_url = self.hub.api_url
         self.pre_launch_hook: Callable[..., Any] | None = None
         if self.config.pre_launch_hook:
             try:
@@ -409,11 +273,6 @@ class Launcher:
         url = f"{self.hub_url}user/{escape(username)}/"
         return url + f"{escape(server_name)}/" if server_name else url
 
-    def _server_path(self, username: str, server_name: str) -> str:
-        if server_name:
-            return f"users/{escape(username)}/servers/{escape(server_name)}"
-        return f"users/{escape(username)}/server"
-
     def _new_attempt(self, request: LaunchRequest, number: int) -> Attempt:
         if request.username is None:
             return Attempt(number, self.unique_name_from_repo(request.repo_url), "", new_token(), temporary=True)
@@ -426,22 +285,14 @@ class Launcher:
 
     async def health(self) -> dict[str, Any]:
         """``{"ok": ...}`` from the hub's health endpoint (its API root on hubs without one)."""
-        try:
-            response = await self.http.get(self.api_url + "health", timeout=HEALTH_TIMEOUT)
-            if response.status_code == 404:
-                response = await self.http.get(self.api_url, timeout=HEALTH_TIMEOUT)
-        except httpx.HTTPError as e:
-            return {"ok": False, "error": f"JupyterHub API at {self.api_url} is unreachable: {describe(e)}"}
-        if response.status_code == 200:
-            return {"ok": True}
-        return {"ok": False, "error": f"JupyterHub API at {self.api_url} answered HTTP {response.status_code}"}
+        return await self.hub.health()
 
     # -- launch ------------------------------------------------------------------------------------
 
     async def launch(self, request: LaunchRequest) -> AsyncIterator[LaunchingEvent | LaunchedServer]:
         """Yield ``launching`` events, then the :class:`LaunchedServer`; or raise
         :class:`LaunchError` with the hub's or spawner's reason, or :class:`ConflictError`."""
-        if not self.api_url.startswith(("http://", "https://")):
+        if not self.hub.configured:
             raise LaunchError("No JupyterHub to launch on: set BinderHub.hub_url (or Launcher.hub_api_url)")
         if self._closing:
             raise LaunchError("binderapi is shutting down; try again in a moment")
@@ -542,7 +393,7 @@ class Launcher:
     async def _create_user(self, request: LaunchRequest, attempt: Attempt) -> None:
         attempt.user_created = True  # until the hub says otherwise: a request cut short may have made it
         try:
-            response = await self.hub.request("POST", f"users/{escape(attempt.username)}")
+            response = await self.hub.request("POST", user_path(attempt.username))
         except HubError as e:
             attempt.user_created = e.sent
             raise
@@ -557,7 +408,7 @@ class Launcher:
     async def _check_user(self, attempt: Attempt) -> None:
         """Auth mode: the user's own server must not be running, and named servers are limited."""
         username = attempt.username
-        response = await self.hub.request("GET", f"users/{escape(username)}")
+        response = await self.hub.request("GET", user_path(username))
         if response.status != 200:
             raise AttemptFailed(response.message, retryable=False,
                                 final=f"Could not look up user {username} on JupyterHub: {response.message}")
@@ -598,7 +449,7 @@ class Launcher:
         }
 
     async def _start_server(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None]) -> None:
-        path = self._server_path(attempt.username, attempt.server_name)
+        path = server_path(attempt.username, attempt.server_name)
         attempt.server_requested = True
         response = await self.hub.request("POST", path, self._user_options(request, attempt))
         if response.status >= 500:
@@ -616,7 +467,7 @@ class Launcher:
                                fallback: str | None = None) -> None:
         """Relay the progress stream until the hub says ready (return) or failed (raise)."""
         silence = max(self.config.request_timeout, MIN_PROGRESS_SILENCE)
-        async with self.hub.stream(f"{self._server_path(attempt.username, attempt.server_name)}/progress",
+        async with self.hub.stream(f"{server_path(attempt.username, attempt.server_name)}/progress",
                                    silence) as response:
             if response.status_code != 200:
                 answer = await read_hub_response(response)
@@ -643,7 +494,7 @@ class Launcher:
         if fallback is not None:
             raise AttemptFailed(fallback, retryable=True, spawn_ended=True)
         # The stream ended without a verdict: ask the hub where the server stands.
-        check = await self.hub.request("GET", f"users/{escape(attempt.username)}")
+        check = await self.hub.request("GET", user_path(attempt.username))
         server = ((check.data or {}).get("servers") or {}).get(attempt.server_name) if check.status == 200 else None
         if isinstance(server, dict) and server.get("ready"):
             return
@@ -654,6 +505,11 @@ class Launcher:
     async def remove_temporary_user(self, username: str) -> None:
         """Stop a temporary user's server and delete the user (the warm pool's servers)."""
         await self._remove_soon(Removal(username, delete_user=True))
+
+    def start_removing_temporary_user(self, username: str) -> None:
+        """:meth:`remove_temporary_user` without waiting: the removal is the launcher's from now
+        on, tried until done, and :meth:`close` finishes it before the hub client closes."""
+        self._start_removal(Removal(username, delete_user=True))
 
     async def _clean_up(self, attempt: Attempt, *, stop_server: bool) -> None:
         """Remove what a failed attempt created."""
@@ -668,11 +524,16 @@ class Launcher:
     async def _remove_soon(self, removal: Removal) -> None:
         """Run ``removal`` in a task of its own and wait for its first try. Shielded: a caller going
         away does not stop it half-way; a try that fails is repeated in the background."""
+        await asyncio.shield(self._start_removal(removal))
+
+    def _start_removal(self, removal: Removal) -> asyncio.Future[None]:
+        """Start ``removal`` in a task of its own (one :meth:`close` waits for); the future is done
+        after its first try."""
         first_try: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(self._remove_until_done(removal, first_try))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(first_try)
+        return first_try
 
     async def _remove_until_done(self, removal: Removal, first_try: asyncio.Future[None]) -> None:
         """Try ``removal`` until the hub has carried it out (or refused it for good), pausing with
@@ -725,7 +586,7 @@ class Launcher:
         return None
 
     async def _stop_server(self, username: str, server_name: str, *, remove: bool) -> str | None:
-        response = await self.hub.request("DELETE", self._server_path(username, server_name),
+        response = await self.hub.request("DELETE", server_path(username, server_name),
                                           {"remove": True} if remove else None)
         if response.status == 202:
             return await self._wait_stopped(username, server_name)
@@ -739,7 +600,7 @@ class Launcher:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + STOP_TIMEOUT
         while loop.time() < give_up:
-            response = await self.hub.request("GET", f"users/{escape(username)}")
+            response = await self.hub.request("GET", user_path(username))
             if response.status >= 500:
                 return f"checking the server stopped: HTTP {response.status} {response.message}"
             if response.status != 200 or server_name not in ((response.data or {}).get("servers") or {}):
@@ -750,7 +611,7 @@ class Launcher:
     async def _delete_user(self, username: str) -> str | None:
         response = None
         for _ in range(int(STOP_TIMEOUT / 0.5)):
-            response = await self.hub.request("DELETE", f"users/{escape(username)}")
+            response = await self.hub.request("DELETE", user_path(username))
             if response.status in (204, 404):
                 return None
             if response.status != 400:  # 400: the server is still stopping
@@ -776,13 +637,13 @@ class Launcher:
             return False  # the hub did not say: never guess
         if any(not isinstance(server, dict) or server.get("ready") for server in servers.values()):
             return False
-        created = _hub_time(user.get("created"))
+        created = parse_hub_time(user.get("created"))
         return created is not None and now - created > self.config.launch_timeout + ORPHAN_MARGIN
 
     async def remove_orphans(self) -> int:
         """Remove temporary users a crashed process (this one's past life, or another replica) left
         behind; how many were found. Anonymous mode only: in auth mode binderapi makes no users."""
-        if self.auth_enabled or not self.api_url.startswith(("http://", "https://")):
+        if self.auth_enabled or not self.hub.configured:
             return 0
         offset, orphans = 0, []
         while True:

@@ -35,7 +35,7 @@ class LaunchQuota:
     def __init__(self, settings: Settings, supervisor: Supervisor | None = None) -> None:
         self.config = settings.LaunchQuota
         self.total_quota = self.config.total_quota
-        self.reserved: Counter[str] = Counter()  # servers the warm pool holds, per repository
+        self.reserved: Counter[str] = Counter()  # servers starting outside the count, per repository
 
     async def start(self) -> None:
         """Begin counting (subclasses start their watch here)."""
@@ -51,17 +51,44 @@ class LaunchQuota:
         return 0
 
     # checks ---------------------------------------------------------------------------------------
+    def full(self, image_name: str, repo_quota: int = 0) -> str | None:
+        """The quota a new server of ``image_name`` would exceed (``"total_quota"`` or
+        ``"repo_quota"``, with ``repo_quota`` the repository's, 0 for none), else None."""
+        if self.total_quota is not None and self.total_servers() >= self.total_quota:
+            return "total_quota"
+        if repo_quota and self.servers_of(repo_of_image(image_name)) >= repo_quota:
+            return "repo_quota"
+        return None
+
+    def reserve(self, image_name: str, repo_quota: int = 0) -> str | None:
+        """Hold a slot for a server that starts outside the count (a warm server: the quota
+        counts it once it runs, and it must not be handed a slot a launch takes meanwhile).
+        None once held, else the quota that has no room (see :meth:`full`); :meth:`release` it
+        when the start has ended either way."""
+        blocked = self.full(image_name, repo_quota)
+        if blocked is None:
+            self.reserved[repo_of_image(image_name)] += 1
+        return blocked
+
+    def release(self, image_name: str) -> None:
+        """Give back a slot :meth:`reserve` held."""
+        repo = repo_of_image(image_name)
+        self.reserved[repo] -= 1
+        if self.reserved[repo] <= 0:
+            del self.reserved[repo]
+
     async def check(self, image_name: str, repo_config: dict[str, Any], repo_url: str) -> QuotaCheck | None:
         """Raise :class:`QuotaExceededError` with BinderHub's messages when a new server would not fit."""
         repo_quota = repo_config.get("quota") or 0
         if self.total_quota is None and not repo_quota:
             return None
+        blocked = self.full(image_name, repo_quota)
         total = self.total_servers()
-        if self.total_quota is not None and total >= self.total_quota:
+        if blocked == "total_quota":
             log.info("Launch quota exceeded: %d servers, total quota %d", total, self.total_quota)
             raise QuotaExceededError("Too many users on this BinderHub! Try again soon.", "pod_quota")
         matching = self.servers_of(repo_of_image(image_name))
-        if repo_quota and matching >= repo_quota:
+        if blocked == "repo_quota":
             log.info("Per-repo quota exceeded for %s: %d servers, quota %d", repo_url, matching, repo_quota)
             raise QuotaExceededError(f"Too many users running {repo_url}! Try again soon.", "repo_quota")
         if repo_quota and matching >= 0.5 * repo_quota:

@@ -22,6 +22,7 @@ from .errors import BinderError, StartupError
 from .eventlog import EventLog
 from .executors import BuildBackend
 from .health import HealthChecks
+from .hub import HubAPI
 from .launcher import Launcher
 from .providers import ProviderContext, ProviderRegistry
 from .providers._http import make_client
@@ -47,11 +48,6 @@ def open_backend_kind(settings: Settings) -> ActiveKind:
         return open_kind(settings)
     except ImportError as e:
         raise StartupError(f"BinderHub.build_class: {e}") from None
-
-
-def hub_api_url(settings: Settings) -> str:
-    """``Launcher.hub_api_url`` (env ``JUPYTERHUB_API_URL``), else ``hub_url_local`` + ``hub/api/``."""
-    return settings.Launcher.hub_api_url or (settings.BinderHub.hub_url_local + "hub/api/")
 
 
 def make_quota(settings: Settings, supervisor: Supervisor, kind: ActiveKind) -> LaunchQuota:
@@ -113,6 +109,7 @@ class Services:
             await http.aclose()
             await kind.close()
             raise StartupError(str(e)) from None
+        hub = HubAPI.from_settings(settings, http)
         builds = BuildManager(
             backend, supervisor,
             concurrent_build_limit=binderhub.concurrent_build_limit,
@@ -123,12 +120,12 @@ class Services:
         services = cls(
             settings=settings, http=http, kind=kind, providers=providers, health=HealthChecks(), supervisor=supervisor,
             backend=backend, images=images, builds=builds, quota=make_quota(settings, supervisor, kind),
-            launcher=Launcher(settings, http), event_log=EventLog(settings.EventLog),
+            launcher=Launcher(settings, http, hub), event_log=EventLog(settings.EventLog),
             build_tokens=BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
                                      binderhub.build_token_check_origin),
             rate_limiter=RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
                                      settings.RateLimiter.clean_seconds),
-            hub_auth=HubAuth.from_settings(settings, http, hub_api_url(settings)),
+            hub_auth=HubAuth.from_settings(settings, hub),
             keepalives=KeepaliveTicker(binderhub.keepalive_interval),
         )
         if settings.WarmPool.enabled:
@@ -137,7 +134,7 @@ class Services:
             else:
                 from .warmpool import WarmPool
 
-                services.warm_pool = WarmPool(settings, services.launcher, services.quota, supervisor)
+                services.warm_pool = WarmPool(settings, services.launcher, hub, services.quota, supervisor)
         try:
             await services._start_background()
         except BaseException:
@@ -166,7 +163,7 @@ class Services:
                 raise StartupError(f"{e}. Fix it, or set BinderHub.builder_required: false to start anyway.") from None
             log.warning("%s; continuing because builder_required is false (see /health)", e)
         launcher = self.launcher
-        if launcher.config.orphan_sweep_interval and launcher.api_url.startswith("http") and not binderhub.auth_enabled:
+        if launcher.config.orphan_sweep_interval and launcher.hub.configured and not binderhub.auth_enabled:
             self.supervisor.run_forever("temporary user sweep",
                                         lambda: launcher.remove_orphans_forever(launcher.config.orphan_sweep_interval))
         if self.warm_pool is not None:

@@ -15,13 +15,15 @@ before the client is known: ``repo_url``, ``binder_ref_url``, ``binder_launch_ho
 client's address. The ``ready`` event itself carries the real request's values.
 
 Warm servers are running servers: the launch quota counts them (their containers or pods, and
-``LaunchQuota.reserved`` while they start). A refill that would exceed ``total_quota`` or the
+while they start the slot :meth:`LaunchQuota.reserve` holds). A refill that would exceed ``total_quota`` or the
 repository's quota is skipped (a log line, ``binderapi_warm_pool_refills_skipped_total``); a
 handover needs no quota check, the server already holds its slot.
 
 Servers older than ``max_server_age`` are replaced (keep it below the hub culler's timeout); an
 image without launches for ``idle_shrink_after`` seconds drops to zero servers; shutdown removes
-every server and user the pool still holds.
+every server and user the pool still holds. The pool's work runs in tasks of the app's
+:class:`Supervisor`; removals are handed to the launcher, which finishes them before the hub client
+closes (:meth:`Launcher.close`).
 
 Recognising leftovers after a crash: the pool marks a ready warm server in JupyterHub itself, with
 the only write its token's scopes allow besides starting and stopping: the server's
@@ -45,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .errors import BinderError
-from .launcher import LaunchedServer, Launcher, LaunchRequest, escape
-from .naming import repo_of_image
+from .hub import HubAPI, format_hub_time, user_path
+from .launcher import LaunchedServer, Launcher, LaunchRequest
 
 if TYPE_CHECKING:
     from .quota import LaunchQuota
@@ -89,10 +91,6 @@ def carries_mark(username: str, last_activity: str | None) -> bool:
     return when.microsecond == marker_microseconds(username)
 
 
-def hub_time(when: datetime) -> str:
-    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
 @dataclass
 class WarmServer:
     server: LaunchedServer
@@ -109,33 +107,37 @@ class ImagePool:
     repo_quota: int  # the repository's per-repo quota (0: none) as of the last launch
     last_launch: float  # event loop time of the last launch (or of the pool's start)
     ready: deque[WarmServer] = field(default_factory=deque)
-    starting: int = 0
+    starts: set[asyncio.Task[None]] = field(default_factory=set)  # each holding a quota slot
     retry_at: float = 0.0  # no new start before this (after failures)
     failures: int = 0
     refill_blocked: str = ""  # the quota that stopped the last refill, for logging changes only
     published: bool = False  # has metric series (kept off for images that never had a server)
 
+    @property
+    def starting(self) -> int:
+        return len(self.starts)
+
 
 class WarmPool:
     """Owns every warm server: takes, refills, recycles, shrinks, and removes them."""
 
-    def __init__(
-        self, settings: Settings, launcher: Launcher, quota: LaunchQuota, supervisor: Supervisor
-    ) -> None:
+    def __init__(self, settings: Settings, launcher: Launcher, hub: HubAPI, quota: LaunchQuota,
+                 supervisor: Supervisor) -> None:
         self.config = settings.WarmPool
         self.default_repo_quota = settings.BinderHub.per_repo_quota
         self.launcher = launcher
+        self.hub = hub
         self.quota = quota
         self.supervisor = supervisor
         self.pools: dict[str, ImagePool] = {}
         self.launches: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._unmarking: set[asyncio.Task[None]] = set()  # handovers whose mark close waits to clear
         self._wake = asyncio.Event()
         self._closing = False
         self.leftovers_removed = 0
         self.swept = False  # the start-up look for leftovers is done
 
-    # -- the launch path -----------------------------------------------------------------------------
+    # -- the launch path -------------------------------------------------------------------------
 
     def take(self, request: LaunchRequest, repo_quota: int = 0) -> LaunchedServer | None:
         """A ready warm server for ``request.image`` (now removed from the pool), or None.
@@ -151,9 +153,7 @@ class WarmPool:
         self.launches[request.image] += 1
         template = replace(request, client_ip="", username=None, server_name=None)
         if pool is None:
-            pool = self.pools[request.image] = ImagePool(
-                request.image, template, repo_quota, loop_time
-            )
+            pool = self.pools[request.image] = ImagePool(request.image, template, repo_quota, loop_time)
         else:
             pool.template, pool.repo_quota, pool.last_launch = template, repo_quota, loop_time
         warm = pool.ready.popleft() if pool.ready else None
@@ -162,40 +162,38 @@ class WarmPool:
         self._wake.set()  # refill, or start a pool for a newly popular image
         if warm is None:
             return None
-        self._spawn(self._unmark(warm), f"warm pool: unmark {warm.server.username}")
+        task = self.supervisor.spawn(self._unmark(warm), f"warm pool: unmark {warm.server.username}")
+        self._unmarking.add(task)
+        task.add_done_callback(self._unmarking.discard)
         return warm.server
 
-    # -- life cycle ----------------------------------------------------------------------------------
+    # -- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Create the configured images' pools and start the background work (leftovers first)."""
         now = asyncio.get_running_loop().time()
         for image in self.config.images:
-            empty = LaunchRequest(
-                image=image,
-                repo_url="",
-                ref_url="",
-                launch_host="",
-                binder_request="",
-                binder_persistent_request="",
-                client_ip="",
-            )
+            empty = LaunchRequest(image=image, repo_url="", ref_url="", launch_host="", binder_request="",
+                                  binder_persistent_request="", client_ip="")
             self.pools[image] = ImagePool(image, empty, self.default_repo_quota, now)
         self.supervisor.spawn(self._run(), name="warm pool")
 
     async def close(self) -> None:
-        """Stop and delete every server the pool holds, including those still starting."""
+        """Stop and delete every server the pool holds, including those still starting. Runs
+        before the supervisor closes (which would cancel a handover's unmark half-way) and before
+        the launcher does (which finishes the removals handed to it here)."""
         self._closing = True
         self._wake.set()
-        starting = [t for t in self._tasks if t.get_name().startswith("warm pool: start")]
-        for task in starting:
+        starts = [task for pool in self.pools.values() for task in pool.starts]
+        for task in starts:
             task.cancel()  # the launcher removes what a cancelled launch created
+        if starts:
+            await asyncio.wait(starts)
+        if self._unmarking:
+            await asyncio.wait(set(self._unmarking))
         for pool in self.pools.values():
             while pool.ready:
                 self._retire(pool.ready.popleft(), pool, "shutdown")
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
-        for pool in self.pools.values():
             self._publish(pool)
 
     async def _run(self) -> None:
@@ -204,9 +202,7 @@ class WarmPool:
         except Exception:
             log.warning("Could not look for warm servers left by a previous process", exc_info=True)
         self.swept = True
-        interval = max(
-            0.2, min(30.0, self.config.max_server_age / 4, self.config.idle_shrink_after / 4)
-        )
+        interval = max(0.2, min(30.0, self.config.max_server_age / 4, self.config.idle_shrink_after / 4))
         while not self._closing:
             try:
                 await self.maintain()
@@ -220,21 +216,14 @@ class WarmPool:
         """Stop and delete ready servers still marked warm: a previous process's pool."""
         offset, leftovers = 0, []
         while True:
-            response = await self.launcher.hub.request(
-                "GET", f"users?state=ready&offset={offset}&limit={USERS_PAGE}"
-            )
+            response = await self.hub.request("GET", f"users?state=ready&offset={offset}&limit={USERS_PAGE}")
             if response.status != 200 or not isinstance(response.data, list):
-                log.warning(
-                    "Listing JupyterHub users for warm-pool leftovers: HTTP %d %s",
-                    response.status,
-                    response.message,
-                )
+                log.warning("Listing JupyterHub users for warm-pool leftovers: HTTP %d %s",
+                            response.status, response.message)
                 return
             for user in response.data:
                 server = (user.get("servers") or {}).get("")
-                if isinstance(server, dict) and carries_mark(
-                    user.get("name", ""), server.get("last_activity")
-                ):
+                if isinstance(server, dict) and carries_mark(user.get("name", ""), server.get("last_activity")):
                     leftovers.append(user["name"])
             if len(response.data) < USERS_PAGE:
                 break
@@ -245,16 +234,12 @@ class WarmPool:
             metrics.WARM_POOL_RETIRED.labels(reason="leftover").inc()
         self.leftovers_removed += len(leftovers)
 
-    # -- keeping the pools at their size -------------------------------------------------------------
+    # -- keeping the pools at their size ---------------------------------------------------------
 
     def targets(self) -> dict[str, int]:
         """How many servers each image should have now."""
         now = asyncio.get_running_loop().time()
-        top = (
-            {image for image, _ in self.launches.most_common(self.config.top_n)}
-            if self.config.top_n
-            else set()
-        )
+        top = {image for image, _ in self.launches.most_common(self.config.top_n)} if self.config.top_n else set()
         wanted = {}
         for image, pool in self.pools.items():
             if now - pool.last_launch > self.config.idle_shrink_after:
@@ -281,23 +266,11 @@ class WarmPool:
         """Servers the hub no longer reports as ready (culled, crashed) are never handed out."""
         for pool in list(self.pools.values()):
             for warm in list(pool.ready):
-                response = await self.launcher.hub.request(
-                    "GET", f"users/{escape(warm.server.username)}"
-                )
-                server = (
-                    ((response.data or {}).get("servers") or {}).get("")
-                    if response.status == 200
-                    else None
-                )
-                if response.status in (200, 404) and not (
-                    isinstance(server, dict) and server.get("ready")
-                ):
+                response = await self.hub.request("GET", user_path(warm.server.username))
+                server = ((response.data or {}).get("servers") or {}).get("") if response.status == 200 else None
+                if response.status in (200, 404) and not (isinstance(server, dict) and server.get("ready")):
                     if warm in pool.ready:  # not handed over meanwhile
-                        log.warning(
-                            "Warm server %s of %s is gone; replacing it",
-                            warm.server.username,
-                            pool.image,
-                        )
+                        log.warning("Warm server %s of %s is gone; replacing it", warm.server.username, pool.image)
                         pool.ready.remove(warm)
                         self._retire(warm, pool, "lost")
 
@@ -309,28 +282,20 @@ class WarmPool:
         targets = self.targets()
         in_flight = sum(p.starting for p in self.pools.values())
         for pool in self.pools.values():
-            while (
-                in_flight < self.config.refill_concurrency
-                and loop_time >= pool.retry_at
-                and len(pool.ready) + pool.starting < targets[pool.image]
-            ):
-                if not self._quota_allows(pool):
+            while (in_flight < self.config.refill_concurrency and loop_time >= pool.retry_at
+                   and len(pool.ready) + pool.starting < targets[pool.image]):
+                if not self._reserve(pool):
                     break
-                pool.starting += 1
                 in_flight += 1
-                self.quota.reserved[repo_of_image(pool.image)] += 1
+                task = self.supervisor.spawn(self._start_one(pool), f"warm pool: start {pool.image}")
+                pool.starts.add(task)
+                # also when the task is cancelled before it ran (at shutdown)
+                task.add_done_callback(lambda task, pool=pool: self._start_ended(pool, task))
                 self._publish(pool)
-                self._spawn(self._start_one(pool), f"warm pool: start {pool.image}")
 
-    def _quota_allows(self, pool: ImagePool) -> bool:
-        total_quota = self.quota.total_quota
-        blocked = ""
-        if total_quota is not None and self.quota.total_servers() >= total_quota:
-            blocked = "total_quota"
-        elif (
-            pool.repo_quota and self.quota.servers_of(repo_of_image(pool.image)) >= pool.repo_quota
-        ):
-            blocked = "repo_quota"
+    def _reserve(self, pool: ImagePool) -> bool:
+        """Hold a quota slot for a new server of ``pool``; log (once) when a quota has no room."""
+        blocked = self.quota.reserve(pool.image, pool.repo_quota) or ""
         if blocked:
             metrics.WARM_POOL_REFILLS_SKIPPED.labels(reason=blocked).inc()
             if pool.refill_blocked != blocked:
@@ -340,11 +305,18 @@ class WarmPool:
         pool.refill_blocked = blocked
         return not blocked
 
+    def _start_ended(self, pool: ImagePool, task: asyncio.Task[Any] | None) -> None:
+        """Give back a start's quota slot, once: the launch has ended (a ready server is counted
+        by the quota itself from now on)."""
+        if task is not None and task in pool.starts:
+            pool.starts.discard(task)
+            self.quota.release(pool.image)
+            self._publish(pool)
+
     async def _start_one(self, pool: ImagePool) -> None:
         server: LaunchedServer | None = None
-        request = pool.template
         try:
-            async with contextlib.aclosing(self.launcher.launch(request)) as items:
+            async with contextlib.aclosing(self.launcher.launch(pool.template)) as items:
                 async for item in items:
                     if isinstance(item, LaunchedServer):
                         server = item
@@ -354,16 +326,10 @@ class WarmPool:
             pause = min(longest, first * 2 ** (pool.failures - 1))
             pool.retry_at = asyncio.get_running_loop().time() + pause
             metrics.WARM_POOL_START_FAILURES.inc()
-            log.warning(
-                "Could not start a warm server for %s (trying again in %gs): %s",
-                pool.image,
-                pause,
-                e.message,
-            )
+            log.warning("Could not start a warm server for %s (trying again in %gs): %s", pool.image, pause,
+                        e.message)
         finally:
-            pool.starting -= 1
-            self._release_reservation(pool.image)
-            self._publish(pool)
+            self._start_ended(pool, asyncio.current_task())
         if server is None:
             self._wake.set()
             return
@@ -378,28 +344,14 @@ class WarmPool:
         await self._mark(warm)
         self._wake.set()
 
-    def _release_reservation(self, image: str) -> None:
-        repo = repo_of_image(image)
-        self.quota.reserved[repo] -= 1
-        if self.quota.reserved[repo] <= 0:
-            del self.quota.reserved[repo]
-
-    # -- hub-side marks and removal ------------------------------------------------------------------
+    # -- hub-side marks and removal --------------------------------------------------------------
 
     async def _post_activity(self, username: str, when: datetime) -> bool:
-        stamp = hub_time(when)
-        response = await self.launcher.hub.request(
-            "POST",
-            f"users/{escape(username)}/activity",
-            {"last_activity": stamp, "servers": {"": {"last_activity": stamp}}},
-        )
+        stamp = format_hub_time(when)
+        response = await self.hub.request("POST", f"{user_path(username)}/activity",
+                                          {"last_activity": stamp, "servers": {"": {"last_activity": stamp}}})
         if response.status >= 300:
-            log.info(
-                "Could not set the activity of %s: HTTP %d %s",
-                username,
-                response.status,
-                response.message,
-            )
+            log.info("Could not set the activity of %s: HTTP %d %s", username, response.status, response.message)
         return response.status < 300
 
     async def _mark(self, warm: WarmServer) -> None:
@@ -416,24 +368,10 @@ class WarmPool:
         """Stop and delete a server already taken out of ``pool.ready`` (so never handed out)."""
         metrics.WARM_POOL_RETIRED.labels(reason=reason).inc()
         self._publish(pool)
-        self._spawn(
-            self.launcher.remove_temporary_user(warm.server.username),
-            f"warm pool: remove {warm.server.username}",
-        )
+        self.launcher.start_removing_temporary_user(warm.server.username)
         self._wake.set()
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
-
-    # -- what is visible -----------------------------------------------------------------------------
+    # -- what is visible -------------------------------------------------------------------------
 
     def _publish(self, pool: ImagePool) -> None:
         if not (pool.published or pool.ready or pool.starting):
@@ -449,16 +387,6 @@ class WarmPool:
     async def health(self) -> dict[str, Any]:
         """The soft ``Warm pool`` check: ready, starting and wanted servers per image."""
         targets = self.targets()
-        images = {
-            pool.image: {
-                "ready": len(pool.ready),
-                "starting": pool.starting,
-                "target": targets[pool.image],
-            }
-            for pool in self.pools.values()
-            if pool.ready or pool.starting or targets[pool.image]
-        }
-        return {
-            "ok": all(i["ready"] + i["starting"] >= i["target"] for i in images.values()),
-            "images": images,
-        }
+        images = {pool.image: {"ready": len(pool.ready), "starting": pool.starting, "target": targets[pool.image]}
+                  for pool in self.pools.values() if pool.ready or pool.starting or targets[pool.image]}
+        return {"ok": all(i["ready"] + i["starting"] >= i["target"] for i in images.values()), "images": images}
