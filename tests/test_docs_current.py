@@ -187,3 +187,12 @@ def test_the_security_page_cites_code_and_tests_that_exist():
     problems = [p for p in (reference_problem(path, symbol) for path, symbol in references) if p]
     assert not problems, "docs/security.md cites code or tests that do not exist:\n" + "\n".join(problems)
 
+
+def test_the_architecture_page_cites_code_that_exists():
+    """docs/architecture.md walks a request through named modules and functions: a rename or a
+    move must update the walk-through."""
+    references = code_references((ROOT / "docs" / "architecture.md").read_text())
+    assert len(references) > 20
+    problems = [p for p in (reference_problem(path, symbol) for path, symbol in references) if p]
+    assert not problems, "docs/architecture.md cites code that does not exist:\n" + "\n".join(problems)
+
