@@ -70,9 +70,6 @@ class ResolutionCache:
         entry = self._entries.get(key)
         return entry.resolution if entry else None
 
-    def invalidate(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
-
     def _fresh(self, entry: _Entry) -> bool:
         return entry.expires is None or self._clock() < entry.expires
 
