@@ -137,6 +137,18 @@ def test_every_public_route_is_in_the_readme():
     assert not undocumented, f"routes missing from README.md's API table: {undocumented}"
 
 
+def test_every_path_parameter_is_documented():
+    """Each ``{name}`` of a path has its parameter in the schema, with a description: ``spec`` of
+    ``/build`` is read from the raw path, not taken as an argument, and must stay documented."""
+    schema = create_app(make_settings(build_class="docker", use_registry=False)).openapi()
+    missing = [f"{method.upper()} {path}: {name}" for path, operations in schema["paths"].items()
+               for method, operation in operations.items() for name in re.findall(r"\{(\w+)\}", path)
+               if not any(p["in"] == "path" and p["name"] == name and p.get("required") and p.get("description")
+                          for p in operation.get("parameters", []))]
+    assert not missing, f"path parameters missing from the OpenAPI schema: {missing}"
+    assert "/build/{prefix}/{spec}" in schema["paths"]  # so the check above saw it
+
+
 # `tests/x.py::name`, `test_x.py::name`, `routers/build.py::frames`, `builds.py::Class.method`
 CODE_REFERENCE = re.compile(r"`((?:[\w.-]+/)*[\w.-]+\.py)(?:::([\w.]+))?`")
 NOT_OURS = {"binderhub_config.py"}  # BinderHub's config file, named for contrast

@@ -69,3 +69,18 @@ def test_pod_manifest():
     assert "build-credentials" not in {v["name"] for v in sticky["spec"]["volumes"]}
     plain = {e["name"]: e for e in sticky["spec"]["containers"][0]["env"]}
     assert plain["GIT_CREDENTIAL_ENV"]["value"] == "username=u\\npassword=p"  # no secret: plain value
+
+
+def test_the_node_socket_is_read_by_the_one_engine_address_rule():
+    """``docker_host`` as a path, a ``unix://`` URL or pasted with spaces mounts the same socket, as
+    the Docker kind reads its own (backends/docker/engine.py); a ``tcp://`` engine has no socket."""
+    job = BuildJob(name="build-x-abc", image_name="reg/x:abc", repo_url="https://github.com/o/r", ref="abc")
+
+    def socket_volumes(docker_host: str | None) -> list[dict]:
+        backend = KubernetesBuildBackend(make_settings({"KubernetesBuildExecutor": {"docker_host": docker_host}}))
+        return [v for v in backend.pod_manifest(job)["spec"]["volumes"] if v["name"] == "docker-socket"]
+
+    expected = [{"name": "docker-socket", "hostPath": {"path": "/run/engine.sock", "type": "Socket"}}]
+    for docker_host in ("/run/engine.sock", "unix:///run/engine.sock", " unix:///run/engine.sock\n"):
+        assert socket_volumes(docker_host) == expected, docker_host
+    assert socket_volumes("tcp://127.0.0.1:2375") == [] and socket_volumes(None) == []

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .singleflight import SingleFlight
+
 log = logging.getLogger(__name__)
 
 #: how long a failed check answers for itself before the dependency is asked again
@@ -32,15 +34,12 @@ class _Check:
     timeout: float
     result: dict[str, Any] | None = None
     checked_at: float = -1e9
-    running: asyncio.Future[dict[str, Any]] | None = field(default=None, repr=False)
+    flight: SingleFlight[dict[str, Any]] = field(default_factory=SingleFlight, repr=False)  # concurrent probes share a run
 
     async def run(self) -> dict[str, Any]:
         if self.result is not None and time.monotonic() - self.checked_at < self._fresh_for(self.result):
             return self.result
-        if self.running is None:
-            self.running = asyncio.ensure_future(self._run_once())
-            self.running.add_done_callback(lambda _: setattr(self, "running", None))
-        return await asyncio.shield(self.running)
+        return await self.flight.run(self.service, self._run_once)
 
     def _fresh_for(self, result: dict[str, Any]) -> float:
         return self.cache_seconds if result["ok"] else min(self.cache_seconds, FAILURE_CACHE_SECONDS)

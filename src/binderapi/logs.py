@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 REDACTED = "[secret]"
 # query parameter names that carry credentials (BinderHub's list)
 _SECRET_PARAM = re.compile(r"token|auth|key|code|state", re.IGNORECASE)
-_SECRET_HEADERS = {"authorization", "cookie", "set-cookie", "x-xsrftoken"}
 
 
 def redact_url(url: str) -> str:
@@ -34,10 +33,6 @@ _USERINFO = re.compile(rf"(?P<sep>{_COLON}{_SLASH}{_SLASH})(?:(?!%(?:25)*(?:2F|4
 def redact_userinfo(text: str) -> str:
     """Replace the ``user:password`` of every URL in ``text``, in whatever encoding it came."""
     return _USERINFO.sub(lambda m: f"{m['sep']}{REDACTED}{m['at']}", text)
-
-
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, REDACTED if k.lower() in _SECRET_HEADERS else v) for k, v in headers]
 
 
 class LevelFormatter(logging.Formatter):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,8 +111,3 @@ class CORSMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
-
-
-def request_state(scope_or_request: Any) -> dict[str, Any]:
-    scope = getattr(scope_or_request, "scope", scope_or_request)
-    return scope.setdefault("state", {})

@@ -7,7 +7,11 @@ lazily on the request path.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,20 +46,63 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"binderapi/{__version__}"
 
 
-def open_backend_kind(settings: Settings) -> ActiveKind:
-    """The backend kind ``build_class`` selects (see :mod:`binderapi.backends`), its engine client made."""
-    try:
-        return open_kind(settings)
-    except ImportError as e:
-        raise StartupError(f"BinderHub.build_class: {e}") from None
+def check_pre_launch_hook(settings: Settings, launcher: Launcher) -> None:
+    """``Launcher.pre_launch_hook`` must name something callable: found out now, not at the first launch."""
+    hook = launcher.pre_launch_hook
+    if hook is not None and not callable(hook):
+        raise TypeError(f"Launcher.pre_launch_hook: {settings.Launcher.pre_launch_hook!r} is a "
+                        f"{type(hook).__name__}, not a function")
 
 
-def make_quota(settings: Settings, supervisor: Supervisor, kind: ActiveKind) -> LaunchQuota:
-    try:
-        quota_class = launch_quota_class(settings.BinderHub.launch_quota_class)
-    except ImportError as e:
-        raise StartupError(f"BinderHub.launch_quota_class: {e}") from None
-    return kind.launch_quota(quota_class, supervisor)
+#: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
+#: ``BinderHub.repo_providers['gh']: ...``) is kept as it is
+_NAMES_A_SETTING = re.compile(r"^[A-Z]\w*\.[a-z_]+(\[[^\]]*\])?: ")
+
+
+class StartupSteps:
+    """The one wrapper around every step of :meth:`Services.start`.
+
+    A step that fails raises a :class:`StartupError` naming it (by the setting that chose what it
+    builds, unless the error names its setting already); leaving the ``async with`` block by an
+    error then closes everything built before it, newest first, so a bad setting leaks no HTTP
+    client, engine client or task.
+    """
+
+    def __init__(self) -> None:
+        self._closers: list[Callable[[], Awaitable[Any] | None]] = []
+
+    async def __aenter__(self) -> StartupSteps:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        closers, self._closers = self._closers, []
+        if exc_type is None:
+            return  # started: Services.close() owns everything now
+        for close in reversed(closers):
+            try:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.debug("Error while closing after a failed start", exc_info=True)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except StartupError:
+            raise
+        except Exception as e:
+            message = str(e) or type(e).__name__
+            raise StartupError(message if _NAMES_A_SETTING.match(message) else f"{name}: {message}") from e
+
+    def close_on_failure(self, close: Callable[[], Awaitable[Any] | None]) -> None:
+        """Close something just built if a later step fails."""
+        self._closers.append(close)
+
+    def hand_over(self, close: Callable[[], Awaitable[Any]]) -> None:
+        """From here on one closer (:meth:`Services.close`) closes everything built so far."""
+        self._closers = [close]
 
 
 @dataclass
@@ -89,61 +136,77 @@ class Services:
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
+        """Build everything from ``settings`` and start the background work; a
+        :class:`StartupError` saying what is wrong, with nothing left open, if that fails."""
         binderhub = settings.BinderHub
-        http = make_client(
-            headers={"User-Agent": USER_AGENT},
-            timeout=httpx.Timeout(settings.RepoProvider.request_timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
-        supervisor = Supervisor()
-        try:
-            providers = ProviderRegistry(settings, ProviderContext(http=http))
-        except ValueError as e:
-            await http.aclose()
-            raise StartupError(str(e)) from None
-        kind = open_backend_kind(settings)
-        backend = kind.build_backend()
-        try:
-            images = make_image_store(settings, http, kind.local_images)
-        except ValueError as e:
-            await http.aclose()
-            await kind.close()
-            raise StartupError(str(e)) from None
-        hub = HubAPI.from_settings(settings, http)
-        builds = BuildManager(
-            backend, supervisor,
-            concurrent_build_limit=binderhub.concurrent_build_limit,
-            log_tail_lines=kind.executor_settings.log_tail_lines,
-            max_age=kind.cleaner_settings.max_age,
-            image_exists=images.image_exists,
-        )
-        services = cls(
-            settings=settings, http=http, kind=kind, providers=providers, health=HealthChecks(), supervisor=supervisor,
-            backend=backend, images=images, builds=builds, quota=make_quota(settings, supervisor, kind),
-            launcher=Launcher(settings, http, hub), event_log=EventLog(settings.EventLog),
-            build_tokens=BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
-                                     binderhub.build_token_check_origin),
-            rate_limiter=RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
-                                     settings.RateLimiter.clean_seconds),
-            hub_auth=HubAuth.from_settings(settings, hub),
-            keepalives=KeepaliveTicker(binderhub.keepalive_interval),
-        )
-        if settings.WarmPool.enabled:
-            if binderhub.auth_enabled:
-                log.warning("WarmPool.enabled is ignored in auth mode: servers belong to their users")
-            else:
-                from .warmpool import WarmPool
+        async with StartupSteps() as steps:
+            with steps.step("the HTTP client"):
+                http = make_client(
+                    headers={"User-Agent": USER_AGENT},
+                    timeout=httpx.Timeout(settings.RepoProvider.request_timeout, connect=5.0),
+                    limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                )
+            steps.close_on_failure(http.aclose)
+            supervisor = Supervisor()
+            steps.close_on_failure(supervisor.close)
+            with steps.step("BinderHub.repo_providers"):
+                providers = ProviderRegistry(settings, ProviderContext(http=http))
+            with steps.step("BinderHub.build_class"):
+                kind = open_kind(settings)
+            steps.close_on_failure(kind.close)  # the engine client: closed after every part sharing it
+            with steps.step("BinderHub.build_class"):
+                backend = kind.build_backend()
+            steps.close_on_failure(backend.close)
+            with steps.step("BinderHub.registry_class"):
+                images = make_image_store(settings, http, kind.local_images)
+            steps.close_on_failure(images.close)
+            with steps.step("the build manager"):
+                builds = BuildManager(
+                    backend, supervisor,
+                    concurrent_build_limit=binderhub.concurrent_build_limit,
+                    log_tail_lines=kind.executor_settings.log_tail_lines,
+                    max_age=kind.cleaner_settings.max_age,
+                    image_exists=images.image_exists,
+                )
+            with steps.step("BinderHub.launch_quota_class"):
+                quota = kind.launch_quota(launch_quota_class(binderhub.launch_quota_class), supervisor)
+            steps.close_on_failure(quota.close)
+            hub = HubAPI.from_settings(settings, http)
+            with steps.step("Launcher"):
+                launcher = Launcher(settings, http, hub)
+                steps.close_on_failure(launcher.close)
+                check_pre_launch_hook(settings, launcher)
+            with steps.step("EventLog"):
+                event_log = EventLog(settings.EventLog)
+            steps.close_on_failure(event_log.close)
+            with steps.step("BinderHub.build_token_secret"):
+                build_tokens = BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
+                                           binderhub.build_token_check_origin)
+            with steps.step("RateLimiter"):
+                rate_limiter = RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
+                                           settings.RateLimiter.clean_seconds)
+            with steps.step("HubOAuth"):
+                hub_auth = HubAuth.from_settings(settings, hub)
+            services = cls(
+                settings=settings, http=http, kind=kind, providers=providers, health=HealthChecks(), supervisor=supervisor,
+                backend=backend, images=images, builds=builds, quota=quota, launcher=launcher, event_log=event_log,
+                build_tokens=build_tokens, rate_limiter=rate_limiter, hub_auth=hub_auth,
+                keepalives=KeepaliveTicker(binderhub.keepalive_interval),
+            )
+            steps.hand_over(services.close)
+            if settings.WarmPool.enabled:
+                if binderhub.auth_enabled:
+                    log.warning("WarmPool.enabled is ignored in auth mode: servers belong to their users")
+                else:
+                    with steps.step("WarmPool"):
+                        from .warmpool import WarmPool
 
-                services.warm_pool = WarmPool(settings, services.launcher, hub, services.quota, supervisor)
-        try:
-            await services._start_background()
-        except BaseException:
-            await services.close()
-            raise
-        services._register_health_checks()
+                        services.warm_pool = WarmPool(settings, services.launcher, hub, services.quota, supervisor)
+            await services._start_background(steps)
+            services._register_health_checks()
         return services
 
-    async def _start_background(self) -> None:
+    async def _start_background(self, steps: StartupSteps) -> None:
         binderhub = self.settings.BinderHub
         try:
             await self.backend.check()
@@ -156,18 +219,20 @@ class Services:
         if binderhub.build_cleaner_class != "none":
             interval = binderhub.build_cleanup_interval
             self.supervisor.run_forever("build cleaner", self.builds.clean, restart_delay=interval, first_delay=interval)
-        try:
-            await self.quota.start()
-        except StartupError as e:
-            if binderhub.builder_required:
-                raise StartupError(f"{e}. Fix it, or set BinderHub.builder_required: false to start anyway.") from None
-            log.warning("%s; continuing because builder_required is false (see /health)", e)
+        with steps.step("BinderHub.launch_quota_class"):
+            try:
+                await self.quota.start()
+            except StartupError as e:
+                if binderhub.builder_required:
+                    raise StartupError(f"{e}. Fix it, or set BinderHub.builder_required: false to start anyway.") from None
+                log.warning("%s; continuing because builder_required is false (see /health)", e)
         launcher = self.launcher
         if launcher.config.orphan_sweep_interval and launcher.hub.configured and not binderhub.auth_enabled:
             self.supervisor.run_forever("temporary user sweep",
                                         lambda: launcher.remove_orphans_forever(launcher.config.orphan_sweep_interval))
         if self.warm_pool is not None:
-            await self.warm_pool.start()  # after the quota, which counts its servers
+            with steps.step("WarmPool"):
+                await self.warm_pool.start()  # after the quota, which counts its servers
 
     def _register_health_checks(self) -> None:
         if self.settings.BinderHub.use_registry:

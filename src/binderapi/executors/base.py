@@ -43,10 +43,6 @@ class BuildInfo:
     started_at: float | None = None  # epoch seconds
     finished_at: float | None = None
 
-    @property
-    def finished(self) -> bool:
-        return not self.running and self.exit_code is not None
-
 
 class BuildExistsError(Exception):
     """A build with this name already exists: attach to it instead (another replica, or a build

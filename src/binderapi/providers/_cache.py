@@ -16,12 +16,13 @@ Errors are never cached: the next lookup tries again.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
+
+from ..singleflight import SingleFlight
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class ResolutionCache:
         self.stats = CacheStats()
         self._clock = clock
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
+        self._flights: SingleFlight[Any] = SingleFlight()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,9 +70,6 @@ class ResolutionCache:
         """The stored answer, fresh or stale, without counting or reordering."""
         entry = self._entries.get(key)
         return entry.resolution if entry else None
-
-    def invalidate(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
 
     def _fresh(self, entry: _Entry) -> bool:
         return entry.expires is None or self._clock() < entry.expires
@@ -88,26 +86,19 @@ class ResolutionCache:
             self._entries.move_to_end(key)
             self.stats.hits += 1
             return entry.resolution.value
-        task = self._inflight.get(key)
-        if task is not None:
+        stale = entry.resolution if entry is not None else None
+        if key in self._flights:
             self.stats.joins += 1
         else:
             self.stats.misses += 1
-            stale = entry.resolution if entry is not None else None
             if stale is not None:
                 self.stats.revalidations += 1
-            task = asyncio.ensure_future(self._compute(key, compute, stale))
-            task.add_done_callback(_consume_exception)
-            self._inflight[key] = task
-        return await asyncio.shield(task)
+        return await self._flights.run(key, lambda: self._compute(key, compute, stale))
 
     async def _compute(self, key: Hashable, compute: Compute, stale: Resolution | None) -> Any:
-        try:
-            resolution = await compute(stale)
-            self._store(key, resolution)
-            return resolution.value
-        finally:
-            self._inflight.pop(key, None)
+        resolution = await compute(stale)
+        self._store(key, resolution)
+        return resolution.value
 
     def _store(self, key: Hashable, resolution: Resolution) -> None:
         if self.size <= 0 or resolution.ttl == 0:
@@ -119,9 +110,3 @@ class ResolutionCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-
-def _consume_exception(task: asyncio.Task[Any]) -> None:
-    """Mark a failed computation's exception as seen: every waiter may have gone away, and the
-    exception was already delivered to those that stayed."""
-    if not task.cancelled():
-        task.exception()

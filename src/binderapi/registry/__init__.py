@@ -11,7 +11,6 @@ fails the launch with a message instead of triggering a rebuild.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import httpx
 
 from .._importing import resolve
 from ..backends import local_image_store  # the table of kinds; it imports no kind's code
+from ..singleflight import SingleFlight
 from .docker import DockerRegistry
 
 if TYPE_CHECKING:
@@ -59,18 +59,14 @@ class RememberedImages:
         self.size = size
         self._clock = clock
         self._present: OrderedDict[str, float] = OrderedDict()  # image name -> expiry
-        self._asking: dict[str, asyncio.Future[bool]] = {}
+        self._asking: SingleFlight[bool] = SingleFlight()  # concurrent checks of one name share one request
 
     async def image_exists(self, image_name: str) -> bool:
         expires = self._present.get(image_name)
         if expires is not None and expires > self._clock():
             self._present.move_to_end(image_name)
             return True
-        pending = self._asking.get(image_name)
-        if pending is None:  # concurrent checks of one name share one request
-            pending = self._asking[image_name] = asyncio.ensure_future(self.store.image_exists(image_name))
-            pending.add_done_callback(lambda _: self._asking.pop(image_name, None))
-        exists = await asyncio.shield(pending)
+        exists = await self._asking.run(image_name, lambda: self.store.image_exists(image_name))
         if exists:
             self._present[image_name] = self._clock() + self.seconds
             self._present.move_to_end(image_name)

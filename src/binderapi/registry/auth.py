@@ -9,11 +9,12 @@ before they expire.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+
+from ..singleflight import SingleFlight
 
 # name=value or name="quoted value" (the quoted form may hold commas, as scopes do)
 _PARAM = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
@@ -87,7 +88,7 @@ class TokenCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._tokens: dict[TokenKey, tuple[str, float]] = {}
-        self._inflight: dict[TokenKey, asyncio.Future[str]] = {}
+        self._fetching: SingleFlight[str] = SingleFlight()
 
     def get(self, key: TokenKey) -> str | None:
         entry = self._tokens.get(key)
@@ -116,22 +117,12 @@ class TokenCache:
         token = self.get(key)
         if token is not None:
             return token
-        running = self._inflight.get(key)
-        if running is None:
-            running = asyncio.ensure_future(self._fetch(key, fetch))
-            self._inflight[key] = running
-            running.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(running)
+        return await self._fetching.run(key, lambda: self._fetch(key, fetch))
 
     async def _fetch(self, key: TokenKey, fetch: TokenFetch) -> str:
         token, expires_in = await fetch()
         self.put(key, token, expires_in)
         return token
-
-    def _finished(self, key: TokenKey, done: asyncio.Future[str]) -> None:
-        self._inflight.pop(key, None)
-        if not done.cancelled():
-            done.exception()  # retrieved here too, in case every waiter was cancelled
 
     def clear(self) -> None:
         self._tokens.clear()

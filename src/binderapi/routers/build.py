@@ -42,6 +42,15 @@ EVENT_STREAM_SCHEMA = {
     "additionalProperties": False,
 }
 
+#: ``{spec}`` is documented here rather than as an argument of the route: the spec is read from the
+#: raw path (:func:`raw_spec`), where a ``%2F`` survives, never from FastAPI's decoded value
+_SPEC_DESCRIPTION = "The provider's spec, e.g. `<owner>/<repo>/<ref>` for `gh`."
+SPEC_PARAMETER = {
+    "name": "spec", "in": "path", "required": True, "description": _SPEC_DESCRIPTION,
+    "schema": {"type": "string", "title": "Spec", "description": _SPEC_DESCRIPTION,
+               "examples": ["binder-examples/requirements/HEAD"]},
+}
+
 
 def accepts_event_stream(accept: str | None) -> bool:
     """True when ``text/event-stream`` is among the accepted media types (with q > 0). A list such as
@@ -151,11 +160,10 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
         "`x-ratelimit-*` headers.",
         "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
     }},
+    openapi_extra={"parameters": [SPEC_PARAMETER]},
 )
 async def build(request: Request,
                 prefix: Annotated[str, Path(description="The provider, e.g. `gh`, `gl`, `git`, `zenodo`.", examples=["gh"])],
-                spec: Annotated[str, Path(description="The provider's spec, e.g. `<owner>/<repo>/<ref>` for `gh`.",
-                                          examples=["binder-examples/requirements/HEAD"])],
                 services: ServicesDep,
                 build_only: Annotated[str, Query(description="`true`: build and push only, no launch (needs `enable_api_only_mode`).",
                                                  examples=["true"])] = "",

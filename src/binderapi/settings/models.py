@@ -3,7 +3,7 @@
 The models carry BinderHub's option names, meanings and defaults, so that the ``config:`` block of a
 BinderHub Helm chart works unchanged. Options that only made sense for BinderHub's HTML pages are
 accepted and documented as having no effect here. Each field's description is the configuration
-reference (``docs/configuration.md`` is generated from it).
+reference: README.md's is generated from it (:mod:`binderapi.settings.docs`).
 """
 
 from __future__ import annotations

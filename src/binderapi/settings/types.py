@@ -81,12 +81,3 @@ def parse_class_ref(value: Any) -> str:
 
 
 ClassRef = Annotated[str, BeforeValidator(parse_class_ref)]
-
-
-def parse_bool_env(value: Any) -> Any:
-    """Environment-style booleans as JupyterHub reads them (``1``, ``true``, ``yes``)."""
-    if isinstance(value, str) and value.strip().lower() in ("", "0", "false", "no", "off"):
-        return False
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    return value

@@ -30,6 +30,7 @@ from ... import retry
 from ...errors import BuildError
 from ...executors.base import COMPONENT_LABEL, BuildBackend, BuildExistsError, BuildInfo, BuildJob
 from ...executors.repo2docker import git_config_environment, repo2docker_command
+from ..docker.engine import socket_path
 from .api import (
     CONNECTION_ERRORS,
     ApiException,
@@ -159,8 +160,8 @@ class KubernetesBuildBackend(BuildBackend):
         config = self.config
         volumes: list[dict[str, Any]] = []
         mounts: list[dict[str, Any]] = []
-        if config.docker_host:
-            socket = config.docker_host.removeprefix("unix://")
+        socket = socket_path(config.docker_host) if config.docker_host else None
+        if socket:  # the node engine's socket, read by the one rule for engine addresses; tcp:// has none
             volumes.append({"name": "docker-socket", "hostPath": {"path": socket, "type": "Socket"}})
             mounts.append({"name": "docker-socket", "mountPath": "/var/run/docker.sock"})
         if job.push and not config.registry_credentials and config.push_secret:
