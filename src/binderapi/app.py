@@ -25,6 +25,16 @@ DESCRIPTION = """BinderHub's API-only core: resolve a repository spec, build it 
 push it, launch it on JupyterHub, and stream every step as server-sent events. Existing BinderHub
 clients work unchanged."""
 
+#: every tag the operations use, described (an SDK generator groups its modules by them)
+TAGS = [
+    {"name": "build", "description": "BinderHub's `/build` event stream: resolve a repository spec, build its image "
+     "and launch it (or only build it), with progress as server-sent events."},
+    {"name": "service", "description": "Operating the service: health checks, versions and Prometheus metrics."},
+    {"name": "frontend", "description": "What an external frontend needs to render itself: providers, banner and "
+     "about texts."},
+    {"name": "auth", "description": "Browser logins through JupyterHub's OAuth, in auth mode (`BinderHub.auth_enabled`)."},
+]
+
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """The ASGI app. Given ``services``, the caller owns them (the CLI starts them first so a
@@ -51,6 +61,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        openapi_tags=TAGS,
         docs_url=base + "docs",
         redoc_url=None,
         openapi_url=base + "openapi.json",
@@ -68,10 +79,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     default_openapi = app.openapi
 
     def openapi() -> dict:
-        """FastAPI's schema plus the event models the `/build` stream is made of."""
+        """FastAPI's schema plus the event models the `/build` stream is made of and the credentials
+        it reads. Paths are relative to the one server, ``base_url`` (without its trailing slash, as
+        tools join it with paths starting with ``/``), so a client given a host finds every route."""
         if app.openapi_schema is None:
             schema = default_openapi()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(build.EVENT_SCHEMAS)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(build.EVENT_SCHEMAS)
+            components["securitySchemes"] = build.security_schemes(settings.HubOAuth.cookie_name)
+            schema["servers"] = [{"url": prefix or "/"}]
+            schema["paths"] = {path.removeprefix(prefix): item for path, item in schema["paths"].items()}
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -79,6 +96,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     Instrumentator(excluded_handlers=[base + "metrics"], should_group_status_codes=False).instrument(app).expose(
         app, endpoint=base + "metrics", include_in_schema=True, tags=["service"], summary="Prometheus metrics",
+        operation_id="getMetrics",
         response_class=PlainTextResponse,  # documents text/plain; the handler sets the exact content type
         responses={200: {"description": "The Prometheus text exposition format, BinderHub's metric families included."}})
 

@@ -50,6 +50,58 @@ SPEC_PARAMETER = {
     "schema": {"type": "string", "title": "Spec", "description": _SPEC_DESCRIPTION,
                "examples": ["binder-examples/requirements/HEAD"]},
 }
+#: ``build_only`` is documented here as the boolean it means, and parsed as BinderHub parses it
+#: (:func:`build_response`): ``true`` in any case turns it on, any other value is false, never an error
+BUILD_ONLY_PARAMETER = {
+    "name": "build_only", "in": "query", "required": False,
+    "description": "`true`: build and push only, no launch (needs `enable_api_only_mode`). As in BinderHub, `true` "
+    "in any case turns it on and any other value means false.",
+    "schema": {"type": "boolean", "default": False, "title": "Build Only", "examples": [True]},
+}
+#: ``Accept`` as a documented header, so a generated client sends it (OpenAPI 3.1 says tools "SHALL
+#: ignore" an ``Accept`` parameter; those that do lose nothing, the description says it all)
+ACCEPT_PARAMETER = {
+    "name": "Accept", "in": "header", "required": True,
+    "description": "Must list `text/event-stream` (e.g. `text/event-stream` or `text/event-stream, */*`): without it "
+    "the answer is one `failed` event with `status_code` 400 and nothing is built, so a crawler or a followed link "
+    "never starts a build. API clients may omit it when they send `build_only=true` and a token in the "
+    "`Authorization` header (docs/events.md).",
+    "schema": {"type": "string", "pattern": "text/event-stream", "default": "text/event-stream",
+               "examples": ["text/event-stream"]},
+}
+#: the credentials ``/build`` reads (:func:`check_policy`), by the names ``security`` refers to
+BUILD_TOKEN, HUB_TOKEN, HUB_TOKEN_QUERY, HUB_LOGIN = "buildToken", "hubToken", "hubTokenQuery", "hubLogin"
+#: each one alone, or none: anonymous callers are valid outside auth mode, and every refusal is a
+#: ``failed`` event rather than an HTTP error, so no credential is ever strictly required
+BUILD_SECURITY: list[dict[str, list[str]]] = [{}, *({name: []} for name in (BUILD_TOKEN, HUB_TOKEN, HUB_TOKEN_QUERY, HUB_LOGIN))]
+
+
+def security_schemes(cookie_name: str) -> dict[str, dict[str, str]]:
+    """The OpenAPI ``securitySchemes`` of ``/build``; the login cookie is named by ``HubOAuth.cookie_name``."""
+    return {
+        BUILD_TOKEN: {"type": "apiKey", "in": "query", "name": "build_token",
+                      "description": "A build token, as BinderHub mints them for its pages (`BinderHub.build_token_secret`): "
+                      "bound to the spec and the page's origin; it exempts the request from the rate limit."},
+        HUB_TOKEN: {"type": "http", "scheme": "bearer",
+                    "description": "Auth mode (`BinderHub.auth_enabled`): a JupyterHub API token of a user or service with "
+                    "access to this service, as `Authorization: Bearer <token>` (`token <token>` works too). A service "
+                    "token may only build (`build_only=true`). Outside auth mode the header is not checked; it only marks "
+                    "an API client that may omit `Accept`."},
+        HUB_TOKEN_QUERY: {"type": "apiKey", "in": "query", "name": "token",
+                          "description": "Auth mode: the same JupyterHub API token as a `?token=` query parameter."},
+        HUB_LOGIN: {"type": "apiKey", "in": "cookie", "name": cookie_name,
+                    "description": "Auth mode: the signed login cookie `/oauth_login` sets, accepted from pages of this "
+                    "site only (a browser's `Sec-Fetch-Site` or `Origin` must say so)."},
+    }
+
+
+#: a ``build_only`` build as the stream sends it (docs/events.md has the whole list of events)
+STREAM_EXAMPLE = "".join(f"data: {event}\n\n" for event in (
+    '{"phase":"waiting","message":"Waiting for build to start...\\n"}',
+    '{"message":"Picked Git content provider.\\n","phase":"log"}',
+    '{"message":"Step 1/9 : FROM binderapi/singleuser:latest\\n","phase":"building"}',
+    '{"phase":"ready","message":"Done! Image built\\n","imageName":"127.0.0.1:5000/binder-demo-2drepo-1a2b3c:0123abcd"}',
+))
 
 
 def accepts_event_stream(accept: str | None) -> bool:
@@ -146,12 +198,13 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
 
 @router.get(
     "/build/{prefix}/{spec:path}",
+    operation_id="streamBuild",
     response_class=Response,
     summary="Resolve, build and launch a repository, streaming progress as server-sent events",
     responses={200: {
         "description": "A `text/event-stream` of `data: <json>` frames (see the event schemas) with "
         "`:keepalive` comments. Errors are also HTTP 200 streams ending with a `failed` event.",
-        "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
+        "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA, "example": STREAM_EXAMPLE}},
     }, 403: {
         "description": "A banned client network: the same stream of one `failed` event (`status_code` 403).",
         "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
@@ -160,16 +213,14 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
         "`x-ratelimit-*` headers.",
         "content": {"text/event-stream": {"schema": EVENT_STREAM_SCHEMA}},
     }},
-    openapi_extra={"parameters": [SPEC_PARAMETER]},
+    openapi_extra={"parameters": [SPEC_PARAMETER, BUILD_ONLY_PARAMETER, ACCEPT_PARAMETER], "security": BUILD_SECURITY},
 )
 async def build(request: Request,
                 prefix: Annotated[str, Path(description="The provider, e.g. `gh`, `gl`, `git`, `zenodo`.", examples=["gh"])],
                 services: ServicesDep,
-                build_only: Annotated[str, Query(description="`true`: build and push only, no launch (needs `enable_api_only_mode`).",
-                                                 examples=["true"])] = "",
                 build_token: Annotated[str, Query(description="A build token, as BinderHub mints them for its pages.")] = "") -> Any:
     # Served by DirectBuildRoute ahead of FastAPI; this route documents it and answers the same.
-    return await build_response(request, services, prefix, build_only, build_token)
+    return await build_response(request, services, prefix, request.query_params.get("build_only", ""), build_token)
 
 
 async def build_response(request: Request, services: Services, prefix: str, build_only: str, build_token: str) -> Response:

@@ -31,7 +31,7 @@ class FrontendConfig(BaseModel):
     repo_providers: list[ProviderDisplayConfig]
 
 
-@router.get("/_config", response_model=FrontendConfig)
+@router.get("/_config", response_model=FrontendConfig, operation_id="getConfig")
 async def frontend_config(services: ServicesDep) -> FrontendConfig:
     binderhub = services.settings.BinderHub
     return FrontendConfig(
@@ -43,6 +43,7 @@ async def frontend_config(services: ServicesDep) -> FrontendConfig:
     )
 
 
-@router.get("/api/repoproviders", response_model=list[ProviderDisplayConfig], response_model_exclude_none=True)
+@router.get("/api/repoproviders", response_model=list[ProviderDisplayConfig], response_model_exclude_none=True,
+            operation_id="listRepoProviders")
 async def repo_providers(services: ServicesDep) -> list[dict[str, Any]]:
     return services.providers.display_configs()

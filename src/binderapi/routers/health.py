@@ -24,9 +24,18 @@ class HealthResponse(BaseModel):
     checks: list[HealthCheckResult]
 
 
+#: a healthy service with a registry and a hub (a soft check's failure would not change `ok`)
+HEALTH_EXAMPLE = {"ok": True, "checks": [
+    {"service": "Docker registry", "ok": True},
+    {"service": "JupyterHub API", "ok": True},
+    {"service": "Pod quota", "ok": True},
+]}
+
+
 @router.head("/health", include_in_schema=False)
-@router.get("/health", response_model=HealthResponse,
-            responses={503: {"model": HealthResponse, "description": "A check failed."}})
+@router.get("/health", response_model=HealthResponse, operation_id="getHealth",
+            responses={200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}},
+                       503: {"model": HealthResponse, "description": "A check failed."}})
 async def health(request: Request, services: ServicesDep) -> Response:
     """Every check, each cached briefly; HEAD answers the status alone."""
     ok, checks = await services.health.run()

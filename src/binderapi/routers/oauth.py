@@ -65,7 +65,7 @@ def _next_path(next_url: str, oauth: HubOAuth) -> str:
         return oauth.base_url
 
 
-@router.get("/oauth_login", summary="Log in through JupyterHub (auth mode): redirects to the hub",
+@router.get("/oauth_login", operation_id="oauthLogin", summary="Log in through JupyterHub (auth mode): redirects to the hub",
             response_class=Response, responses={
                 302: {"description": "To the hub's authorize page"},
                 400: _error_doc("`next` is not a path on this site."),
@@ -88,7 +88,7 @@ async def oauth_login(request: Request, services: ServicesDep, next: NextPath = 
     return response
 
 
-@router.get("/oauth_callback", summary="Where JupyterHub sends the browser back after login (auth mode)",
+@router.get("/oauth_callback", operation_id="oauthCallback", summary="Where JupyterHub sends the browser back after login (auth mode)",
             response_class=Response, responses={
                 302: {"description": "To the page the login started from"},
                 400: _error_doc("The code or the state is missing, invalid or expired: start again at `/oauth_login`."),

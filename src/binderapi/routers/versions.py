@@ -20,7 +20,12 @@ class VersionsResponse(BaseModel):
     binderapi: str = Field(description="binderapi's version.")
 
 
-@router.get("/versions", response_model=VersionsResponse, response_model_exclude_none=True)
+VERSIONS_EXAMPLE = {"binderhub": "0.1.0", "builder_info": {"build_image": "quay.io/jupyterhub/repo2docker:2024.07.0"},
+                    "builder": "quay.io/jupyterhub/repo2docker:2024.07.0", "binderapi": "0.1.0"}
+
+
+@router.get("/versions", response_model=VersionsResponse, response_model_exclude_none=True, operation_id="getVersions",
+            responses={200: {"content": {"application/json": {"example": VERSIONS_EXAMPLE}}}})
 async def versions(services: ServicesDep) -> VersionsResponse:
     info = services.builder_info
     return VersionsResponse(binderhub=__version__, builder_info=info, builder=info.get("build_image"), binderapi=__version__)
