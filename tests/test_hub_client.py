@@ -12,8 +12,7 @@ from binderapi.errors import BinderError, QuotaExceededError
 from binderapi.hub import HubAPI, hub_api_url, server_path, user_path
 from binderapi.launcher import Launcher
 from binderapi.quota import CountingQuota
-from fixtures.server import free_port
-from fixtures.server import make_settings
+from fixtures.server import free_port, make_settings
 
 
 @pytest.mark.parametrize(("launcher", "binderhub", "expected"), [

@@ -19,7 +19,7 @@ removed when the attempt fails, times out or is abandoned by its client, so noth
 but servers that are running for their users. Removal does not depend on the hub being up at that
 moment, nor on this process living on:
 
-* **A clean-up that fails is tried again** (with backoff) in the background until the hub answers;
+* **A clean-up that fails is tried again** (with the retry policy's backoff, 1 s growing to 60 s) in the background until the hub answers;
   the client gets its ``failed`` event after the first try, not after the hub comes back.
 * **A graceful stop finishes the clean-ups** (``Launcher.cleanup_timeout``) before the hub client
   closes: launches still running are ended (their clients get ``failed``) and their users removed.
@@ -67,6 +67,7 @@ from .hub import (
     server_path,
     user_path,
 )
+from .retry import Backoff
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,10 @@ def is_temporary_name(name: str) -> bool:
 
 
 # -- one launch attempt ----------------------------------------------------------------------------
+
+
+class RemovalPending(Exception):
+    """A clean-up the hub has not carried out yet (why: the message); tried again."""
 
 
 class AttemptFailed(Exception):
@@ -537,8 +542,11 @@ class Launcher:
 
     async def _remove_until_done(self, removal: Removal, first_try: asyncio.Future[None]) -> None:
         """Try ``removal`` until the hub has carried it out (or refused it for good), pausing with
-        backoff while the hub cannot be reached; one warning per removal, one line when it is done."""
+        the retry policy's backoff (:data:`CLEANUP_BACKOFF`) while the hub cannot be reached; one
+        warning per removal, one line when it is done."""
         delay, longest = CLEANUP_BACKOFF
+        backoff = Backoff(transient=lambda e: True, attempts=None, delay=delay, cap=longest,
+                          what=f"Removing {removal}", level=logging.DEBUG, sleep=self._pause)
         failures = 0
         try:
             while True:
@@ -560,14 +568,17 @@ class Launcher:
                         "Could not remove %s (%s); trying again until JupyterHub answers", removal, problem)
                 if removal.delete_user:
                     removal = replace(removal, stop_server=True)  # a server may be what keeps the user
-                await self._pause(CLOSING_RETRY_DELAY if self._stopping.is_set() else delay)
-                delay = min(delay * 2, longest)
+                await backoff.failed(RemovalPending(problem))
         finally:
             if not first_try.done():
                 first_try.set_result(None)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep, cut short when the process starts stopping (pending clean-ups then try at once)."""
+        """Sleep, cut short when the process starts stopping; while it stops, pending clean-ups try
+        again every :data:`CLOSING_RETRY_DELAY` seconds (within ``cleanup_timeout``)."""
+        if self._stopping.is_set():
+            await asyncio.sleep(CLOSING_RETRY_DELAY)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
