@@ -317,10 +317,7 @@ class WarmPool:
     async def _start_one(self, pool: ImagePool) -> None:
         server: LaunchedServer | None = None
         try:
-            async with contextlib.aclosing(self.launcher.launch(pool.template)) as items:
-                async for item in items:
-                    if isinstance(item, LaunchedServer):
-                        server = item
+            server = await self.launcher.launch(pool.template)
         except BinderError as e:
             pool.failures += 1
             first, longest = FAILURE_BACKOFF
