@@ -14,6 +14,7 @@ import re
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from binderapi.launcher import (
     is_temporary_name,
     new_token,
 )
+from binderapi.progress import Relay
 from fixtures.hub import SINGLEUSER_IMAGE, RunningHub, container_env, containers, run
 from fixtures.server import free_port, make_settings
 
@@ -119,16 +121,17 @@ def launch_request(image: str = SINGLEUSER_IMAGE, **kwargs: Any) -> LaunchReques
 async def launch(launcher: Launcher, request: LaunchRequest) -> tuple[list[str], LaunchedServer | BinderError]:
     """The messages of the launching events, and the server (or the error the launch ended with)."""
     messages: list[str] = []
+
+    async def report(event: LaunchingEvent) -> None:
+        assert isinstance(event, LaunchingEvent)
+        messages.append(event.message)
+
     try:
-        async for item in launcher.launch(request):
-            if isinstance(item, LaunchingEvent):
-                messages.append(item.message)
-            else:
-                assert isinstance(item, LaunchedServer)
-                return messages, item
+        server = await launcher.launch(request, report)
     except BinderError as e:
         return messages, e
-    raise AssertionError("the launch ended without a server or an error")
+    assert isinstance(server, LaunchedServer)
+    return messages, server
 
 
 def temporary_users(calls: list[str]) -> set[str]:
@@ -449,7 +452,7 @@ async def test_launch_timeout_fails_clearly_and_cleans_up(jupyterhub: RunningHub
 async def test_a_client_going_away_mid_launch_leaves_nothing_behind(jupyterhub: RunningHub, counted: Counted,
                                                                      slow_image: str) -> None:
     launcher = launcher_for(jupyterhub, counted.client)
-    events = launcher.launch(launch_request(slow_image))
+    events = aiter(Relay(partial(launcher.launch, launch_request(slow_image))))
     async for event in events:
         assert isinstance(event, LaunchingEvent)
         if event.message == "Server requested\n":
@@ -540,7 +543,7 @@ async def test_a_clean_up_that_fails_while_the_hub_is_down_is_retried(jupyterhub
     graceful stop that follows, before it returns."""
     launcher = launcher_for(jupyterhub, counted.client, {"launch_timeout": 6, "request_timeout": 3,
                                                          "api_retries": 2, "api_retry_delay": 0.1})
-    events = launcher.launch(launch_request(slow_image))
+    events = aiter(Relay(partial(launcher.launch, launch_request(slow_image))))
     user = ""
     try:
         async for event in events:

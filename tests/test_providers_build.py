@@ -80,17 +80,16 @@ async def test_master_falls_back_to_head_with_a_notice(client, fake_github):
     fake_github.set_ref("o/r", "HEAD", SHA)
     async with serve(settings_for(fake_github)) as svc:
         events = await read_events(client, svc.url + "build/gh/o/r/master", params={"build_only": "true"})
-        resolved = [item async for item in BuildPipeline(svc.services).resolve(BuildRequest("gh", "o/r/master"))]
+        resolved = await BuildPipeline(svc.services).resolve(BuildRequest("gh", "o/r/master"))
     assert events[0]["phase"] == "waiting"
     assert "Trying again with HEAD instead of master. Please update your links." in events[0]["message"]
-    assert isinstance(resolved[-1], ResolvedRepo) and resolved[-1].ref == SHA
+    assert isinstance(resolved, ResolvedRepo) and resolved.ref == SHA
 
 
 async def test_resolved_names_through_the_service(client, fake_github):
     fake_github.set_ref("binder-examples/octave", "HEAD", SHA)
     async with serve(settings_for(fake_github)) as svc:
-        items = [item async for item in BuildPipeline(svc.services).resolve(BuildRequest("gh", "binder-examples/octave/HEAD"))]
-    repo = items[-1]
+        repo = await BuildPipeline(svc.services).resolve(BuildRequest("gh", "binder-examples/octave/HEAD"))
     assert isinstance(repo, ResolvedRepo)
     assert repo.image_name == f"binder-2dexamples-2doctave-03025a:{SHA}"
     assert repo.build_name == "build-binder-2dexamples-2doctave-03025a-147-e2"
@@ -103,8 +102,8 @@ async def test_git_spec_resolves_through_the_service(git_server):
     settings = make_settings(build_class="docker", enable_api_only_mode=True)
     spec = f"{quote(git_server.http_url('via-service'), safe='')}/main"
     async with serve(settings) as svc:
-        items = [item async for item in BuildPipeline(svc.services).resolve(BuildRequest("git", spec))]
-    assert items[-1].ref == sha and items[-1].repo_url == git_server.http_url("via-service")
+        repo = await BuildPipeline(svc.services).resolve(BuildRequest("git", spec))
+    assert repo.ref == sha and repo.repo_url == git_server.http_url("via-service")
 
 
 async def test_frontend_listings_show_enabled_providers(client):

@@ -122,3 +122,47 @@ async def test_backoff_raises_other_failures_at_once_and_can_go_on_forever():
         await backoff.failed(Hiccup("down"))
     with pytest.raises(Refusal):
         await backoff.failed(Refusal("forbidden"))
+
+
+async def test_backoff_announces_each_wait_in_the_sites_sleep_and_gives_up_at_the_deadline():
+    """The launch's attempts: "retrying" is said just before each wait (sleep given by the site),
+    and no attempt starts past the deadline: the policy gives up instead of waiting past it."""
+    import asyncio
+
+    said: list[tuple[int, float]] = []
+    slept: list[float] = []
+
+    async def before_wait(number: int, wait: float) -> None:
+        assert len(slept) == len(said)  # announced before the wait, not after
+        said.append((number, wait))
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    deadline = asyncio.get_running_loop().time() + 4.0  # (the fake sleep lets no time pass)
+    backoff = retry.Backoff(transient=transient, attempts=None, delay=4.0, what="launch", deadline=deadline,
+                            sleep=sleep, before_wait=before_wait)
+    await backoff.failed(Hiccup("spawn failed"))  # waits 2-4 s: ends before the deadline
+    with pytest.raises(Hiccup):  # the next wait (4-8 s) would end past it: gives up, nothing slept
+        await backoff.failed(Hiccup("spawn failed"))
+    assert [n for n, _ in said] == [1] and slept == [said[0][1]] and 2.0 <= slept[0] <= 4.0
+
+
+def test_a_scheduled_wait_is_the_policys():
+    """The warm pool's pause after failed starts (5 s doubling up to 300 s), jittered."""
+    for failures, nominal in [(1, 5.0), (2, 10.0), (3, 20.0), (7, 300.0), (50, 300.0)]:
+        samples = [retry.wait_after(failures, 5.0, 300.0) for _ in range(100)]
+        assert all(nominal / 2 <= s <= nominal for s in samples) and len(set(samples)) > 1, (failures, samples[:3])
+
+
+def test_no_hand_written_backoff_loop_remains():
+    """Every growing pause goes through retry.py: no ``delay *= 2`` or ``2 ** n`` elsewhere."""
+    import re
+    from pathlib import Path
+
+    src = Path(retry.__file__).parent
+    loops = re.compile(r"\*= ?2\b|\b2 ?\*\* ?|\* ?2 ?\*\*|min\([^)]*\* ?2\b")
+    found = [f"{path.relative_to(src)}:{number}: {text.strip()}"
+             for path in src.rglob("*.py") if path.name != "retry.py"
+             for number, text in enumerate(path.read_text().splitlines(), 1) if loops.search(text)]
+    assert found == []

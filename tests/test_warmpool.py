@@ -43,8 +43,8 @@ async def warm_image(git_server):
     spec = git_spec(repo_url, "main")
     prefix = f"binderapi-warm-{uuid.uuid4().hex[:6]}-"
     async with serve(docker_settings(image_prefix=prefix, use_registry=False)) as svc:
-        items = [i async for i in BuildPipeline(svc.services).resolve(BuildRequest(prefix="git", spec=spec.removeprefix("git/")))]
-    image = items[-1].image_name
+        repo = await BuildPipeline(svc.services).resolve(BuildRequest(prefix="git", spec=spec.removeprefix("git/")))
+    image = repo.image_name
     await run("docker", "tag", SINGLEUSER_IMAGE, image)
     yield WarmImage(spec, repo_url, image, prefix)
     await run("docker", "rmi", image, check=False)

@@ -5,6 +5,13 @@ single definition of those frames: the SSE encoder, the OpenAPI schema, the test
 ``docs/events.md`` all use them. Lines from repo2docker's ``--json-logs`` are passed through only for
 the progress phases repo2docker writes (see :func:`builder_line_to_event`).
 
+What the ``/build`` stream carries: these models, and the lines of a build's log as frames already
+encoded (bytes). A build's log is encoded once, in ``builds.py``, and the same bytes are written to
+every client watching that build (10,000 streams of one popular repository pay for one
+``json.dumps`` per line, not 10,000), so those frames never go back to models. A builder's line is
+a dict only between :func:`builder_line_to_event` and that encoding: it is repo2docker's own JSON,
+passed through with its keys checked, not one of binderapi's events.
+
 Every event binderapi sends has a ``phase``, and the union is discriminated on it: repo2docker's
 informational lines, which carry none, are sent with ``phase: "log"`` (see ``docs/events.md`` for
 why BinderHub's clients read that unchanged).

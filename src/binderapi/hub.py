@@ -7,16 +7,16 @@ so the API URL, the timeouts, the retry rule and the wording of "the hub is down
 Requests carry the ``binder`` service token unless the caller passes another one (auth mode asks
 ``GET /user`` with the user's own token). They are repeated only when the hub was not reached:
 connection failures and gateway errors for every request, any 5xx for reads and deletes (which are
-safe to repeat); answers from the hub are never repeated (BinderHub issue #819). A request that
-must not wait for retries (a user waiting for auth) asks with ``retry=False``.
+safe to repeat); answers from the hub are never repeated (BinderHub issue #819). The waits are
+the one retry policy's (:mod:`binderapi.retry`: from ``Launcher.api_retry_delay``, jittered,
+capped). A request that must not wait for retries (a user waiting for auth) asks with ``retry=False``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
+
+from .retry import retrying
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -129,6 +131,13 @@ async def read_hub_response(response: httpx.Response) -> HubResponse:
     return _hub_response(response, False)
 
 
+class _AnswerToRepeat(Exception):
+    """An answer that says the hub was not reached (a gateway error), worth another try."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"answered {status}")
+
+
 # -- the client ------------------------------------------------------------------------------------
 
 
@@ -169,64 +178,79 @@ class HubAPI:
         token = self.token if token is None else token
         return {"Authorization": f"token {token}"} if token else {}
 
-    def _retry_after(self, method: str, error: BaseException | None, status: int | None) -> bool:
-        if error is not None:
-            return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) or method in self.SAFE_METHODS
-        assert status is not None
+    def _transient(self, method: str) -> Callable[[BaseException], bool]:
+        """Which failures of a ``method`` request are worth another try (the module docstring)."""
+
+        def transient(error: BaseException) -> bool:
+            if isinstance(error, _AnswerToRepeat):
+                return True
+            return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) or (
+                isinstance(error, httpx.TransportError) and method in self.SAFE_METHODS)
+
+        return transient
+
+    def _repeat(self, method: str, status: int) -> bool:
         return status in self.GATEWAY_ERRORS or (status >= 500 and method in self.SAFE_METHODS)
+
+    async def _with_retries(self, method: str, path: str, send: Callable[[], Awaitable[httpx.Response]],
+                            attempts: int) -> tuple[httpx.Response, int]:
+        """``send()`` under the one retry policy; the answer and the attempt that got it. An answer
+        worth repeating is repeated (closed first) unless it is the last attempt's."""
+        tries = 0
+
+        async def attempt() -> tuple[httpx.Response, int]:
+            nonlocal tries
+            tries += 1
+            response = await send()
+            if tries < attempts and self._repeat(method, response.status_code):
+                await response.aclose()
+                raise _AnswerToRepeat(response.status_code)
+            return response, tries
+
+        return await retrying(attempt, transient=self._transient(method), attempts=attempts,
+                                    delay=self.delay, what=f"{method} {path}", describe=describe, level=logging.INFO)
 
     async def request(self, method: str, path: str, body: Any = None, *, form: dict[str, str] | None = None,
                       token: str | None = None, retry: bool = True) -> HubResponse:
         """``method`` on ``<api_url><path>`` with a JSON ``body`` (or a ``form``), as the service
         (``token`` None), as the owner of ``token``, or anonymously (``token=""``)."""
-        delay = self.delay
         sent = False
-        attempts = self.attempts if retry else 1
         headers = self._headers(token)
-        for attempt in range(1, attempts + 1):
-            last = attempt == attempts
+
+        async def send() -> httpx.Response:
+            nonlocal sent
             try:
                 response = await self.http.request(method, self.api_url + path, json=body, data=form,
                                                    headers=headers, timeout=self.timeout)
             except httpx.TransportError as e:
                 sent = sent or not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
-                if last or not self._retry_after(method, e, None):
-                    raise HubError(self.unreachable(e), sent) from None
-                log.info("%s %s failed (%s); trying again in %gs", method, path, describe(e), delay)
-            else:
-                if last or not self._retry_after(method, None, response.status_code):
-                    return _hub_response(response, attempt > 1)
-                sent = True
-                log.info("%s %s answered %d; trying again in %gs", method, path, response.status_code, delay)
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+                raise
+            sent = True
+            return response
+
+        try:
+            response, attempt = await self._with_retries(method, path, send, self.attempts if retry else 1)
+        except httpx.TransportError as e:
+            raise HubError(self.unreachable(e), sent) from None
+        return _hub_response(response, attempt > 1)
 
     @contextlib.asynccontextmanager
     async def stream(self, path: str, read_timeout: float) -> AsyncIterator[httpx.Response]:
         """An open streaming GET (the progress event stream), opened with the same retries as a read."""
-        delay = self.delay
         timeout = httpx.Timeout(self.timeout, read=read_timeout)
-        for attempt in range(1, self.attempts + 1):
-            last = attempt == self.attempts
+
+        async def send() -> httpx.Response:
             request = self.http.build_request("GET", self.api_url + path, headers=self._headers(None), timeout=timeout)
-            try:
-                response = await self.http.send(request, stream=True)
-            except httpx.TransportError as e:
-                if last:
-                    raise HubError(self.unreachable(e)) from None
-                log.info("GET %s failed (%s); trying again in %gs", path, describe(e), delay)
-            else:
-                if response.status_code < 500 or last:
-                    try:
-                        yield response
-                    finally:
-                        await response.aclose()
-                    return
-                await response.aclose()
-                log.info("GET %s answered %d; trying again in %gs", path, response.status_code, delay)
-            await asyncio.sleep(delay)
-            delay *= 2
+            return await self.http.send(request, stream=True)
+
+        try:
+            response, _ = await self._with_retries("GET", path, send, self.attempts)
+        except httpx.TransportError as e:
+            raise HubError(self.unreachable(e)) from None
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     async def health(self) -> dict[str, Any]:
         """``{"ok": ...}`` from the hub's health endpoint (its API root on hubs without one)."""

@@ -19,7 +19,7 @@ removed when the attempt fails, times out or is abandoned by its client, so noth
 but servers that are running for their users. Removal does not depend on the hub being up at that
 moment, nor on this process living on:
 
-* **A clean-up that fails is tried again** (with backoff) in the background until the hub answers;
+* **A clean-up that fails is tried again** (with the retry policy's backoff, 1 s growing to 60 s) in the background until the hub answers;
   the client gets its ``failed`` event after the first try, not after the hub comes back.
 * **A graceful stop finishes the clean-ups** (``Launcher.cleanup_timeout``) before the hub client
   closes: launches still running are ended (their clients get ``failed``) and their users removed.
@@ -39,6 +39,7 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import itertools
 import json
 import logging
 import re
@@ -47,7 +48,7 @@ import string
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
@@ -67,6 +68,8 @@ from .hub import (
     server_path,
     user_path,
 )
+from .progress import Report, ignore
+from .retry import Backoff
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,10 @@ def is_temporary_name(name: str) -> bool:
 
 
 # -- one launch attempt ----------------------------------------------------------------------------
+
+
+class RemovalPending(Exception):
+    """A clean-up the hub has not carried out yet (why: the message); tried again."""
 
 
 class AttemptFailed(Exception):
@@ -289,43 +296,42 @@ class Launcher:
 
     # -- launch ------------------------------------------------------------------------------------
 
-    async def launch(self, request: LaunchRequest) -> AsyncIterator[LaunchingEvent | LaunchedServer]:
-        """Yield ``launching`` events, then the :class:`LaunchedServer`; or raise
-        :class:`LaunchError` with the hub's or spawner's reason, or :class:`ConflictError`."""
+    async def launch(self, request: LaunchRequest, report: Report[LaunchingEvent] = ignore) -> LaunchedServer:
+        """Start a server for ``request`` and return it, reporting each step as a ``launching``
+        event; or raise :class:`LaunchError` with the hub's or spawner's reason, or
+        :class:`ConflictError`. Attempts are repeated under the one retry policy (``retries``,
+        ``retry_delay``: jittered, capped), and not after the same failure twice nor when the
+        next attempt would start past ``launch_timeout``."""
         if not self.hub.configured:
             raise LaunchError("No JupyterHub to launch on: set BinderHub.hub_url (or Launcher.hub_api_url)")
         if self._closing:
             raise LaunchError("binderapi is shutting down; try again in a moment")
-        yield LaunchingEvent(message="Launching server...\n")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.launch_timeout
-        delay = self.config.retry_delay
+        await report(LaunchingEvent(message="Launching server...\n"))
+        deadline = asyncio.get_running_loop().time() + self.config.launch_timeout
+
+        async def announce(number: int, wait: float) -> None:
+            await report(LaunchingEvent(message=f"Launch attempt {number} failed, retrying...\n"))
+
+        backoff = Backoff(transient=lambda e: isinstance(e, AttemptFailed) and e.retryable,
+                          attempts=self.config.retries, delay=self.config.retry_delay, deadline=deadline,
+                          what=f"Launch of {request.image}", level=logging.DEBUG, before_wait=announce)
         previous_reason: str | None = None
-        for number in range(1, self.config.retries + 1):
+        for number in itertools.count(1):
             if self._closing:
                 raise LaunchError("binderapi is shutting down; try again in a moment")
             attempt = self._new_attempt(request, number)
-            server: LaunchedServer | None = None
             self._live.add(attempt.username)
             try:
-                async with contextlib.aclosing(self._run_attempt(request, attempt, deadline)) as items:
-                    async for item in items:
-                        if isinstance(item, LaunchedServer):
-                            server = item
-                        else:
-                            yield item
+                return await self._run_attempt(request, attempt, deadline, report)
             except AttemptFailed as failure:
                 await self._clean_up(attempt, stop_server=not failure.spawn_ended)
-                reason = attempt.normalized(failure.reason)
                 log.warning("Launch attempt %d of %s for %s failed: %s", number, request.image,
                             attempt.username, failure.reason)
+                failed = failure
                 final = failure.final or f"Failed to launch image {request.image}: {failure.reason}"
-                if not failure.retryable or number == self.config.retries:
-                    raise LaunchError(final, failure.status_code) from None
+                reason = attempt.normalized(failure.reason)
                 if reason == previous_reason:
                     raise LaunchError(final, failure.status_code) from None  # the same failure again: it will not go away
-                if deadline - loop.time() <= delay:
-                    raise LaunchError(final, failure.status_code) from None  # no time left for another attempt
                 previous_reason = reason
             except BaseException:
                 # BinderError (conflict, hook), or the client went away: remove what was created
@@ -333,50 +339,46 @@ class Launcher:
                 raise
             finally:
                 self._live.discard(attempt.username)
-            if server is not None:
-                # outside the clean-up's reach: a consumer that stops reading after the server
-                # (closing this generator) must not have it removed
-                yield server
-                return
-            yield LaunchingEvent(message=f"Launch attempt {number} failed, retrying...\n")
-            await asyncio.sleep(delay)
-            delay *= 2
+            try:
+                # raises instead when the failure is not retryable, it was the last attempt, or
+                # no time is left for another one
+                await backoff.failed(failed)
+            except AttemptFailed:
+                raise LaunchError(final, failed.status_code) from None
         raise AssertionError("unreachable")
 
-    async def _run_attempt(self, request: LaunchRequest, attempt: Attempt,
-                           deadline: float) -> AsyncIterator[LaunchingEvent | LaunchedServer]:
-        """Run an attempt in its own task and relay its messages, so that the deadline can stop
-        it anywhere (never while this generator is suspended at a ``yield``)."""
+    async def _run_attempt(self, request: LaunchRequest, attempt: Attempt, deadline: float,
+                           report: Report[LaunchingEvent]) -> LaunchedServer:
+        """Run an attempt in its own task (one :meth:`close` can end), relaying its messages, so
+        that the deadline can stop it anywhere."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        task = asyncio.create_task(self._attempt(request, attempt, queue.put_nowait))
-        task.add_done_callback(lambda _: queue.put_nowait(None))
+
+        async def emit(message: str) -> None:
+            await report(LaunchingEvent(message=line(message)))
+
+        task = asyncio.create_task(self._attempt(request, attempt, emit))
         self._attempts.add(task)
         task.add_done_callback(self._attempts.discard)
         try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
-                except TimeoutError:
-                    who = f"{attempt.username}" + (f" (server {attempt.server_name})" if attempt.server_name else "")
-                    raise AttemptFailed(
-                        "launch_timeout exceeded", retryable=False,
-                        final=f"Image {request.image} for user {who} took too long to launch "
-                              f"(launch_timeout: {self.config.launch_timeout:g} s)",
-                    ) from None
-                if message is None:
-                    break
-                yield LaunchingEvent(message=line(message))
+            await asyncio.wait([task], timeout=max(deadline - loop.time(), 0))
+            if not task.done():
+                who = f"{attempt.username}" + (f" (server {attempt.server_name})" if attempt.server_name else "")
+                raise AttemptFailed(
+                    "launch_timeout exceeded", retryable=False,
+                    final=f"Image {request.image} for user {who} took too long to launch "
+                          f"(launch_timeout: {self.config.launch_timeout:g} s)",
+                )
             if task.cancelled() and self._closing:
                 raise AttemptFailed("binderapi is shutting down", retryable=False,
                                     final="binderapi is shutting down; try again in a moment")
-            yield task.result()
+            return task.result()
         finally:
             if not task.done():
                 task.cancel()
                 await asyncio.wait([task])
 
-    async def _attempt(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None]) -> LaunchedServer:
+    async def _attempt(self, request: LaunchRequest, attempt: Attempt,
+                       emit: Callable[[str], Awaitable[None]]) -> LaunchedServer:
         try:
             if attempt.temporary:
                 await self._create_user(request, attempt)
@@ -448,7 +450,8 @@ class Launcher:
             "binder_client_ip": request.client_ip,
         }
 
-    async def _start_server(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None]) -> None:
+    async def _start_server(self, request: LaunchRequest, attempt: Attempt,
+                            emit: Callable[[str], Awaitable[None]]) -> None:
         path = server_path(attempt.username, attempt.server_name)
         attempt.server_requested = True
         response = await self.hub.request("POST", path, self._user_options(request, attempt))
@@ -463,7 +466,7 @@ class Launcher:
                                 retryable=False, spawn_ended=True)
         await self._follow_progress(request, attempt, emit)
 
-    async def _follow_progress(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], None],
+    async def _follow_progress(self, request: LaunchRequest, attempt: Attempt, emit: Callable[[str], Awaitable[None]],
                                fallback: str | None = None) -> None:
         """Relay the progress stream until the hub says ready (return) or failed (raise)."""
         silence = max(self.config.request_timeout, MIN_PROGRESS_SILENCE)
@@ -484,7 +487,7 @@ class Launcher:
                         continue
                     message = event.get("message")
                     if isinstance(message, str) and message:
-                        emit(message)
+                        await emit(message)
                     if event.get("ready"):
                         return
                     if event.get("failed"):
@@ -537,8 +540,11 @@ class Launcher:
 
     async def _remove_until_done(self, removal: Removal, first_try: asyncio.Future[None]) -> None:
         """Try ``removal`` until the hub has carried it out (or refused it for good), pausing with
-        backoff while the hub cannot be reached; one warning per removal, one line when it is done."""
+        the retry policy's backoff (:data:`CLEANUP_BACKOFF`) while the hub cannot be reached; one
+        warning per removal, one line when it is done."""
         delay, longest = CLEANUP_BACKOFF
+        backoff = Backoff(transient=lambda e: True, attempts=None, delay=delay, cap=longest,
+                          what=f"Removing {removal}", level=logging.DEBUG, sleep=self._pause)
         failures = 0
         try:
             while True:
@@ -560,14 +566,17 @@ class Launcher:
                         "Could not remove %s (%s); trying again until JupyterHub answers", removal, problem)
                 if removal.delete_user:
                     removal = replace(removal, stop_server=True)  # a server may be what keeps the user
-                await self._pause(CLOSING_RETRY_DELAY if self._stopping.is_set() else delay)
-                delay = min(delay * 2, longest)
+                await backoff.failed(RemovalPending(problem))
         finally:
             if not first_try.done():
                 first_try.set_result(None)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep, cut short when the process starts stopping (pending clean-ups then try at once)."""
+        """Sleep, cut short when the process starts stopping; while it stops, pending clean-ups try
+        again every :data:`CLOSING_RETRY_DELAY` seconds (within ``cleanup_timeout``)."""
+        if self._stopping.is_set():
+            await asyncio.sleep(CLOSING_RETRY_DELAY)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 

@@ -1,9 +1,13 @@
 """The one place that decides the order of a ``/build`` request's steps.
 
 resolve the spec -> name the image -> is it in the registry? -> build (queued, deduplicated)
--> launch on JupyterHub. Each step yields typed events (or frames already encoded by the shared
-build log); a :class:`~binderapi.errors.BinderError` anywhere ends the stream with a ``failed``
-event carrying its message.
+-> launch on JupyterHub. :meth:`BuildPipeline.run` is the stream: it yields event models, and the
+build's frames as the shared build log already encoded them (bytes: one encoding serves every
+client watching the build, 10,000 streams of a popular repository included; see ``builds.py``).
+The steps that produce a result (:meth:`~BuildPipeline.resolve`, ``Launcher.launch``) return it
+and report their progress through a ``report`` callback; ``run`` relays that progress as it
+happens (:class:`~binderapi.progress.Relay`). A :class:`~binderapi.errors.BinderError` anywhere
+ends the stream with a ``failed`` event carrying its message.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from .events import (
     line,
 )
 from .executors.base import BuildJob
-from .launcher import LaunchRequest
+from .launcher import LaunchedServer, LaunchRequest
+from .progress import Relay, Report, ignore
 
 if TYPE_CHECKING:
     from .providers import RepoProvider
@@ -80,8 +85,9 @@ class BuildPipeline:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def resolve(self, request: BuildRequest) -> AsyncIterator[Event | ResolvedRepo]:
-        """Yield progress notices, then the :class:`ResolvedRepo`."""
+    async def resolve(self, request: BuildRequest, report: Report[Event] = ignore) -> ResolvedRepo:
+        """The spec resolved to an immutable ref and its names; notices (the fallback from
+        ``master`` to ``HEAD``) are reported on the way."""
         provider = self.services.providers.create(request.prefix, request.spec)
         if provider.is_banned():
             raise BannedSpecError(f"Sorry, {request.spec} is not allowed to launch. Please contact admins for more info!")
@@ -90,15 +96,15 @@ class BuildPipeline:
         if ref is None:
             fallback = provider.default_branch_fallback()
             if fallback is not None:
-                yield WaitingEvent(message=line(
+                await report(WaitingEvent(message=line(
                     f'GitHub recently changed default branches from "master" to "main". Trying again with HEAD '
-                    f"instead of {provider.unresolved_ref}. Please update your links."))
+                    f"instead of {provider.unresolved_ref}. Please update your links.")))
                 provider = fallback
                 ref = await self._resolve_ref(provider, key)
         if ref is None:
             raise RefNotFoundError(f"Could not resolve ref for {key}. Double check your URL and that your repo is public.")
         slug = provider.get_build_slug()
-        yield ResolvedRepo(
+        return ResolvedRepo(
             provider=provider,
             ref=ref,
             resolved_spec=await provider.get_resolved_spec(),
@@ -119,13 +125,11 @@ class BuildPipeline:
             raise UpstreamError(f"Error resolving ref for {key}: {e}") from e
 
     async def run(self, request: BuildRequest) -> AsyncIterator[Event | bytes]:
-        repo: ResolvedRepo | None = None
-        async for item in self.resolve(request):
-            if isinstance(item, ResolvedRepo):
-                repo = item
-            else:
-                yield item
-        assert repo is not None
+        """The ``/build`` stream: events, and the build log's frames already encoded (bytes)."""
+        resolving: Relay[Event, ResolvedRepo] = Relay(lambda report: self.resolve(request, report))
+        async for event in resolving:
+            yield event
+        repo = resolving.result
         services = self.services
         labels = {"provider": repo.provider.name, "repo": repo.repo_url}
 
@@ -206,12 +210,11 @@ class BuildPipeline:
             if server is not None:
                 yield LaunchingEvent(message="Handed over a warm server (already running, no spawn needed)\n")
             else:
-                async for item in services.launcher.launch(launch):
-                    if isinstance(item, Event):
-                        yield item
-                    else:
-                        server = item
-            assert server is not None
+                launching: Relay[LaunchingEvent, LaunchedServer] = Relay(
+                    lambda report: services.launcher.launch(launch, report))
+                async for event in launching:
+                    yield event
+                server = launching.result
         except BinderError:
             metrics.LAUNCH_TIME.labels(status="failure", retries=-1).observe(time.perf_counter() - started)
             metrics.count_launch("failure", **labels)

@@ -9,12 +9,21 @@ attempt (the rest pass through at once), ``attempts`` and ``delay`` come from it
 ``exhausted`` says how the last failure reads once no attempt is left.
 
 - :func:`retrying` runs one call under the policy.
-- :class:`Backoff` serves a loop that resumes a stream (a watch, an event feed): it waits after
-  each failure in a row and starts over when the stream delivers again.
+- :class:`Backoff` serves a loop that resumes a stream (a watch, an event feed) or repeats a task
+  (a launch, a clean-up): it waits after each failure in a row and starts over when the stream
+  delivers again.
+- :func:`wait_after` is the wait itself, for a site that schedules its next try instead of
+  sleeping until it (the warm pool's pause after failed starts).
+
+A site may also give a ``deadline`` (event-loop time: no attempt starts after it, so the policy
+gives up rather than wait past it), its own ``sleep`` (one that a shutdown cuts short) and
+``before_wait``, awaited with the failed attempt's number and the coming wait just before it
+(where a site tells its client that it tries again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -24,8 +33,6 @@ from tenacity import (
     AttemptManager,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
-    stop_never,
     wait_exponential,
     wait_random_exponential,
 )
@@ -46,18 +53,35 @@ def waits(delay: float, cap: float = MAX_DELAY) -> wait_base:
             + wait_random_exponential(multiplier=delay / 2, max=cap / 2))
 
 
+def wait_after(failures: int, delay: float, cap: float = MAX_DELAY) -> float:
+    """The policy's wait after ``failures`` failures in a row, drawn afresh."""
+    state = RetryCallState(None, None, (), {})
+    state.attempt_number = max(failures, 1)
+    return waits(delay, cap)(state)
+
+
 def policy(*, transient: Callable[[BaseException], bool], attempts: int | None, delay: float, what: str,
            cap: float = MAX_DELAY, exhausted: Callable[[BaseException], BaseException] | None = None,
-           describe: Callable[[BaseException], str] = str, level: int = logging.WARNING) -> AsyncRetrying:
-    """The policy as a tenacity ``AsyncRetrying``: ``attempts`` in all (``None``: until it works),
-    retrying only ``transient`` failures; each wait is logged at ``level`` as ``what`` failed."""
+           describe: Callable[[BaseException], str] = str, level: int = logging.WARNING,
+           deadline: float | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+           before_wait: Callable[[int, float], Awaitable[None]] | None = None) -> AsyncRetrying:
+    """The policy as a tenacity ``AsyncRetrying``: ``attempts`` in all (``None``: until it works, or
+    until ``deadline``), retrying only ``transient`` failures; each wait is logged at ``level`` as
+    ``what`` failed, then ``before_wait`` is awaited, then ``sleep``."""
 
-    def log_wait(state: RetryCallState) -> None:
+    def stop(state: RetryCallState) -> bool:
+        if attempts and state.attempt_number >= attempts:
+            return True
+        return deadline is not None and asyncio.get_running_loop().time() + state.upcoming_sleep >= deadline
+
+    async def on_wait(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         of = f" of {attempts}" if attempts else ""
         wait = state.next_action.sleep if state.next_action else 0.0
         log.log(level, "%s failed (attempt %d%s): %s; retrying in %.1fs", what, state.attempt_number, of,
                 describe(error) if error is not None else "?", wait)
+        if before_wait is not None:
+            await before_wait(state.attempt_number, wait)
 
     def give_up(state: RetryCallState) -> NoReturn:
         error = state.outcome.exception() if state.outcome else None
@@ -65,10 +89,11 @@ def policy(*, transient: Callable[[BaseException], bool], attempts: int | None, 
         raise exhausted(error) from error
 
     return AsyncRetrying(
-        stop=stop_after_attempt(attempts) if attempts else stop_never,
+        sleep=sleep,
+        stop=stop,
         wait=waits(delay, cap),
         retry=retry_if_exception(transient),
-        before_sleep=log_wait,
+        before_sleep=on_wait,
         retry_error_callback=give_up if exhausted else None,
         reraise=True,
     )
@@ -90,15 +115,18 @@ async def retrying(op: Callable[[], Awaitable[T]], *, transient: Callable[[BaseE
 
 
 class Backoff:
-    """The policy for a loop that resumes a stream: call :meth:`failed` after each failure, which
-    waits before the next try (or raises, as :func:`retrying` would), and :meth:`reset` once the
-    stream works again, so that only failures in a row count."""
+    """The policy for a loop that resumes a stream or repeats a task: call :meth:`failed` after each
+    failure, which waits before the next try (or raises, as :func:`retrying` would), and
+    :meth:`reset` once the stream works again, so that only failures in a row count."""
 
     def __init__(self, *, transient: Callable[[BaseException], bool], attempts: int | None, delay: float,
                  what: str, cap: float = MAX_DELAY, exhausted: Callable[[BaseException], BaseException] | None = None,
-                 describe: Callable[[BaseException], str] = str, level: int = logging.WARNING) -> None:
+                 describe: Callable[[BaseException], str] = str, level: int = logging.WARNING,
+                 deadline: float | None = None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 before_wait: Callable[[int, float], Awaitable[None]] | None = None) -> None:
         self._policy = policy(transient=transient, attempts=attempts, delay=delay, what=what, cap=cap,
-                              exhausted=exhausted, describe=describe, level=level)
+                              exhausted=exhausted, describe=describe, level=level, deadline=deadline,
+                              sleep=sleep, before_wait=before_wait)
         self.reset()
 
     def reset(self) -> None:

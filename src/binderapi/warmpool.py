@@ -49,6 +49,7 @@ from . import metrics
 from .errors import BinderError
 from .hub import HubAPI, format_hub_time, user_path
 from .launcher import LaunchedServer, Launcher, LaunchRequest
+from .retry import wait_after
 
 if TYPE_CHECKING:
     from .quota import LaunchQuota
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 
 MARKER_SALT = "binderapi-warm-pool:"
 USERS_PAGE = 200  # JupyterHub's largest page of users
-FAILURE_BACKOFF = (5.0, 300.0)  # first and longest pause after a failed warm start of an image
+FAILURE_BACKOFF = (5.0, 300.0)  # first and longest pause after a failed warm start of an image (jittered)
 
 
 def marker_microseconds(username: str) -> int:
@@ -316,17 +317,14 @@ class WarmPool:
     async def _start_one(self, pool: ImagePool) -> None:
         server: LaunchedServer | None = None
         try:
-            async with contextlib.aclosing(self.launcher.launch(pool.template)) as items:
-                async for item in items:
-                    if isinstance(item, LaunchedServer):
-                        server = item
+            server = await self.launcher.launch(pool.template)
         except BinderError as e:
             pool.failures += 1
             first, longest = FAILURE_BACKOFF
-            pause = min(longest, first * 2 ** (pool.failures - 1))
+            pause = wait_after(pool.failures, first, longest)  # the one retry policy's wait, scheduled
             pool.retry_at = asyncio.get_running_loop().time() + pause
             metrics.WARM_POOL_START_FAILURES.inc()
-            log.warning("Could not start a warm server for %s (trying again in %gs): %s", pool.image, pause,
+            log.warning("Could not start a warm server for %s (trying again in %.0fs): %s", pool.image, pause,
                         e.message)
         finally:
             self._start_ended(pool, asyncio.current_task())

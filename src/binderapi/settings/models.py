@@ -302,7 +302,7 @@ class Launcher(Section):
         "tried again, and not when it failed for the same reason as the attempt before; a refusal by the hub "
         "(4xx), `pre_launch_hook`, an unreachable hub and `launch_timeout` end the launch at once.",
     )
-    retry_delay: float = Field(4.0, ge=0, description="Seconds before the second launch attempt; doubled before each further one.")
+    retry_delay: float = Field(4.0, ge=0, description="Seconds before the second launch attempt; doubled before each further one (at most 30). Each wait is drawn between half and all of that, so replicas do not retry in step.")
     launch_timeout: float = Field(
         600.0, gt=0,
         description="Seconds a launch may take in all, from creating the user to the server being ready, retries "
@@ -317,7 +317,7 @@ class Launcher(Section):
         description="Attempts per JupyterHub API request. Only connection failures and gateway errors (502, 503, 504) "
         "are tried again, and any 5xx for reads and deletes; answers from the hub are never repeated.",
     )
-    api_retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt of a JupyterHub API request; doubled before each further one.")
+    api_retry_delay: float = Field(0.5, ge=0, description="Seconds before the second attempt of a JupyterHub API request; doubled before each further one (at most 30). Each wait is drawn between half and all of that, so replicas do not retry in step.")
     cleanup_timeout: float = Field(
         20.0, ge=0,
         description="Seconds a graceful stop waits, before it closes the hub client, for launches to end and for their "
