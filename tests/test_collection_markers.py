@@ -83,10 +83,12 @@ def test_a_test_using_the_hub_without_its_markers_fails_collection(suite: pytest
 
 
 def test_a_fixture_needing_the_engine_through_another_is_caught(suite: pytest.Pytester) -> None:
-    suite.makepyfile(test_registry="""
+    # names no module of the suite has: the whole suite runs in one process, where a second
+    # "test_registry" would collide with the real one
+    suite.makepyfile(test_pushes_unmarked="""
         def test_push(open_registry):
             pass
-    """, test_registry_marked="""
+    """, test_pushes_marked="""
         import pytest
 
         pytestmark = pytest.mark.docker
@@ -97,11 +99,11 @@ def test_a_fixture_needing_the_engine_through_another_is_caught(suite: pytest.Py
     result = suite.runpytest("--collect-only", "-q")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines([
-        "*test_registry.py::test_push uses fixture 'tiny_image' without marker 'docker'*",
+        "*test_pushes_unmarked.py::test_push uses fixture 'tiny_image' without marker 'docker'*",
         "*1 error*",
     ])
-    assert "ERROR collecting test_registry_marked.py" not in result.stdout.str()
-    assert "test_registry_marked.py::test_push" in result.stdout.str()
+    assert "ERROR collecting test_pushes_marked.py" not in result.stdout.str()
+    assert "test_pushes_marked.py::test_push" in result.stdout.str()
 
 
 def test_marked_tests_collect_and_run(suite: pytest.Pytester) -> None:
