@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from . import metrics, naming
@@ -43,10 +43,33 @@ from .launcher import LaunchedServer, LaunchRequest
 from .progress import Relay, Report, ignore
 
 if TYPE_CHECKING:
-    from .providers import RepoProvider
-    from .services import Services
+    from .builds import BuildManager
+    from .eventlog import EventLog
+    from .launcher import Launcher
+    from .providers import ProviderRegistry, RepoProvider
+    from .quota import LaunchQuota
+    from .registry import ImageStore
+    from .settings import Settings
+    from .warmpool import WarmPool
 
 log = logging.getLogger(__name__)
+
+
+class PipelineParts(Protocol):
+    """What the pipeline uses of the service's parts. ``services.py`` builds them (and satisfies
+    this), one layer above: the pipeline never imports it."""
+
+    settings: Settings
+    providers: ProviderRegistry
+    images: ImageStore
+    builds: BuildManager
+    quota: LaunchQuota
+    launcher: Launcher
+    warm_pool: WarmPool | None
+    event_log: EventLog
+
+    @property
+    def executor_settings(self) -> Any: ...
 
 
 @dataclass
@@ -82,7 +105,7 @@ class ResolvedRepo:
 
 
 class BuildPipeline:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: PipelineParts) -> None:
         self.services = services
 
     async def resolve(self, request: BuildRequest, report: Report[Event] = ignore) -> ResolvedRepo:
