@@ -168,7 +168,7 @@ async def test_a_reader_too_slow_for_one_keepalive_gets_no_pile_of_them():
 
 
 async def test_a_written_keepalive_is_not_kept():
-    """Each of 10,000 idle streams kept its last keepalive's done task (and coroutine): 4 MB."""
+    """Each of 10,000 idle streams kept its last keepalive's done task (and coroutine): 5 MB."""
     never = asyncio.Event()
 
     async def waiting() -> AsyncIterator[bytes]:

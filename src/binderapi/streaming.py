@@ -103,7 +103,7 @@ class FrameStream:
         self._keepalive.add_done_callback(self._keepalive_written)
 
     def _keepalive_written(self, task: asyncio.Future[None]) -> None:
-        # dropped once written: a done task and its coroutine kept per idle stream were 4 MB at 10,000
+        # dropped once written: a done task and its coroutine kept per idle stream were 5 MB at 10,000
         self._keepalive = None
         _log_failure(task)
 
