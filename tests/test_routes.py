@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 
 import httpx
@@ -25,6 +26,20 @@ def make_settings(**binderhub):
 async def client():
     async with httpx.AsyncClient(timeout=10) as c:
         yield c
+
+
+async def test_our_middlewares_keep_no_frame_for_a_streams_life():
+    """A ``/build`` stream may last an hour, and an ASGI layer that awaits the next one keeps its
+    suspended frame all that time (about 300 bytes a layer, a stream): binderapi's own middlewares
+    return the next layer's awaitable instead of awaiting it."""
+    async with serve(make_settings(build_class="docker")) as svc:
+        layer, ours = svc.app.middleware_stack, set()
+        for _ in range(50):  # down the chain to the router
+            if type(layer).__module__ == "binderapi.middleware":
+                ours.add(type(layer))
+            layer = getattr(layer, "app", None)
+    assert {cls.__name__ for cls in ours} == {"CORSMiddleware", "HostHeaderMiddleware", "ClientAddressMiddleware"}
+    assert not [cls for cls in ours if inspect.iscoroutinefunction(cls.__call__)]
 
 
 async def test_versions_shape(client):

@@ -165,3 +165,25 @@ async def test_a_reader_too_slow_for_one_keepalive_gets_no_pile_of_them():
     assert client.writes_waiting == 1
     client.gone.set()
     await asyncio.wait_for(response, 5)
+
+
+async def test_a_written_keepalive_is_not_kept():
+    """Each of 10,000 idle streams kept its last keepalive's done task (and coroutine): 5 MB."""
+    never = asyncio.Event()
+
+    async def waiting() -> AsyncIterator[bytes]:
+        yield b"data: waiting\n\n"
+        await never.wait()
+
+    client, stream = Client(), FrameStream(waiting())
+    response = asyncio.ensure_future(EventStreamResponse(stream, KeepaliveTicker(1.0)).__call__({}, client.receive, client.send))
+    while KEEPALIVE not in client.body():
+        client.got_body.clear()
+        await asyncio.wait_for(client.got_body.wait(), 5)
+    for _ in range(100):  # the write's task ends, then its done callback runs
+        if stream._keepalive is None:
+            break
+        await asyncio.sleep(0)
+    assert stream._keepalive is None
+    client.gone.set()
+    await asyncio.wait_for(response, 5)

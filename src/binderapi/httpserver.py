@@ -46,6 +46,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: HeadLimits
 
+    # Slots, not instance attributes: uvicorn's protocol already sets 27, and CPython (3.11+) keeps
+    # a compact key-sharing __dict__ only up to 30 keys. Six more made every connection's __dict__
+    # an ordinary dict, 296 -> 1,584 bytes: 13 MB more RSS at 10,000 idle /build streams.
+    __slots__ = ("_in_head", "_head_bytes", "_raw_head_bytes", "_head_fields", "_head_timer", "_refusal")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # a head is expected: the connection's first, or the next one

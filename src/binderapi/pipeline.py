@@ -153,6 +153,7 @@ class BuildPipeline:
         async for event in resolving:
             yield event
         repo = resolving.result
+        del resolving  # its step and closure would stay in this frame for the stream's life (3 MB at 10,000)
         services = self.services
         labels = {"provider": repo.provider.name, "repo": repo.repo_url}
 

@@ -48,7 +48,7 @@ class FrameStream:
     def __init__(self, source: AsyncIterator[bytes]) -> None:
         self._frames: list[bytes] = []  # a list: an empty deque costs half a kilobyte, per stream
         self._send: Any = None
-        self._keepalive: asyncio.Future[None] | None = None  # the keepalive being written, if any
+        self._keepalive: asyncio.Future[None] | None = None  # the keepalive being written, while it is
         self.ended = False
         self._loop = asyncio.get_running_loop()
         self.last_sent = self._loop.time()
@@ -96,11 +96,16 @@ class FrameStream:
     def keepalive(self) -> None:
         """Write ``:keepalive`` now, in a task of its own: a slow reader must not hold up the ticker.
         While a reader is too slow to take the last one, no other piles up behind it."""
-        if self._send is None or self.ended or (self._keepalive is not None and not self._keepalive.done()):
+        if self._send is None or self.ended or self._keepalive is not None:
             return
         self.last_sent = self._loop.time()
         self._keepalive = asyncio.ensure_future(self._send(_body(KEEPALIVE)))
-        self._keepalive.add_done_callback(_log_failure)
+        self._keepalive.add_done_callback(self._keepalive_written)
+
+    def _keepalive_written(self, task: asyncio.Future[None]) -> None:
+        # dropped once written: a done task and its coroutine kept per idle stream were 5 MB at 10,000
+        self._keepalive = None
+        _log_failure(task)
 
     def cancel(self) -> None:
         self._task.cancel()
