@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+USERS_PAGE = 200  # JupyterHub's largest page of users
+
 HEALTH_TIMEOUT = 3.0  # BinderHub's timeout for the hub health check
 
 
@@ -233,6 +235,21 @@ class HubAPI:
         except httpx.TransportError as e:
             raise HubError(self.unreachable(e), sent) from None
         return _hub_response(response, attempt > 1)
+
+    async def user_pages(self, what: str, query: str = "") -> AsyncIterator[HubResponse]:
+        """Each page of ``GET users`` (``query``: filters such as ``state=ready&``), the whole list
+        however long. A page the hub refuses ends the listing with one warning naming ``what`` was
+        being looked for: the caller acts on the pages it got."""
+        offset = 0
+        while True:
+            response = await self.request("GET", f"users?{query}offset={offset}&limit={USERS_PAGE}")
+            if response.status != 200 or not isinstance(response.data, list):
+                log.warning("Listing JupyterHub users for %s: HTTP %d %s", what, response.status, response.message)
+                return
+            yield response
+            if len(response.data) < USERS_PAGE:
+                return
+            offset += len(response.data)
 
     @contextlib.asynccontextmanager
     async def stream(self, path: str, read_timeout: float) -> AsyncIterator[httpx.Response]:

@@ -83,7 +83,6 @@ NAME_MARK_SALT = b"binderapi-temporary-user:"
 CLEANUP_BACKOFF = (1.0, 60.0)  # first and longest pause between tries of a failed clean-up
 CLOSING_RETRY_DELAY = 0.5  # pause between tries while the process stops (within cleanup_timeout)
 ORPHAN_MARGIN = 10.0  # seconds beyond launch_timeout before a marked user without a server is an orphan
-USERS_PAGE = 200  # JupyterHub's largest page of users
 MAX_SERVER_NAME = 30  # JupyterHub 6 refuses longer names for new named servers
 _SSH_URL = re.compile(r"^(?:[\w.+-]+@)?[\w.-]+:(?!//)")
 
@@ -654,18 +653,10 @@ class Launcher:
         behind; how many were found. Anonymous mode only: in auth mode binderapi makes no users."""
         if self.auth_enabled or not self.hub.configured:
             return 0
-        offset, orphans = 0, []
-        while True:
-            response = await self.hub.request("GET", f"users?offset={offset}&limit={USERS_PAGE}")
-            if response.status != 200 or not isinstance(response.data, list):
-                log.warning("Listing JupyterHub users for leftover temporary users: HTTP %d %s",
-                            response.status, response.message)
-                break
-            now = response.date or time.time()
-            orphans += [user["name"] for user in response.data if self._is_orphan(user, now)]
-            if len(response.data) < USERS_PAGE:
-                break
-            offset += len(response.data)
+        orphans = []
+        async for page in self.hub.user_pages("leftover temporary users"):
+            now = page.date or time.time()
+            orphans += [user["name"] for user in page.data if self._is_orphan(user, now)]
         for name in orphans:
             log.info("Removing temporary user %s, left behind by an earlier launch", name)
             await self._remove_soon(Removal(name, delete_user=True))

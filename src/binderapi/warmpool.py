@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER_SALT = "binderapi-warm-pool:"
-USERS_PAGE = 200  # JupyterHub's largest page of users
 FAILURE_BACKOFF = (5.0, 300.0)  # first and longest pause after a failed warm start of an image (jittered)
 
 
@@ -215,20 +214,12 @@ class WarmPool:
 
     async def remove_leftovers(self) -> None:
         """Stop and delete ready servers still marked warm: a previous process's pool."""
-        offset, leftovers = 0, []
-        while True:
-            response = await self.hub.request("GET", f"users?state=ready&offset={offset}&limit={USERS_PAGE}")
-            if response.status != 200 or not isinstance(response.data, list):
-                log.warning("Listing JupyterHub users for warm-pool leftovers: HTTP %d %s",
-                            response.status, response.message)
-                return
-            for user in response.data:
+        leftovers = []
+        async for page in self.hub.user_pages("warm-pool leftovers", "state=ready&"):
+            for user in page.data:
                 server = (user.get("servers") or {}).get("")
                 if isinstance(server, dict) and carries_mark(user.get("name", ""), server.get("last_activity")):
                     leftovers.append(user["name"])
-            if len(response.data) < USERS_PAGE:
-                break
-            offset += len(response.data)
         for username in leftovers:
             log.info("Removing warm server %s left by a previous process", username)
             await self.launcher.remove_temporary_user(username)
