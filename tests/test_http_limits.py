@@ -130,5 +130,7 @@ async def test_a_connection_past_its_head_keeps_no_timer_and_a_compact_dict():
         [connection] = svc.server.server_state.connections  # kept alive, idle
         plain = HttpToolsProtocol(config=svc.server.config, server_state=svc.server.server_state, app_state={})
         assert connection._head_timer is None
-        assert sys.getsizeof(vars(connection)) <= sys.getsizeof(vars(plain))
+        # a connected protocol has a few more keys than a fresh one (288 or 296 bytes, both
+        # key-sharing); an ordinary dict would be 1,584
+        assert sys.getsizeof(vars(connection)) < 2 * sys.getsizeof(vars(plain))
         writer.close()
