@@ -209,3 +209,27 @@ def test_pick_ref_prefers_exact_branch_over_tail_match():
     assert pick_ref(listing, "v2") == "4" * 40
     assert pick_ref(listing, "pull/7/head") == "5" * 40
     assert pick_ref(listing, "nope") is None
+
+
+async def test_a_killed_git_with_unread_output_is_reaped():
+    """Past the output cap git is killed with output still unread. asyncio's ``wait()`` returns only
+    once the pipes are closed too, and a paused pipe never closes on its own: the reaper drains
+    them (without it this wait never ends, as a /build stream hanging until its client gave up)."""
+    import os
+    import signal
+    import sys
+
+    from binderapi.providers.git import _reap
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'x' * (8 << 20)); sys.stdout.flush()",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None
+    await process.stdout.read(65536)  # a reader that stopped at its cap
+    for _ in range(50):  # until the transport has filled the reader's buffer and paused the pipe
+        if len(process.stdout._buffer) >= 2 * process.stdout._limit:
+            break
+        await asyncio.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    await asyncio.wait_for(_reap(process), 20)
+    assert process.returncode is not None

@@ -210,19 +210,21 @@ class GitRepoProvider(RepoProvider):
             env=self._git_env(), start_new_session=True,
         )
         host = urlsplit(self.repo).hostname
+        readers = (asyncio.ensure_future(_read_capped(process.stdout, self.config.ls_remote_max_output)),
+                   asyncio.ensure_future(_read_capped(process.stderr, 64 * 1024, truncate=True)))
         try:
             async with asyncio.timeout(self.config.ls_remote_timeout):
-                stdout, stderr = await asyncio.gather(
-                    _read_capped(process.stdout, self.config.ls_remote_max_output),
-                    _read_capped(process.stderr, 64 * 1024, truncate=True),
-                )
+                stdout, stderr = await asyncio.gather(*readers)
                 await process.wait()
         except (TimeoutError, asyncio.CancelledError, _TooMuchOutput) as e:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            await process.wait()
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await _reap(process)
             if isinstance(e, asyncio.CancelledError):
                 raise
             if isinstance(e, _TooMuchOutput):
@@ -250,6 +252,24 @@ class GitRepoProvider(RepoProvider):
 
 class _TooMuchOutput(Exception):
     pass
+
+
+async def _reap(process: asyncio.subprocess.Process, bound: float = 10.0) -> None:
+    """Wait for a killed git to be gone. asyncio's ``wait()`` returns only once the process has
+    exited *and* its pipes are closed, and a pipe left unread past the cap stays paused with data
+    in it: without draining it, ``wait()`` never returns (seen as a /build stream hanging until its
+    client gave up). The writers are dead, so what is left to drain is bounded."""
+
+    async def drain(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(65536):
+            pass
+
+    try:
+        async with asyncio.timeout(bound):
+            await asyncio.gather(drain(process.stdout), drain(process.stderr))
+            await process.wait()
+    except TimeoutError:
+        log.warning("git (pid %d) did not go away within %g seconds of being killed", process.pid, bound)
 
 
 async def _read_capped(stream: asyncio.StreamReader | None, limit: int, truncate: bool = False) -> bytes:
