@@ -237,6 +237,9 @@ class Launcher:
                 self.pre_launch_hook = import_object(self.config.pre_launch_hook)
             except ImportError as e:
                 raise ImportError(f"Launcher.pre_launch_hook: {e}") from None
+            if not callable(self.pre_launch_hook):  # found out now, not at the first launch
+                raise TypeError(f"Launcher.pre_launch_hook: {self.config.pre_launch_hook!r} is a "
+                                f"{type(self.pre_launch_hook).__name__}, not a function")
         self._cleanups: set[asyncio.Task[None]] = set()
         self._attempts: set[asyncio.Task[Any]] = set()  # attempts running now (cancelled at close)
         self._live: set[str] = set()  # users of launches in progress here: never orphans

@@ -46,14 +46,6 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"binderapi/{__version__}"
 
 
-def check_pre_launch_hook(settings: Settings, launcher: Launcher) -> None:
-    """``Launcher.pre_launch_hook`` must name something callable: found out now, not at the first launch."""
-    hook = launcher.pre_launch_hook
-    if hook is not None and not callable(hook):
-        raise TypeError(f"Launcher.pre_launch_hook: {settings.Launcher.pre_launch_hook!r} is a "
-                        f"{type(hook).__name__}, not a function")
-
-
 #: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
 #: ``BinderHub.repo_providers['gh']: ...``) is kept as it is
 _NAMES_A_SETTING = re.compile(r"^[A-Z]\w*\.[a-z_]+(\[[^\]]*\])?: ")
@@ -175,7 +167,6 @@ class Services:
             with steps.step("Launcher"):
                 launcher = Launcher(settings, http, hub)
                 steps.close_on_failure(launcher.close)
-                check_pre_launch_hook(settings, launcher)
             with steps.step("EventLog"):
                 event_log = EventLog(settings.EventLog)
             steps.close_on_failure(event_log.close)
