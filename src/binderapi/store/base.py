@@ -1,0 +1,158 @@
+"""The build store's one small interface: what binderapi keeps about builds beyond a process's life.
+
+Everything above this module (the build manager, the recorder, the ``/api/v1`` routes) talks to a
+:class:`BuildStore` only, never to SQL or to a file: the embedded default is SQLite, and PostgreSQL
+goes under the same interface for several replicas. Nothing here may assume one process: every
+write is keyed by build id and sequence number, so two writers never need to coordinate in memory.
+
+A :class:`StoreError` is the only error the store raises; callers treat the store as optional for
+the classic ``/build`` (logged, a soft ``/health`` check) and as required for ``/api/v1`` (503).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class BuildState(enum.StrEnum):
+    queued = "queued"
+    building = "building"
+    built = "built"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (BuildState.built, BuildState.failed, BuildState.cancelled)
+
+
+def new_build_id() -> str:
+    """A build id that sorts by creation time (newest first is ``ORDER BY id DESC``) and is unique
+    across processes and replicas: 12 hex digits of milliseconds since the epoch, 10 random ones."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(5)}"
+
+
+@dataclass
+class BuildRecord:
+    """One build as the store keeps it; the ``/api/v1`` resource is made from it."""
+
+    id: str
+    spec: str  # "<prefix>/<spec>", exactly as in a /build URL
+    provider: str  # the provider's name, e.g. "GitHub"
+    repo_url: str
+    resolved_ref: str
+    image_name: str
+    build_name: str  # the backend's container or pod name
+    state: BuildState = BuildState.queued
+    cached: bool = False  # the image existed: nothing was built
+    message: str = ""  # why it failed or was cancelled
+    queue_position: int | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    log_bytes: int = 0  # every byte of builder output seen, including any dropped past the cap
+    owner: str = ""  # which process runs it (hostname:pid:start); replicas use it with leases
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event of a build's stream: ``seq`` increases from 1 within a build; ``data`` is the
+    event's JSON (BinderHub's wire format, with ``build_id``), without the SSE framing."""
+
+    seq: int
+    data: str
+
+
+@dataclass(frozen=True)
+class StoredLog:
+    """A build's builder output as kept: ``head`` then, if output was dropped past the cap,
+    ``dropped_bytes`` and the ``tail``."""
+
+    head: str
+    tail: str = ""
+    dropped_bytes: int = 0
+
+    def text(self) -> str:
+        if not self.dropped_bytes:
+            return self.head + self.tail
+        marker = f"\n[... {self.dropped_bytes} bytes of build output omitted (BuildStore.max_log_bytes) ...]\n"
+        return self.head + marker + self.tail
+
+
+class StoreError(Exception):
+    """The store is unreachable, full, corrupt or refused a write."""
+
+
+@dataclass(frozen=True)
+class BuildFilter:
+    state: BuildState | None = None
+    spec_prefix: str | None = None  # matches spec == value or spec starting with value
+    image_name: str | None = None
+    before: str | None = None  # cursor: only ids sorting before this one (newer pages come first)
+    limit: int = 50
+
+
+class BuildStore(abc.ABC):
+    """The store. Implementations raise :class:`StoreError` (never a driver's own error)."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations); raise StoreError if impossible."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """A cheap round trip, for ``/health``."""
+
+    # -- builds -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def save(self, records: list[BuildRecord]) -> None:
+        """Insert or update these builds (whole records, by id), in one transaction."""
+
+    @abc.abstractmethod
+    async def get(self, build_id: str) -> BuildRecord | None: ...
+
+    @abc.abstractmethod
+    async def list(self, query: BuildFilter) -> list[BuildRecord]:
+        """Builds matching ``query``, newest first (by id), at most ``query.limit``."""
+
+    @abc.abstractmethod
+    async def latest_for_image(self, image_name: str, *, cached: bool | None = None) -> BuildRecord | None:
+        """The newest build of ``image_name`` (optionally only cached or only real ones)."""
+
+    @abc.abstractmethod
+    async def unfinished(self) -> list[BuildRecord]:
+        """Builds in ``queued`` or ``building``: what a restart must re-attach or fail."""
+
+    # -- events and logs --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append(self, build_id: str, events: list[StoredEvent], log_head: str = "",
+                     log_tail: str | None = None, dropped_bytes: int = 0) -> None:
+        """In one transaction: add ``events`` (ignoring a ``seq`` already stored), append
+        ``log_head`` to the head of the log, and, when ``log_tail`` is not None, replace the tail
+        and its ``dropped_bytes``."""
+
+    @abc.abstractmethod
+    async def events_after(self, build_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """Events with ``seq > after``, in order, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def read_log(self, build_id: str) -> StoredLog | None: ...
+
+    # -- retention --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def delete_finished_before(self, cutoff: datetime) -> int:
+        """Delete finished builds created before ``cutoff``, with their events and logs; how many."""
+
+
+def process_owner() -> str:
+    """This process's name in ``BuildRecord.owner``."""
+    return f"{os.uname().nodename}:{os.getpid()}:{int(time.time())}"
