@@ -260,6 +260,19 @@ async def test_stores_opening_a_new_database_at_once_migrate_one_at_a_time(store
             await s.close()
 
 
+async def test_stores_of_one_process_migrate_different_databases_at_once(tmp_path):
+    """Alembic keeps the running migration in module globals: one process opening stores on
+    several databases at once (no database lock orders them) must not mix them up."""
+    stores = [SQLBuildStore(f"sqlite+aiosqlite:///{tmp_path / f'builds{n}.sqlite3'}") for n in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        for s in stores:
+            await s.save([record(1)])
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_many_concurrent_writers_do_not_fail(store, store_url):
     """Concurrent transactions wait for each other (busy timeout, bounded pool) instead of failing."""
     other = SQLBuildStore(store_url, pool_size=2)
