@@ -260,9 +260,11 @@ class SQLBuildStore(BuildStore):
         log.debug("build store %s open, schema current", self.name)
 
     def _make_directory(self, database: str) -> None:
+        """The database file's directory, made private (0700) if it is new: build logs may hold
+        whatever a repository's build printed."""
         directory = Path(database).expanduser().parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"build store {self.name}: cannot create its directory {directory}: "
                              f"{e.strerror or e}") from e
