@@ -375,6 +375,8 @@ async def test_an_unwritable_directory_is_a_store_error(tmp_path):
     ("not a url", "is not a database URL"),
     ("mysql+aiomysql://u:hunter2@127.0.0.1/db", "unsupported database 'mysql'"),
     ("sqlite+pysqlite:////tmp/x.db", "driver 'pysqlite' is not async"),
+    ("sqlite+aiosqlite://", "in-memory SQLite database is private to one connection"),
+    ("sqlite:///:memory:", "in-memory SQLite database is private to one connection"),
 ])
 def test_a_bad_url_is_a_store_error(url, match):
     with pytest.raises(StoreError, match=match) as failure:

@@ -132,6 +132,9 @@ def normalize_url(url: str | URL) -> URL:
     if driver and driver != DRIVERS[backend]:
         raise StoreError(f"build store: {parsed.render_as_string(hide_password=True)}: driver {driver!r} is not "
                          f"async; use {backend}+{DRIVERS[backend]}://")
+    if backend == "sqlite" and (parsed.database or ":memory:") == ":memory:":
+        raise StoreError(f"build store {parsed.render_as_string(hide_password=True)}: an in-memory SQLite "
+                         "database is private to one connection; name a file (sqlite+aiosqlite:///<path>)")
     return parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
 
 
@@ -247,7 +250,7 @@ class SQLBuildStore(BuildStore):
     async def open(self) -> None:
         if self.engine is not None:
             return
-        if self.dialect == "sqlite" and self.url.database and self.url.database != ":memory:":
+        if self.dialect == "sqlite":
             await asyncio.to_thread(self._make_directory, self.url.database)
         self.engine = self._make_engine()
         try:
