@@ -1,5 +1,5 @@
 """The PostgreSQL fixtures (tests/fixtures/postgres.py) against the server ``scripts/infra.sh``
-starts: a fresh, empty database per module and per call, each dropped after; and, without any
+starts: fresh, empty databases per module, per test and per call, each dropped after; and, without any
 server, a missing PostgreSQL is a skip with its reason outside CI but a failure in CI."""
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
 
 
 @pytest.mark.postgres
-async def test_fresh_databases_are_empty_distinct_and_dropped(
-        postgres_dsn: str, postgres_url: str, make_postgres_database: Callable[[], Awaitable[str]]) -> None:
+async def test_fresh_databases_are_empty_and_distinct(
+        postgres_dsn: str, postgres_url: str, postgres_database: str,
+        make_postgres_database: Callable[[], Awaitable[str]]) -> None:
     assert make_url(postgres_url).drivername == "postgresql+asyncpg"
     one, two = await make_postgres_database(), await make_postgres_database()
-    names = {make_url(u).database for u in (postgres_url, one, two)}
-    assert len(names) == 3 and make_url(postgres_dsn).database not in names
+    names = {make_url(u).database for u in (postgres_url, postgres_database, one, two)}
+    assert len(names) == 4 and make_url(postgres_dsn).database not in names
     conn = await asyncpg.connect(_raw(one))
     try:
         await conn.execute("CREATE TABLE t (x int)")
@@ -52,23 +53,24 @@ async def test_fresh_databases_are_empty_distinct_and_dropped(
 
 
 @pytest.mark.postgres
-async def test_a_module_database_is_dropped_after_its_module(
+async def test_databases_are_dropped_after_their_test_or_module(
         suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, postgres_dsn: str) -> None:
     monkeypatch.setenv("BINDERAPI_TEST_POSTGRES_URL", postgres_dsn)  # pytester moves HOME
     suite.makepyfile(test_db="""
         from sqlalchemy.engine import make_url
 
-        async def test_db(postgres_url):
-            print("DATABASE=" + make_url(postgres_url).database)
+        async def test_db(postgres_url, postgres_database, make_postgres_database):
+            urls = [postgres_url, postgres_database, await make_postgres_database()]
+            print("DATABASES=" + ",".join(make_url(url).database for url in urls))
     """)
     result = suite.runpytest_subprocess("-s", *ARGS)
     result.assert_outcomes(passed=1)
-    found = re.search(r"DATABASE=(\w+)", result.stdout.str())
+    found = re.search(r"DATABASES=([\w,]+)", result.stdout.str())
     assert found, result.stdout.str()
-    name = found.group(1)
+    names = found.group(1).split(",")
     conn = await asyncpg.connect(_raw(postgres_dsn))
     try:
-        assert await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", name) == 0
+        assert await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname = any($1)", names) == 0
     finally:
         await conn.close()
 
