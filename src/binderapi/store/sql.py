@@ -243,6 +243,9 @@ class SQLBuildStore(BuildStore):
             options["connect_args"] = {"timeout": self.busy_timeout}
         else:
             options["connect_args"] = {"timeout": self.busy_timeout, "command_timeout": 60}
+            # a server restart or failover, or a proxy's idle cut, closes pooled connections: check
+            # each on checkout (one round trip) so the next write reconnects instead of failing once
+            options["pool_pre_ping"] = True
         with self._errors("connecting"):
             engine = create_async_engine(self.url, **options)
         if self.dialect == "sqlite":
