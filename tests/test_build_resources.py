@@ -213,6 +213,9 @@ async def test_restart_reattaches_a_running_build_and_fails_a_vanished_one(clien
         await svc.services.recorder.flush()
         failed = await svc.services.store.get(by_repo[gone].id)
         assert failed.state is BuildState.failed and failed.message == VANISHED_MESSAGE
+        replay = [json.loads(e.data) async for e in manager.follow_events(failed.id)]  # its stream ends, saying why
+        assert replay[-1] == {"phase": "failed", "message": VANISHED_MESSAGE + "\n", "build_id": failed.id}
+        assert [e["phase"] for e in replay[:-1]] and "failed" not in [e["phase"] for e in replay[:-1]]
         assert (await manager.record(build_id)).state is BuildState.built
 
 
