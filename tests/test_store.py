@@ -307,7 +307,7 @@ async def test_open_store_uses_the_state_dir_and_makes_it(tmp_path):
 
 
 def test_the_default_state_dir_follows_xdg(monkeypatch, tmp_path):
-    section = make_settings().BuildStore
+    section = make_settings({"BuildStore": {"state_dir": ""}}).BuildStore  # (tests get a tmp dir otherwise)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert store_url(section) == f"sqlite+aiosqlite:///{tmp_path / 'binderapi' / 'builds.sqlite3'}"
     monkeypatch.delenv("XDG_STATE_HOME")
