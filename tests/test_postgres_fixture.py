@@ -19,13 +19,15 @@ from fixtures.server import free_port
 pytest_plugins = ["pytester"]
 
 TESTS = Path(__file__).resolve().parent
-ARGS = ("-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+ARGS = ("-p", "no:cacheprovider", "-p", "asyncio", "-o", "asyncio_mode=auto",
         "-o", "asyncio_default_fixture_loop_scope=session", "-o", "asyncio_default_test_loop_scope=session")
 
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A small suite of its own, in a subprocess, with tests/fixtures importable."""
+    """A small suite of its own, in a subprocess, with tests/fixtures importable (and no plugin
+    but pytest-asyncio: loading them all takes seconds)."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
     pytester.makeconftest('pytest_plugins = ["fixtures.postgres"]')
     return pytester
