@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from binderapi.store import StoreError
 from binderapi.store.sql import MIGRATION_LOCK_KEY, VERSION_TABLE, SQLBuildStore
@@ -97,4 +98,19 @@ async def test_connections_the_server_closed_are_replaced_not_failed(postgres_da
         await asyncio.gather(*(store.ping() for _ in range(3)))
     finally:
         await admin.close()
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_open_store_on_postgresql_from_the_settings(postgres_database: str) -> None:
+    """``BuildStore.url`` as an operator writes it (``postgresql://``, the sync name) gets asyncpg."""
+    from binderapi.store import open_store
+    from fixtures.server import make_settings
+
+    plain = make_url(postgres_database).set(drivername="postgresql").render_as_string(hide_password=False)
+    store = await open_store(make_settings({"BuildStore": {"url": plain}}))
+    try:
+        assert store.url.drivername == "postgresql+asyncpg"
+        await store.ping()
+    finally:
         await store.close()
