@@ -5,6 +5,7 @@ PostgreSQL replicas starting together migrate under an advisory lock, one at a t
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import asyncpg
 import pytest
@@ -43,19 +44,48 @@ async def test_a_schema_newer_than_the_code_is_refused(store_url: str) -> None:
         assert newer.url.password not in message
 
 
+#: A replica: imports everything, says "ready", waits for "go" on stdin, then opens the store.
+REPLICA = """
+import asyncio, sys
+from binderapi.store.sql import SQLBuildStore
+
+async def main():
+    store = SQLBuildStore(sys.argv[1])
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await store.open()
+    await store.close()
+    print("opened", flush=True)
+
+asyncio.run(main())
+"""
+
+
 @pytest.mark.postgres
 async def test_replicas_starting_together_on_a_fresh_database_migrate_once(postgres_database: str) -> None:
-    stores = [SQLBuildStore(postgres_database) for _ in range(2)]
+    """Two processes (replicas) released at the same moment onto a fresh database both open it;
+    the schema is migrated once, to head."""
+    replicas = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", REPLICA, postgres_database, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for _ in range(2)]
     try:
-        await asyncio.gather(*(store.open() for store in stores))
-        conn = await asyncpg.connect(_raw(postgres_database))
-        try:
-            assert await conn.fetch(f"SELECT version_num FROM {VERSION_TABLE}") == [(_head(),)]
-        finally:
-            await conn.close()
+        for replica in replicas:
+            assert await asyncio.wait_for(replica.stdout.readline(), 60) == b"ready\n"
+        for replica in replicas:
+            replica.stdin.write(b"go\n")
+        results = await asyncio.wait_for(asyncio.gather(*(r.communicate() for r in replicas)), 60)
     finally:
-        for store in stores:
-            await store.close()
+        for replica in replicas:
+            if replica.returncode is None:
+                replica.kill()
+                await replica.wait()
+    assert [(r.returncode, out) for r, (out, _) in zip(replicas, results, strict=True)] == [(0, b"opened\n")] * 2, \
+        [err.decode()[-2000:] for _, err in results]
+    conn = await asyncpg.connect(_raw(postgres_database))
+    try:
+        assert await conn.fetch(f"SELECT version_num FROM {VERSION_TABLE}") == [(_head(),)]
+    finally:
+        await conn.close()
 
 
 @pytest.mark.postgres
