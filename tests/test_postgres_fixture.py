@@ -1,7 +1,7 @@
 """The PostgreSQL fixtures (tests/fixtures/postgres.py) against the server ``scripts/infra.sh``
 starts: fresh, empty databases per module, per test and per call, each dropped after, and those a
-killed session left dropped by a later one; and, without any
-server, a missing PostgreSQL is a skip with its reason outside CI but a failure in CI."""
+killed session left dropped by a later one; and, without any server, a missing PostgreSQL is a skip
+with its reason outside CI but a failure in CI."""
 
 from __future__ import annotations
 
