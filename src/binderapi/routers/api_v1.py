@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..auth import is_operator, operator_token_matches
 from ..errors import ForbiddenError, SpecError
-from ..pipeline import BuildPipeline, BuildRequest, ResolvedRepo
+from ..executors.base import BuildJob
+from ..pipeline import BuildPipeline, BuildRequest, ResolvedRepo, format_appendix
 from ..problems import ProblemError, ProblemRoute, problem_responses, store_unavailable
 from ..services import Services, ServicesDep
 from ..store.base import (
@@ -261,6 +262,18 @@ async def cached_record(store: BuildStore, repo: ResolvedRepo, prefix: str, spec
     return record
 
 
+async def build_job(services: Services, request: BuildRequest, repo: ResolvedRepo, build_id: str) -> BuildJob:
+    """The backend's job for ``repo``, as the classic pipeline makes it (``BuildPipeline._build``)."""
+    executor = services.executor_settings
+    return BuildJob(
+        name=repo.build_name, image_name=repo.image_name, repo_url=repo.repo_url, ref=repo.ref,
+        git_credentials=repo.provider.git_credentials,
+        appendix=format_appendix(executor.appendix, request, repo),
+        push=services.settings.BinderHub.use_registry and bool(executor.push_secret),
+        provider=repo.provider.name, git_config=tuple(await repo.provider.build_git_config()), build_id=build_id,
+    )
+
+
 def last_event_id(header: str | None, query: int | None) -> int:
     """Where to resume: ``?last_event_id=`` or the ``Last-Event-ID`` header (an integer, or the
     classic stream's ``<build_id>.<seq>``); anything else starts from the beginning."""
@@ -340,9 +353,8 @@ async def create_build(
         return answer(resource(running.record, settings.base_url), 200, headers)
     if not body.force and await services.images.image_exists(repo.image_name):
         return answer(resource(await cached_record(store, repo, prefix, spec), settings.base_url), 200, headers)
-    pipeline = BuildPipeline(services)
     draft = draft_record(repo, prefix, spec)
-    job = await pipeline.job(build_request(request, services, prefix, spec, build_token=has_token), repo, draft.id)
+    job = await build_job(services, build_request(request, services, prefix, spec, build_token=has_token), repo, draft.id)
     build = await services.builds.ensure(job, draft)
     created = build.record.id == draft.id
     path = f"{settings.base_url}api/v1/builds/{build.record.id}"
