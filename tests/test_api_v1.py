@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from fixtures.fake_backend import PUSHED, fake_settings
+from fixtures.fake_backend import fake_settings
 from fixtures.server import serve
 from fixtures.stack import BASE_IMAGE, docker_settings, git_spec, namespace_containers, unique
 from test_inprocess import backend_of, inprocess, until
@@ -259,3 +259,93 @@ async def test_auth_mode_reads_need_a_login_or_an_operator_token(tmp_path):
         assert_problem(response, 403, "Authentication required")
     assert_problem(anonymous[3], 403, "operator rights", "JupyterHub admin")
     assert operator.status_code == 200 and operator.json() == {"items": [], "next": None}
+
+
+# -- end to end on the real engine and registry -------------------------------------------------------
+
+DOCKERFILE_OK = f"FROM {BASE_IMAGE}\nRUN echo built-by-the-v1-api > /built.txt\n"
+
+
+def slow_dockerfile(seconds: int) -> str:
+    return f"FROM {BASE_IMAGE}\nRUN echo {unique('nonce')} && for i in $(seq {seconds}); do echo tick $i; sleep 1; done\n"
+
+
+def e2e_settings(tmp_path: Path, **binderhub: Any) -> Any:
+    return docker_settings({"BuildStore": {"state_dir": str(tmp_path / "state")}}, operator_tokens=[OPERATOR], **binderhub)
+
+
+async def poll(client: httpx.AsyncClient, url: str, *states: str, limit: float = 300) -> dict[str, Any]:
+    """The build at ``url`` once it is in one of ``states`` (bounded, never timed)."""
+    async with asyncio.timeout(limit):
+        while True:
+            body = (await client.get(url)).json()
+            if body["state"] in states:
+                return body
+            assert body["state"] in ("queued", "building"), body
+            await asyncio.sleep(0.25)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaked_build_containers")
+async def test_e2e_build_history_log_image_status_replay_and_forced_rebuild(git_server, tmp_path):
+    repo = unique("v1")
+    git_server.create_repo(repo, {"Dockerfile": DOCKERFILE_OK})
+    spec = git_spec(git_server.daemon_url(repo), "main")
+    prefix, _, rest = spec.partition("/")
+    async with serve(e2e_settings(tmp_path)) as svc, httpx.AsyncClient(base_url=svc.url, timeout=60) as client:
+        created = await client.post("api/v1/builds", json={"spec": spec})
+        assert created.status_code == 201, created.text
+        url = created.headers["location"].removeprefix("/")
+        built = await poll(client, url, "built", "failed")
+        assert built["state"] == "built", built
+        history = (await client.get("api/v1/builds", params={"spec": spec})).json()
+        log = await client.get(f"{url}/logs")
+        status = await client.get(f"api/v1/images/{prefix}/{rest}")
+        status_encoded = await client.get(f"api/v1/images/{prefix}/{quote(rest, safe='')}")
+        events = sse((await client.get(f"{url}/events")).text)
+        last_two = sse((await client.get(f"{url}/events", headers={"Last-Event-ID": str(events[-3][0])})).text)
+        cached = await client.post("api/v1/builds", json={"spec": spec})
+        refused = await client.post("api/v1/builds", json={"spec": spec, "force": True})
+        forced = await client.post("api/v1/builds", json={"spec": spec, "force": True}, headers=AS_OPERATOR)
+        assert forced.status_code == 201, forced.text
+        rebuilt = await poll(client, forced.headers["location"].removeprefix("/"), "built", "failed")
+    assert [b["id"] for b in history["items"]] == [built["id"]]
+    assert "Step 1/" in log.text and "built-by-the-v1-api" in log.text
+    assert status.json() == status_encoded.json() == {"image_name": built["image_name"], "resolved_ref": built["resolved_ref"],
+                                                      "exists": True, "build_id": None}
+    assert events[-1][1]["phase"] == "ready" and events[-1][1]["build_id"] == built["id"]
+    assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
+    assert last_two == events[-2:]
+    assert cached.status_code == 200 and cached.json()["cached"] is True and cached.json()["image_name"] == built["image_name"]
+    assert_problem(refused, 403, "operator rights")
+    assert rebuilt["state"] == "built" and rebuilt["id"] != built["id"] and rebuilt["cached"] is False
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("no_leaked_build_containers")
+async def test_e2e_cancelling_a_slow_build_removes_its_builder(git_server, tmp_path):
+    repo = unique("v1slow")
+    git_server.create_repo(repo, {"Dockerfile": slow_dockerfile(120)})
+    spec = git_spec(git_server.daemon_url(repo), "main")
+    async with serve(e2e_settings(tmp_path)) as svc, httpx.AsyncClient(base_url=svc.url, timeout=60) as client:
+        created = await client.post("api/v1/builds", json={"spec": spec})
+        url = created.headers["location"].removeprefix("/")
+        async with asyncio.timeout(120):  # until the builder prints: the container runs
+            while True:
+                if "tick 1" in (await client.get(f"{url}/logs")).text:
+                    break
+                await asyncio.sleep(0.25)
+        assert await namespace_containers()
+        async with client.stream("GET", f"{url}/events", headers={"Last-Event-ID": "1"}) as stream:
+            anonymous = await client.delete(url)
+            cancelled = await client.delete(url, headers=AS_OPERATOR)
+            text = (await stream.aread()).decode()
+        after = (await client.get(url)).json()
+        again = await client.delete(url, headers=AS_OPERATOR)
+    assert_problem(anonymous, 403, "operator rights")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert after["state"] == "cancelled" and after["finished_at"]
+    last = sse(text)[-1][1]
+    assert last["phase"] == "failed" and last.get("cancelled") is True and "cancelled" in last["message"]
+    assert_problem(again, 409, "already finished")
+    assert await namespace_containers() == []
