@@ -200,15 +200,23 @@ async def require_operator(request: Request, services: Services, action: str) ->
         raise ProblemError(403, operator_message(services, action))
 
 
-async def check_read(request: Request, services: Services, spec: str | None) -> None:
-    """Reading needs what building ``spec`` needs, without the rate limit: in auth mode a valid
-    login (or an operator token), and a spec no ``banned_specs`` refuses."""
+async def check_reader(request: Request, services: Services) -> bool:
+    """Reading needs what building needs, without the rate limit: in auth mode a valid login (or
+    an operator token). Whether the caller holds an operator token (bans do not hide from it)."""
     binderhub = services.settings.BinderHub
     operator = operator_token_matches(request.headers.get("authorization"), binderhub.operator_tokens)
     if binderhub.auth_enabled and not operator:
         await services.hub_auth.user_for_request(request)
-    if spec is not None and not operator and spec_banned(services, spec):
-        raise ProblemError(403, f"Sorry, {spec} is not allowed. Please contact admins for more info!")
+    return operator
+
+
+async def readable(request: Request, services: Services, build_id: str) -> BuildRecord:
+    """The build, if this caller may read it: also a spec no ``banned_specs`` refuses now."""
+    operator = await check_reader(request, services)
+    record = await find(services, build_id)
+    if not operator and spec_banned(services, record.spec):
+        raise ProblemError(403, f"Sorry, {record.spec} is not allowed. Please contact admins for more info!")
+    return record
 
 
 def spec_banned(services: Services, spec: str) -> bool:
@@ -333,7 +341,6 @@ async def create_build(
     })],
     build_token: Annotated[str, Query(description="A build token, as BinderHub mints them for its pages.")] = "",
 ) -> Response:
-    store = require_store(services)
     settings = services.settings.BinderHub
     prefix, spec = split_spec(body.spec)
     if body.force:
@@ -345,6 +352,7 @@ async def create_build(
     user, has_token = None, False
     if not operator_token_matches(request.headers.get("authorization"), settings.operator_tokens):
         user, has_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
+    store = require_store(services)
     repo = await BuildPipeline(services).resolve(build_request(
         request, services, prefix, spec, build_token=has_token,
         username=user.name if user is not None and user.kind == "user" else None))
@@ -384,12 +392,11 @@ async def list_builds(
     cursor: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9a-f]+$",
                                         description="`next` of the previous page.")] = None,
 ) -> Response:
+    operator = await check_reader(request, services)
     store = require_store(services)
-    await check_read(request, services, None)
     records = await store.list(BuildFilter(state=state, spec_prefix=spec or None, image_name=image_name or None,
                                            before=cursor, limit=limit + 1))
     page, more = records[:limit], len(records) > limit
-    operator = operator_token_matches(request.headers.get("authorization"), services.settings.BinderHub.operator_tokens)
     base = services.settings.BinderHub.base_url
     items = []
     for record in page:
@@ -405,8 +412,7 @@ async def list_builds(
     openapi_extra={"security": READ_SECURITY},
 )
 async def get_build(request: Request, services: ServicesDep, build_id: Annotated[str, BUILD_ID_PATH]) -> Response:
-    record = await find(services, build_id)
-    await check_read(request, services, record.spec)
+    record = await readable(request, services, build_id)
     return answer(resource(record, services.settings.BinderHub.base_url), 200)
 
 
@@ -434,8 +440,7 @@ async def stream_build_events(
                                                        description="Resume after this event id (EventSource sends it "
                                                        "when it reconnects).")] = None,
 ) -> Response:
-    record = await find(services, build_id)
-    await check_read(request, services, record.spec)
+    await readable(request, services, build_id)
     after = last_event_id(last_event_id_header, last_event_id_query)
     stream = FrameStream(event_frames(services, build_id, after))
     headers = {"cache-control": "no-cache"}
@@ -467,8 +472,7 @@ async def get_build_logs(
     request: Request, services: ServicesDep, build_id: Annotated[str, BUILD_ID_PATH],
     follow: Annotated[bool, Query(description="Stream new output until the build ends.")] = False,
 ) -> Response:
-    record = await find(services, build_id)
-    await check_read(request, services, record.spec)
+    record = await readable(request, services, build_id)
     if follow and not record.state.finished:
         return StreamingResponse(log_chunks(services, build_id), media_type="text/plain; charset=utf-8",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -532,7 +536,7 @@ async def get_image_status(
     spec = raw_image_spec(request, prefix, settings.base_url).rstrip("/")
     if not spec:
         raise ProblemError(400, "A spec is needed after the provider's prefix, as in a /build URL")
-    await check_read(request, services, None)  # the resolve below refuses a banned spec
+    await check_reader(request, services)  # the resolve below refuses a banned spec
     repo = await BuildPipeline(services).resolve(build_request(request, services, prefix, spec))
     running = services.builds.running_build(repo.build_name)
     exists = await services.images.image_exists(repo.image_name)
