@@ -298,3 +298,10 @@ class Recorder:
                 await self._task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), CLOSE_SECONDS)
+
+    async def close_store(self) -> None:
+        """:meth:`close`, then close the store."""
+        await self.close()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
