@@ -349,3 +349,9 @@ async def test_e2e_cancelling_a_slow_build_removes_its_builder(git_server, tmp_p
     assert last["phase"] == "failed" and last.get("cancelled") is True and "cancelled" in last["message"]
     assert_problem(again, 409, "already finished")
     assert await namespace_containers() == []
+
+
+async def test_a_body_that_is_not_utf8_is_a_400_problem_not_a_500(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, _):
+        response = await http.post("api/v1/builds", content=b"\xff\xfe$\xcd\x89", headers={"content-type": "application/json"})
+    assert_problem(response, 400, "parsing the body")
