@@ -200,9 +200,10 @@ class Build:
         return stored
 
     def output(self, text: str) -> None:
-        """A line of the builder's output, for the build's log."""
-        self.log.add_output(text + "\n")
-        self.recorder.log(self.record, text + "\n")
+        """The builder's output (the message of one of its lines), for the build's log."""
+        if text:
+            self.log.add_output(text)
+            self.recorder.log(self.record, text)
 
     def set_queue_position(self, position: int | None) -> None:
         self.queue_position = self.record.queue_position = position
@@ -372,6 +373,22 @@ class BuildManager:
             record.state, record.message = BuildState.failed, VANISHED_MESSAGE
             record.queue_position, record.finished_at = None, _now()
             self.recorder.save(record)
+            await self._end_stream(record, {"phase": "failed", "message": line(VANISHED_MESSAGE)})
+
+    async def _end_stream(self, record: BuildRecord, terminal: dict[str, Any]) -> None:
+        """Give a build settled outside its task (gone at a restart, cancelled in another process)
+        the terminal event its stream ends with, after the events stored."""
+        store = self.store
+        if store is None:
+            return
+        last = 0
+        try:
+            async for event in self._replay(store, record.id, 0):
+                last = event.seq
+        except StoreError as e:
+            self.recorder.failed(str(e))
+            return
+        self.recorder.event(record.id, StoredEvent(last + 1, event_json({**terminal, "build_id": record.id})))
 
     async def _orphaned_records(self) -> dict[str, BuildRecord]:
         """The store's unfinished builds whose process is gone (ours, before a restart)."""
@@ -485,6 +502,7 @@ class BuildManager:
         record.state, record.message = BuildState.cancelled, CANCELLED_MESSAGE
         record.queue_position, record.finished_at = None, _now()
         await self.store.save([record])
+        await self._end_stream(record, {"phase": "failed", "message": line(CANCELLED_MESSAGE), "cancelled": True})
         return record
 
     # -- a build's stream and log, from the store and from memory ---------------------------------
@@ -669,11 +687,12 @@ class BuildManager:
         try:
             async with asyncio.timeout(remaining):
                 async for text in self.backend.follow_logs(name, tail=replay_tail):
-                    if skip_bytes > 0:  # recorded before a restart
-                        skip_bytes -= len(text.encode()) + 1
-                        continue
-                    build.output(text)
                     event = builder_line_to_event(text)
+                    output = event.get("message") or ""  # what repo2docker wrote for people, as it wrote it
+                    if skip_bytes > 0:  # recorded before a restart
+                        skip_bytes -= len(output.encode())
+                        continue
+                    build.output(output)
                     if event.get("phase") in ("failed", "failure"):
                         failure = event.get("message") or failure  # the pipeline sends the one final `failed`
                         continue

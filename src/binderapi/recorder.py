@@ -214,7 +214,7 @@ class Recorder:
                     await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             self._dirty.clear()
             self._urgent.clear()
-            if not await self.flush():
+            if not await asyncio.shield(self.flush()):  # a close() waits for it rather than losing a batch
                 self._dirty.set()  # try again after a pause
                 await asyncio.sleep(RETRY_SECONDS)
 
@@ -281,12 +281,22 @@ class Recorder:
 
     # -- health and closing -----------------------------------------------------------------------
     async def health(self) -> dict[str, object]:
-        """The soft ``/health`` check "Build store"."""
-        if self.error:
-            raise StoreError(self.error)
+        """The soft ``/health`` check "Build store": the last error while writes fail (a store that
+        answers again with nothing left to write is well again), else a round trip."""
         if self.store is None:
+            if self.error:
+                raise StoreError(self.error)
             return {"ok": True, "enabled": False}
-        await self.store.ping()
+        if self.error and (self._pending or self._log_changed):
+            raise StoreError(self.error)
+        try:
+            await self.store.ping()
+        except StoreError as e:
+            self.failed(str(e))
+            raise
+        if self.error:
+            log.info("The build store answers again")
+            self.error = ""
         return {"ok": True}
 
     async def close(self) -> None:
