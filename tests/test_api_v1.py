@@ -365,3 +365,16 @@ async def test_a_token_no_hub_could_have_issued_is_refused_without_asking_the_hu
         listing = await http.get("api/v1/builds", params={"token": "t\u00c0ken"})
     assert_problem(query, 403, "operator rights")
     assert_problem(listing, 403, "Invalid JupyterHub token")
+
+
+async def test_a_failing_store_is_a_503_problem_and_the_classic_build_still_works(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, services):
+        assert (await http.get("api/v1/builds")).status_code == 200
+        await services.store.close()  # every call raises StoreError from now on, as for a lost database
+        listing = await http.get("api/v1/builds")
+        one = await http.get("api/v1/builds/0123456789abcdef012345")
+        classic = await http.get("build/fake/corrupt/main", headers={"Accept": "text/event-stream"},
+                                 params={"build_only": "true"})
+    for response in (listing, one):
+        assert_problem(response, 503, "build store is unavailable")
+    assert '"phase":"ready"' in classic.text
