@@ -378,3 +378,19 @@ async def test_a_failing_store_is_a_503_problem_and_the_classic_build_still_work
     for response in (listing, one):
         assert_problem(response, 503, "build store is unavailable")
     assert '"phase":"ready"' in classic.text
+
+
+async def test_a_frontend_on_another_origin_may_create_and_cancel(tmp_path):
+    settings = fake_settings({"BuildStore": {"state_dir": str(tmp_path / "state")}}, cors_allow_origin="https://ui.example")
+    async with inprocess(settings) as (http, _):
+        preflight = await http.options("api/v1/builds", headers={
+            "Origin": "https://ui.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        created = await http.post("api/v1/builds", json={"spec": "fake/cors/main"}, headers={"Origin": "https://ui.example"})
+        classic = await http.options("build/fake/a/main", headers={"Origin": "https://ui.example",
+                                                                    "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "https://ui.example"
+    assert {"POST", "DELETE"} <= set(preflight.headers["access-control-allow-methods"].replace(" ", "").split(","))
+    assert "content-type" in preflight.headers["access-control-allow-headers"]
+    assert created.status_code == 201 and "location" in created.headers["access-control-expose-headers"]
+    assert classic.headers["access-control-allow-methods"] == "GET, HEAD, OPTIONS"  # the classic routes keep theirs
