@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from fixtures.fake_backend import fake_settings
+from fixtures.hub import start_hub
 from fixtures.server import serve
 from fixtures.stack import BASE_IMAGE, docker_settings, git_spec, namespace_containers, unique
 from test_inprocess import backend_of, inprocess, until
@@ -394,3 +395,24 @@ async def test_a_frontend_on_another_origin_may_create_and_cancel(tmp_path):
     assert "content-type" in preflight.headers["access-control-allow-headers"]
     assert created.status_code == 201 and "location" in created.headers["access-control-expose-headers"]
     assert classic.headers["access-control-allow-methods"] == "GET, HEAD, OPTIONS"  # the classic routes keep theirs
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+async def test_e2e_a_jupyterhub_admin_has_operator_rights_and_a_user_has_not(tmp_path):
+    """Auth mode against a real hub: the hub's own `admin` flag (in its `GET /user` answer) decides."""
+    admin, user = unique("v1admin"), unique("v1user")
+    extra = f"c.Authenticator.admin_users = {{{admin!r}}}"
+    async with start_hub(extra_config=extra, container_prefix=f"binderapi-v1-{unique('hub')}") as hub:
+        admin_token, user_token = await hub.user_token(admin), await hub.user_token(user)
+        settings = e2e_settings(tmp_path, hub_url=hub.url, hub_api_token=hub.api_token, auth_enabled=True)
+        async with serve(settings) as svc, httpx.AsyncClient(base_url=svc.url, timeout=60) as client:
+            missing = "api/v1/builds/0123456789abcdef012345"
+            as_user = await client.delete(missing, headers={"Authorization": f"Bearer {user_token}"})
+            as_admin = await client.delete(missing, headers={"Authorization": f"Bearer {admin_token}"})
+            user_reads = await client.get("api/v1/builds", headers={"Authorization": f"token {user_token}"})
+            anonymous_reads = await client.get("api/v1/builds")
+    assert_problem(as_user, 403, "operator rights", "JupyterHub admin")
+    assert_problem(as_admin, 404, "No build")  # allowed: there is just no such build
+    assert user_reads.status_code == 200
+    assert_problem(anonymous_reads, 403, "Authentication required")
