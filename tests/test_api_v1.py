@@ -416,3 +416,21 @@ async def test_e2e_a_jupyterhub_admin_has_operator_rights_and_a_user_has_not(tmp
     assert_problem(as_admin, 404, "No build")  # allowed: there is just no such build
     assert user_reads.status_code == 200
     assert_problem(anonymous_reads, 403, "Authentication required")
+
+
+async def test_following_a_running_builds_events_and_log_until_it_ends(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, services):
+        backend = backend_of(services)
+        backend.hold = asyncio.Event()
+        created = (await http.post("api/v1/builds", json={"spec": "fake/follow/main"})).json()
+        await until(lambda: any(len(b.lines) == 4 for b in backend.builds.values()))  # its output is written
+        events = asyncio.ensure_future(http.get(f"api/v1/builds/{created['id']}/events", headers={"Last-Event-ID": "1"}))
+        log = asyncio.ensure_future(http.get(f"api/v1/builds/{created['id']}/logs", params={"follow": "true"}))
+        await asyncio.sleep(0.2)  # both are waiting on the running build
+        assert not events.done() and not log.done()
+        backend.hold.set()
+        events_text, log_text = (await events).text, (await log).text
+        whole = await http.get(f"api/v1/builds/{created['id']}/events")
+    frames = sse(events_text)
+    assert frames == sse(whole.text)[1:] and frames[-1][1]["phase"] == "ready"
+    assert "Step 1/3" in log_text and "Successfully tagged" in log_text
