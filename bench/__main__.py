@@ -10,12 +10,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import cached, fanout, idle, launch, profile, quota, wrk
+from . import api, cached, fanout, idle, launch, profile, quota, wrk
 from .config import FULL, QUICK, Sizes
 from .report import Report, Row
 from .stack import Stack, raise_nofile, say
 
-WORKLOADS = ("cached", "wrk", "fresh", "launch", "fanout", "idle", "quota", "profile")
+WORKLOADS = ("cached", "wrk", "fresh", "launch", "fanout", "idle", "api", "replay", "quota", "profile")
 NEEDS_HUB = {"launch"}
 NEEDS_STACK = set(WORKLOADS) - {"quota"}
 
@@ -68,6 +68,10 @@ async def run_stack_workloads(stack: Stack, report: Report, chosen: list[str], s
         await fanout.run(stack, report, sizes.fanout_levels)
     if "idle" in chosen:
         await idle.run(stack, report, sizes.idle_levels, sizes.idle_hold_seconds)
+    if "api" in chosen:
+        await api.run_create(stack, report, sizes.api_levels, sizes.api_requests)
+    if "replay" in chosen:
+        await api.run_replay(stack, report, sizes.replay_levels)
     if "profile" in chosen:
         await profile.run(stack, report, sizes.profile_seconds)
 

@@ -130,9 +130,12 @@ class Stack:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=60))
 
     # -- URLs ------------------------------------------------------------------------------------
+    def spec(self, repo: str, ref: str = "main") -> str:
+        """``git/<url-escaped repository URL>/<ref>``: the spec of a /build URL and of ``POST /api/v1/builds``."""
+        return f"git/{quote(self.git.url(repo), safe='')}/{ref}"
+
     def build_url(self, repo: str, ref: str = "main", build_only: bool = True) -> str:
-        spec = f"git/{quote(self.git.url(repo), safe='')}/{ref}"
-        return f"{self.api_url}build/{spec}" + ("?build_only=true" if build_only else "")
+        return f"{self.api_url}build/{self.spec(repo, ref)}" + ("?build_only=true" if build_only else "")
 
     async def hub_api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.http.request(method, f"{self.hub_url}hub/api/{path}",
