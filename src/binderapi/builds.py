@@ -200,9 +200,10 @@ class Build:
         return stored
 
     def output(self, text: str) -> None:
-        """A line of the builder's output, for the build's log."""
-        self.log.add_output(text + "\n")
-        self.recorder.log(self.record, text + "\n")
+        """The builder's output (the message of one of its lines), for the build's log."""
+        if text:
+            self.log.add_output(text)
+            self.recorder.log(self.record, text)
 
     def set_queue_position(self, position: int | None) -> None:
         self.queue_position = self.record.queue_position = position
@@ -424,7 +425,11 @@ class BuildManager:
         return build if build is not None and not build.done else None
 
     async def ensure(self, job: BuildJob, record: BuildRecord) -> Build:
-        """Join the build of ``job.name``, or start one from ``record`` (a draft, ignored when joining)."""
+        """Join the running build of ``job.name``, or start one from ``record`` (a draft, ignored
+        when joining). A finished build is never joined: a forced rebuild must build again."""
+        finished = self.builds.get(job.name)
+        if finished is not None and finished.done:
+            self._forget(finished, keep_id=SUCCESS_RETENTION_SECONDS)
         return self._join(job, record)
 
     def watch(self, job: BuildJob, record: BuildRecord | None = None, after_seq: int | None = None) -> BuildWatch:
@@ -572,6 +577,19 @@ class BuildManager:
         self.builds[build.job.name] = build
         self.by_id[build.id] = build
         build.task = self.supervisor.spawn(self._run(build, attach, owner, skip_bytes), name=f"build {build.job.name}")
+        build.task.add_done_callback(lambda task: self._never_ran(build, task))
+
+    def _never_ran(self, build: Build, task: asyncio.Task[Any]) -> None:
+        """A build task cancelled before its first step (a cancel right after the build was
+        created, a shutdown) never runs ``_run``'s handlers: its outcome is settled here, or its
+        watchers and ``cancel()`` would wait forever. Nothing was started, so nothing is stopped."""
+        if not task.cancelled() or build.done:
+            return
+        if build.cancelled:
+            build.finish(BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True))
+        else:
+            build.finish(BuildOutcome(False, SHUTDOWN_MESSAGE), final=False)
+        self._forget(build, keep_id=SUCCESS_RETENTION_SECONDS)
 
     async def _run(self, build: Build, attach: bool, owner: bool, skip_bytes: int | None = None) -> None:
         """Run or follow one build. The owner (who created it, or adopted it after a restart)
@@ -626,11 +644,20 @@ class BuildManager:
         if outcome.success:
             asyncio.get_running_loop().call_later(SUCCESS_RETENTION_SECONDS, self._forget, build)
         else:
-            self._forget(build)
+            self._forget(build, keep_id=SUCCESS_RETENTION_SECONDS)
 
-    def _forget(self, build: Build) -> None:
+    def _forget(self, build: Build, keep_id: float = 0.0) -> None:
+        """Stop answering for ``build``: by name at once (the next request starts a new build), by
+        id after ``keep_id`` seconds, so its record is read from memory until the recorder has
+        written its end to the store (a read in between would find no build at all)."""
         if self.builds.get(build.job.name) is build:
             del self.builds[build.job.name]
+        if keep_id:
+            asyncio.get_running_loop().call_later(keep_id, self._forget_id, build)
+        else:
+            self._forget_id(build)
+
+    def _forget_id(self, build: Build) -> None:
         if self.by_id.get(build.id) is build:
             del self.by_id[build.id]
 
@@ -643,11 +670,12 @@ class BuildManager:
         try:
             async with asyncio.timeout(remaining):
                 async for text in self.backend.follow_logs(name, tail=replay_tail):
-                    if skip_bytes > 0:  # recorded before a restart
-                        skip_bytes -= len(text.encode()) + 1
-                        continue
-                    build.output(text)
                     event = builder_line_to_event(text)
+                    output = event.get("message") or ""  # what repo2docker wrote for people, as it wrote it
+                    if skip_bytes > 0:  # recorded before a restart
+                        skip_bytes -= len(output.encode())
+                        continue
+                    build.output(output)
                     if event.get("phase") in ("failed", "failure"):
                         failure = event.get("message") or failure  # the pipeline sends the one final `failed`
                         continue

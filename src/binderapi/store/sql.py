@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,12 @@ DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 VERSION_TABLE = "binderapi_alembic_version"
 FINISHED = [state.value for state in BuildState if state.finished]
 UNFINISHED = [state.value for state in BuildState if not state.finished]
+
+
+#: One schema upgrade at a time per event loop: Alembic keeps its running migration in module
+#: globals (``alembic.context``), so two stores of one process migrating at once (on different
+#: databases, where no database lock orders them) would trample each other's.
+_UPGRADE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -125,6 +132,9 @@ def normalize_url(url: str | URL) -> URL:
     if driver and driver != DRIVERS[backend]:
         raise StoreError(f"build store: {parsed.render_as_string(hide_password=True)}: driver {driver!r} is not "
                          f"async; use {backend}+{DRIVERS[backend]}://")
+    if backend == "sqlite" and (parsed.database or ":memory:") == ":memory:":
+        raise StoreError(f"build store {parsed.render_as_string(hide_password=True)}: an in-memory SQLite "
+                         "database is private to one connection; name a file (sqlite+aiosqlite:///<path>)")
     return parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
 
 
@@ -240,21 +250,24 @@ class SQLBuildStore(BuildStore):
     async def open(self) -> None:
         if self.engine is not None:
             return
-        if self.dialect == "sqlite" and self.url.database and self.url.database != ":memory:":
+        if self.dialect == "sqlite":
             await asyncio.to_thread(self._make_directory, self.url.database)
         self.engine = self._make_engine()
         try:
-            async with self._begin("migrating the schema") as connection:
-                await connection.run_sync(upgrade_schema)
+            async with _UPGRADE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+                async with self._begin("migrating the schema") as connection:
+                    await connection.run_sync(upgrade_schema)
         except BaseException:
             await self.close()
             raise
         log.debug("build store %s open, schema current", self.name)
 
     def _make_directory(self, database: str) -> None:
+        """The database file's directory, made private (0700) if it is new: build logs may hold
+        whatever a repository's build printed."""
         directory = Path(database).expanduser().parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"build store {self.name}: cannot create its directory {directory}: "
                              f"{e.strerror or e}") from e
