@@ -72,7 +72,7 @@ async def run_stack_workloads(stack: Stack, report: Report, chosen: list[str], s
     if "api" in chosen:
         await api.run_create(stack, report, sizes.api_levels, sizes.api_requests)
     if "replay" in chosen:
-        await api.run_replay(stack, report, sizes.replay_levels)
+        await api.run_replay(stack, report, sizes.replay_levels, sizes.replay_settle_seconds)
     if "profile" in chosen:
         await profile.run(stack, report, sizes.profile_seconds)
 

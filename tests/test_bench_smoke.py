@@ -2,7 +2,8 @@
 the cached, idle-streams and quota workloads run end to end against an in-process binderapi on
 the real Docker engine and registry and the Kubernetes test server (launch needs JupyterHub and
 fan-out two more builds: together over the smoke test's ~30 s budget), and the ``/api/v1``
-workloads (issue 12: cached ``POST /api/v1/builds``, events replayed from the store). Figures are
+workloads (issue 12: cached ``POST /api/v1/builds``; events replayed, here from memory: the full run
+waits for the build to leave memory and replays it from the store). Figures are
 not asserted (no wall-clock in tests); what the workloads must observe is: no errors, one build per
 image, every idle stream held, every replayed stream complete."""
 
@@ -34,7 +35,7 @@ async def test_bench_smallest_configuration() -> None:
         await cached.run(stack, report, SMOKE.cached_levels, SMOKE.cached_requests)
         await idle.run(stack, report, SMOKE.idle_levels, SMOKE.idle_hold_seconds)
         await api.run_create(stack, report, SMOKE.api_levels, SMOKE.api_requests)
-        await api.run_replay(stack, report, SMOKE.replay_levels)
+        await api.run_replay(stack, report, SMOKE.replay_levels, SMOKE.replay_settle_seconds)
     await quota.run(report, SMOKE.quota_levels, SMOKE.quota_checks, SMOKE.quota_list_checks)
 
     rows = {(r.workload, r.case): r.figures for r in report.rows}
