@@ -349,3 +349,19 @@ async def test_e2e_cancelling_a_slow_build_removes_its_builder(git_server, tmp_p
     assert last["phase"] == "failed" and last.get("cancelled") is True and "cancelled" in last["message"]
     assert_problem(again, 409, "already finished")
     assert await namespace_containers() == []
+
+
+async def test_a_body_that_is_not_utf8_is_a_400_problem_not_a_500(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, _):
+        response = await http.post("api/v1/builds", content=b"\xff\xfe$\xcd\x89", headers={"content-type": "application/json"})
+    assert_problem(response, 400, "parsing the body")
+
+
+async def test_a_token_no_hub_could_have_issued_is_refused_without_asking_the_hub(tmp_path):
+    settings = fake_settings({"BuildStore": {"state_dir": str(tmp_path / "state")}}, operator_tokens=[OPERATOR],
+                             auth_enabled=True, hub_url="http://127.0.0.1:9/", hub_api_token="x")
+    async with inprocess(settings) as (http, _):
+        query = await http.delete("api/v1/builds/0123456789abcdef012345", params={"token": "t\u00c0ken"})
+        listing = await http.get("api/v1/builds", params={"token": "t\u00c0ken"})
+    assert_problem(query, 403, "operator rights")
+    assert_problem(listing, 403, "Invalid JupyterHub token")

@@ -373,6 +373,22 @@ class BuildManager:
             record.state, record.message = BuildState.failed, VANISHED_MESSAGE
             record.queue_position, record.finished_at = None, _now()
             self.recorder.save(record)
+            await self._end_stream(record, {"phase": "failed", "message": line(VANISHED_MESSAGE)})
+
+    async def _end_stream(self, record: BuildRecord, terminal: dict[str, Any]) -> None:
+        """Give a build settled outside its task (gone at a restart, cancelled in another process)
+        the terminal event its stream ends with, after the events stored."""
+        store = self.store
+        if store is None:
+            return
+        last = 0
+        try:
+            async for event in self._replay(store, record.id, 0):
+                last = event.seq
+        except StoreError as e:
+            self.recorder.failed(str(e))
+            return
+        self.recorder.event(record.id, StoredEvent(last + 1, event_json({**terminal, "build_id": record.id})))
 
     async def _orphaned_records(self) -> dict[str, BuildRecord]:
         """The store's unfinished builds whose process is gone (ours, before a restart)."""
@@ -486,6 +502,7 @@ class BuildManager:
         record.state, record.message = BuildState.cancelled, CANCELLED_MESSAGE
         record.queue_position, record.finished_at = None, _now()
         await self.store.save([record])
+        await self._end_stream(record, {"phase": "failed", "message": line(CANCELLED_MESSAGE), "cancelled": True})
         return record
 
     # -- a build's stream and log, from the store and from memory ---------------------------------

@@ -49,6 +49,8 @@ USER_AGENT = f"binderapi/{__version__}"
 #: the retention sweep of the build store: first this long after start, then every hour
 SWEEP_FIRST_DELAY = 60.0
 SWEEP_INTERVAL = 3600.0
+#: how often a store that could not be opened is tried again
+STORE_REOPEN_INTERVAL = 30.0
 
 
 #: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
@@ -224,8 +226,22 @@ class Services:
             store = await open_store(settings)
         except StoreError as e:
             log.error("The build store cannot be opened: %s. Serving /build without it; /api/v1 answers 503", e)
-            return Recorder(None, error=str(e) or type(e).__name__)
+            return Recorder(None, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval,
+                            error=str(e) or type(e).__name__)
         return Recorder(store, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval)
+
+    async def _reopen_store(self) -> None:
+        """A store that could not be opened at start is tried again (a database that was still
+        starting); from then on builds are recorded. A failure is logged once per outage."""
+        if self.store is not None:
+            return
+        try:
+            store = await open_store(self.settings)
+        except StoreError as e:
+            self.recorder.failed(str(e) or type(e).__name__)
+            return
+        log.info("The build store is open now; builds are recorded from here on")
+        self.recorder.store, self.recorder.error = store, ""
 
     async def _sweep_builds(self) -> None:
         """One retention sweep (run again every :data:`SWEEP_INTERVAL` by the supervisor)."""
@@ -250,7 +266,10 @@ class Services:
                 raise StartupError(f"The build backend ({binderhub.build_class}) is unreachable: {e}. "
                                    "Fix it, or set BinderHub.builder_required: false to start anyway.") from None
             log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
-        if self.store is not None and self.settings.BuildStore.retention_days > 0:
+        if self.settings.BuildStore.enabled and self.store is None:
+            self.supervisor.run_forever("build store reopen", self._reopen_store, restart_delay=STORE_REOPEN_INTERVAL,
+                                        first_delay=STORE_REOPEN_INTERVAL)
+        if self.settings.BuildStore.enabled and self.settings.BuildStore.retention_days > 0:
             self.supervisor.run_forever("build store sweep", self._sweep_builds, restart_delay=SWEEP_INTERVAL,
                                         first_delay=SWEEP_FIRST_DELAY)
         if binderhub.build_cleaner_class != "none":

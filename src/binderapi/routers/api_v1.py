@@ -98,19 +98,19 @@ class BuildResource(BaseModel):
                   "logs": f"/api/v1/builds/{BUILD_ID_EXAMPLE}/logs"},
     }]})
 
-    id: str = Field(description="The build's id: sortable, newest last.")
+    id: str = Field(description="The build's id: ids sort by creation time.")
     spec: str = Field(description="`<prefix>/<spec>`, as in a `/build` URL.")
     provider: str = Field(description="The repository provider's name, e.g. `GitHub`.")
     repo_url: str
     resolved_ref: str = Field(description="The immutable ref (commit, DOI version...) the spec resolved to.")
     image_name: str
     state: BuildState = Field(description="`queued` and `building` may change; `built`, `failed` and `cancelled` are final.")
-    queue_position: int | None = Field(description="1 = next to start, while `queued`; else null.")
+    queue_position: int | None = Field(None, description="1 = next to start, while `queued`; else null.")
     cached: bool = Field(description="The image already existed: nothing was built.")
     message: str = Field(description="Why the build failed or was cancelled; empty otherwise.")
     created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: datetime | None = Field(None, description="When the builder started; null while queued.")
+    finished_at: datetime | None = Field(None, description="When the build ended; null until it does.")
     log_bytes: int = Field(description="Bytes of builder output seen, including any dropped past `BuildStore.max_log_bytes`.")
     links: Links
 
@@ -122,7 +122,7 @@ class BuildList(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [], "next": None}]})
 
     items: list[BuildResource]
-    next: str | None = Field(description="Pass as `cursor` to get the next page; null when there is none.")
+    next: str | None = Field(None, description="Pass as `cursor` to get the next page; null when there is none.")
 
 
 class ImageStatus(BaseModel):
@@ -135,7 +135,7 @@ class ImageStatus(BaseModel):
     image_name: str
     resolved_ref: str
     exists: bool = Field(description="The image is in the registry (or the local engine without a registry).")
-    build_id: str | None = Field(description="The build of this image running now, if any.")
+    build_id: str | None = Field(None, description="The build of this image running now, if any; else null.")
 
 
 class CreateBuild(BaseModel):
