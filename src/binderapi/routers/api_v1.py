@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..auth import is_operator, operator_token_matches
 from ..errors import ForbiddenError, SpecError
-from ..executors.base import BuildJob
-from ..pipeline import BuildPipeline, BuildRequest, ResolvedRepo, format_appendix
+from ..pipeline import BuildPipeline, BuildRequest, ResolvedRepo
 from ..problems import ProblemError, ProblemRoute, problem_responses, store_unavailable
 from ..services import Services, ServicesDep
 from ..store.base import (
@@ -156,7 +155,8 @@ class CreateBuild(BaseModel):
 
 
 def require_store(services: Services) -> BuildStore:
-    store = getattr(services, "store", None)
+    """The build store, or a 503 problem: disabled (``BuildStore.enabled``), or not open (yet)."""
+    store = services.store
     if store is None:
         raise store_unavailable()
     return store
@@ -270,18 +270,6 @@ async def cached_record(store: BuildStore, repo: ResolvedRepo, prefix: str, spec
     return record
 
 
-async def build_job(services: Services, request: BuildRequest, repo: ResolvedRepo, build_id: str) -> BuildJob:
-    """The backend's job for ``repo``, as the classic pipeline makes it (``BuildPipeline._build``)."""
-    executor = services.executor_settings
-    return BuildJob(
-        name=repo.build_name, image_name=repo.image_name, repo_url=repo.repo_url, ref=repo.ref,
-        git_credentials=repo.provider.git_credentials,
-        appendix=format_appendix(executor.appendix, request, repo),
-        push=services.settings.BinderHub.use_registry and bool(executor.push_secret),
-        provider=repo.provider.name, git_config=tuple(await repo.provider.build_git_config()), build_id=build_id,
-    )
-
-
 def last_event_id(header: str | None, query: int | None) -> int:
     """Where to resume: ``?last_event_id=`` or the ``Last-Event-ID`` header (an integer, or the
     classic stream's ``<build_id>.<seq>``); anything else starts from the beginning."""
@@ -362,8 +350,8 @@ async def create_build(
     if not body.force and await services.images.image_exists(repo.image_name):
         return answer(resource(await cached_record(store, repo, prefix, spec), settings.base_url), 200, headers)
     draft = draft_record(repo, prefix, spec)
-    job = await build_job(services, build_request(request, services, prefix, spec, build_token=has_token), repo, draft.id)
-    build = await services.builds.ensure(job, draft)
+    job = await BuildPipeline(services).job(build_request(request, services, prefix, spec, build_token=has_token), repo)
+    build = await services.builds.ensure(job, draft)  # the job takes the draft's id (Build)
     created = build.record.id == draft.id
     path = f"{settings.base_url}api/v1/builds/{build.record.id}"
     return answer(resource(build.record, settings.base_url), 201 if created else 200,
