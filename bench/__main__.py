@@ -10,12 +10,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import cached, fanout, idle, launch, profile, quota, wrk
+from . import api, cached, fanout, idle, launch, profile, quota, wrk
 from .config import FULL, QUICK, Sizes
 from .report import Report, Row
 from .stack import Stack, raise_nofile, say
 
-WORKLOADS = ("cached", "wrk", "fresh", "launch", "fanout", "idle", "quota", "profile")
+WORKLOADS = ("cached", "wrk", "fresh", "launch", "fanout", "idle", "api", "replay", "quota", "profile")
 NEEDS_HUB = {"launch"}
 NEEDS_STACK = set(WORKLOADS) - {"quota"}
 
@@ -35,15 +35,16 @@ async def main(args: argparse.Namespace) -> int:
     nofile = raise_nofile()
     jsonl = await asyncio.to_thread(open, args.json, "a") if args.json else None
     report = Report(jsonl)
-    report.add(Row("machine", "start", machine() | {"nofile": nofile}))
+    store = "external binderapi" if args.binderapi_url else "off" if args.no_store else "on"
+    report.add(Row("machine", "start", machine() | {"nofile": nofile, "build_store": store}))
     try:
         if set(chosen) & NEEDS_STACK:
             async with Stack.start(api_url=args.binderapi_url, api_pid=args.binderapi_pid, hub_url=args.hub_url,
                                    hub_admin_token=args.hub_token, build_namespace=args.build_namespace,
                                    keepalive_interval=args.keepalive, cache_ttl=args.cache_ttl,
-                                   need_hub=bool(set(chosen) & NEEDS_HUB)) as stack:
+                                   need_hub=bool(set(chosen) & NEEDS_HUB), store=not args.no_store) as stack:
                 say(f"stack: binderapi {stack.api_url} (pid {stack.api_pid}), hub {stack.hub_url or '-'}, "
-                    f"git {stack.git.url('')}")
+                    f"git {stack.git.url('')}, build store {'on' if stack.store else 'off'}")
                 await run_stack_workloads(stack, report, chosen, sizes)
         if "quota" in chosen:
             await quota.run(report, sizes.quota_levels, sizes.quota_checks, sizes.quota_list_checks)
@@ -68,6 +69,10 @@ async def run_stack_workloads(stack: Stack, report: Report, chosen: list[str], s
         await fanout.run(stack, report, sizes.fanout_levels)
     if "idle" in chosen:
         await idle.run(stack, report, sizes.idle_levels, sizes.idle_hold_seconds)
+    if "api" in chosen:
+        await api.run_create(stack, report, sizes.api_levels, sizes.api_requests)
+    if "replay" in chosen:
+        await api.run_replay(stack, report, sizes.replay_levels, sizes.replay_settle_seconds)
     if "profile" in chosen:
         await profile.run(stack, report, sizes.profile_seconds)
 
@@ -79,6 +84,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="append one JSON object per figure to this file")
     parser.add_argument("--keepalive", type=float, default=5.0, help="keepalive interval of a started binderapi [5]")
     parser.add_argument("--cache-ttl", type=float, default=10.0, help="GitRepoProvider.cache_ttl of a started binderapi [10]")
+    parser.add_argument("--no-store", action="store_true",
+                        help="start binderapi with BuildStore.enabled off (the api and replay workloads need it on)")
     running = parser.add_argument_group("an already running stack (default: start one)")
     running.add_argument("--binderapi-url", help="binderapi's base URL (must allow build_only)")
     running.add_argument("--binderapi-pid", type=int, help="its PID, for RSS/threads and profiling")
@@ -86,6 +93,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     running.add_argument("--hub-token", help="a hub API token that may create/delete users and servers")
     running.add_argument("--build-namespace", help="DockerBuildExecutor.namespace of that binderapi [binderapi]")
     args = parser.parse_args(argv)
+    if args.no_store and set(args.only or WORKLOADS) & {"api", "replay"}:
+        parser.error("the api and replay workloads need the build store: drop --no-store or choose other workloads")
     if args.binderapi_url and not args.build_namespace:
         args.build_namespace = "binderapi"
     if bool(args.hub_url) != bool(args.hub_token):

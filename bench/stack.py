@@ -123,6 +123,7 @@ class Stack:
     build_namespace: str  # DockerBuildExecutor.namespace: the label on its builder containers
     keepalive_interval: float
     cache_ttl: float
+    store: bool = True  # BuildStore.enabled of the binderapi the stack starts
     hub_container_prefix: str = ""
     owns_builds: bool = False  # builder containers with build_namespace are ours to remove at exit
     processes: list[tuple[str, asyncio.subprocess.Process]] = field(default_factory=list)
@@ -130,9 +131,12 @@ class Stack:
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=60))
 
     # -- URLs ------------------------------------------------------------------------------------
+    def spec(self, repo: str, ref: str = "main") -> str:
+        """``git/<url-escaped repository URL>/<ref>``: the spec of a /build URL and of ``POST /api/v1/builds``."""
+        return f"git/{quote(self.git.url(repo), safe='')}/{ref}"
+
     def build_url(self, repo: str, ref: str = "main", build_only: bool = True) -> str:
-        spec = f"git/{quote(self.git.url(repo), safe='')}/{ref}"
-        return f"{self.api_url}build/{spec}" + ("?build_only=true" if build_only else "")
+        return f"{self.api_url}build/{self.spec(repo, ref)}" + ("?build_only=true" if build_only else "")
 
     async def hub_api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.http.request(method, f"{self.hub_url}hub/api/{path}",
@@ -170,7 +174,7 @@ class Stack:
     async def start(cls, *, api_url: str | None = None, api_pid: int | None = None, hub_url: str | None = None,
                     hub_admin_token: str | None = None, build_namespace: str | None = None,
                     keepalive_interval: float = 5.0, cache_ttl: float = 60.0, slow_build_seconds: int = 1800,
-                    need_hub: bool = True, owns_builds: bool = False):
+                    need_hub: bool = True, owns_builds: bool = False, store: bool = True):
         """Start what is not given; stop and remove it all on exit. A binderapi given by URL keeps
         its builder containers unless ``owns_builds`` (the slow build is left running on purpose)."""
         state = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="binderapi-bench-"))
@@ -179,7 +183,7 @@ class Stack:
                     git=GitRepos(state / "repos"), api_pid=api_pid,
                     build_namespace=build_namespace or f"bench-{run_id}", keepalive_interval=keepalive_interval,
                     cache_ttl=cache_ttl, hub_container_prefix=f"binderapi-bench-{run_id}", state=state,
-                    owns_builds=owns_builds)
+                    owns_builds=owns_builds, store=store)
         try:
             await stack._start_git(slow_build_seconds)
             service_token = secrets.token_hex(32)
@@ -280,6 +284,8 @@ class Stack:
             "RepoProvider": {"denied_networks": ["0.0.0.0/8", "::/128", "169.254.0.0/16", "fe80::/10",
                                                  "100.100.100.200/32", "fd00:ec2::254/128"]},
             "RateLimiter": {"limit": 0},
+            # the build store (issue 12) on by default, its SQLite file in the bench's own directory
+            "BuildStore": {"enabled": self.store, "state_dir": str(self.state / "store")},
         }, indent=2))
         proc = await self._spawn("binderapi", str(VENV_BIN / "binderapi"), "--config-file", str(config),
                                  "--ip", "127.0.0.1", "--port", str(port))

@@ -208,3 +208,11 @@ def test_the_architecture_page_cites_code_that_exists():
     problems = [p for p in (reference_problem(path, symbol) for path, symbol in references) if p]
     assert not problems, "docs/architecture.md cites code that does not exist:\n" + "\n".join(problems)
 
+
+
+def test_the_api_page_cites_code_and_tests_that_exist():
+    """docs/api.md points at the code deciding each behaviour and the tests proving it."""
+    references = code_references((ROOT / "docs" / "api.md").read_text())
+    assert len(references) > 20
+    problems = [p for p in (reference_problem(path, symbol) for path, symbol in references) if p]
+    assert not problems, "docs/api.md cites code or tests that do not exist:\n" + "\n".join(problems)

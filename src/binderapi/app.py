@@ -40,6 +40,22 @@ TAGS = [
 ]
 
 
+def event_streams_as_text(paths: dict) -> None:
+    """The schema of one ``text/event-stream`` frame goes to ``itemSchema`` (OpenAPI 3.2's place for
+    the items of a sequential media type; schemathesis validates each event with it), and ``schema``,
+    the whole stream, says only what it is. Given the frame's object schema as the body's, generated
+    SDKs (openapi-python-client) parsed the whole stream as one JSON object and raised on every 200;
+    now they hand over its text (tests/test_sdk.py)."""
+    for item in paths.values():
+        for operation in item.values():
+            for response in operation.get("responses", {}).values() if isinstance(operation, dict) else ():
+                media = response.get("content", {}).get("text/event-stream")
+                if media is not None and "schema" in media and "itemSchema" not in media:
+                    media["itemSchema"] = media.pop("schema")
+                    media["schema"] = {"description": "Server-sent events: `id:` and `data:` lines, a blank line "
+                                       "after each frame; `itemSchema` is one frame's."}
+
+
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """The ASGI app. Given ``services``, the caller owns them (the CLI starts them first so a
     start-up problem is one clear message); otherwise the app starts and closes its own."""
@@ -99,6 +115,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                                              **api_v1.SECURITY_SCHEMES}
             schema["servers"] = [{"url": prefix or "/"}]
             schema["paths"] = {path.removeprefix(prefix): item for path, item in schema["paths"].items()}
+            event_streams_as_text(schema["paths"])
             app.openapi_schema = schema
         return app.openapi_schema
 
