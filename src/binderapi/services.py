@@ -34,6 +34,7 @@ from .quota import LaunchQuota
 from .ratelimit import RateLimiter
 from .registry import ImageStore, make_image_store
 from .settings import Settings
+from .store import BuildStore, open_store
 from .streaming import KeepaliveTicker
 from .supervisor import Supervisor
 from .tokens import BuildTokens
@@ -116,6 +117,7 @@ class Services:
     hub_auth: HubAuth
     keepalives: KeepaliveTicker
     warm_pool: WarmPool | None = None  # off by default, never in auth mode
+    store: BuildStore | None = None  # the build store; None when BuildStore.enabled is false
     _stopping: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -173,16 +175,23 @@ class Services:
             with steps.step("BinderHub.build_token_secret"):
                 build_tokens = BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
                                            binderhub.build_token_check_origin)
+            store = None
+            if settings.BuildStore.enabled:
+                with steps.step("BuildStore.url"):
+                    store = await open_store(settings)
+                steps.close_on_failure(store.close)
             with steps.step("RateLimiter"):
+                # replicas sharing a store count there; one process (SQLite) counts in memory
                 rate_limiter = RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
-                                           settings.RateLimiter.clean_seconds)
+                                           settings.RateLimiter.clean_seconds,
+                                           store=store if store is not None and store.shared else None)
             with steps.step("HubOAuth"):
                 hub_auth = HubAuth.from_settings(settings, hub)
             services = cls(
                 settings=settings, http=http, kind=kind, providers=providers, health=HealthChecks(), supervisor=supervisor,
                 backend=backend, images=images, builds=builds, quota=quota, launcher=launcher, event_log=event_log,
                 build_tokens=build_tokens, rate_limiter=rate_limiter, hub_auth=hub_auth,
-                keepalives=KeepaliveTicker(binderhub.keepalive_interval),
+                keepalives=KeepaliveTicker(binderhub.keepalive_interval), store=store,
             )
             steps.hand_over(services.close)
             if settings.WarmPool.enabled:
@@ -217,6 +226,10 @@ class Services:
                 if binderhub.builder_required:
                     raise StartupError(f"{e}. Fix it, or set BinderHub.builder_required: false to start anyway.") from None
                 log.warning("%s; continuing because builder_required is false (see /health)", e)
+        if self.rate_limiter.store is not None and self.rate_limiter.enabled:
+            clean = self.rate_limiter.clean_seconds
+            self.supervisor.run_forever("rate limit sweep", self.rate_limiter.sweep_store, restart_delay=clean,
+                                        first_delay=clean)
         launcher = self.launcher
         if launcher.config.orphan_sweep_interval and launcher.hub.configured and not binderhub.auth_enabled:
             self.supervisor.run_forever("temporary user sweep",
@@ -232,6 +245,9 @@ class Services:
             self.health.add("JupyterHub API", self.launcher.health)
         for name, check in self.kind.health_checks(self.backend):
             self.health.add(name, check)
+        if self.store is not None:
+            # hard when replicas share it: a replica that cannot reach it leaves the Service (readiness)
+            self.health.add("Build store", self.store.ping, soft=not self.store.shared)
         self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
         if self.warm_pool is not None:
             self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)
@@ -253,7 +269,10 @@ class Services:
 
     async def close(self) -> None:
         await self.stop()
-        for closer in (self.quota.close, self.images.close, self.backend.close, self.kind.close):  # the engine last
+        closers = [self.quota.close, self.images.close, self.backend.close, self.kind.close]  # the engine last
+        if self.store is not None:
+            closers.append(self.store.close)
+        for closer in closers:
             try:
                 await closer()
             except Exception:
