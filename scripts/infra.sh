@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Install and start the real infrastructure binderapi runs against on one Debian machine:
 #   Docker engine (host networking only) -> local base image -> single-user, builder and Python images
-#   -> container registry on 127.0.0.1 -> configurable-http-proxy for JupyterHub.
+#   -> container registry on 127.0.0.1 -> configurable-http-proxy for JupyterHub
+#   -> PostgreSQL on 127.0.0.1 (the build store's shared backend, for the tests).
 #
-# usage: scripts/infra.sh [up|down|status|packages|dockerd|registry|images|chp]...
+# usage: scripts/infra.sh [up|down|status|packages|dockerd|registry|images|chp|postgres]...
 #   up      everything below, skipping what is already there (kept images make re-runs fast)
 #   down    stop the daemons this script started (by the PIDs it recorded), nothing else
 #
 # env: BINDERAPI_INFRA_DIR  state directory (default ~/.cache/binderapi-infra)
 #      REGISTRY_ADDR        registry listen address (default 127.0.0.1:5000)
 #      FORCE_IMAGES=1       rebuild the images even if present
+#      PG_PORT              PostgreSQL's port on 127.0.0.1 (default 55432)
+#      PG_DATA              its data directory (default ~postgres/binderapi-infra: the server runs as
+#                           the `postgres` user, which cannot reach a data directory under /root)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +23,8 @@ BASE_IMAGE=binderapi/debian:bookworm
 SINGLEUSER_IMAGE=binderapi/singleuser:latest
 BUILDER_IMAGE=binderapi/repo2docker:2024.7.0
 PYTHON_IMAGE=binderapi/python:3.11-bookworm  # BASE_IMAGE for building binderapi's own Dockerfile here
+PG_PORT=${PG_PORT:-55432}
+PG_USER=postgres  # the OS user the server runs as (PostgreSQL refuses root)
 mkdir -p "$STATE"
 
 say() { printf '[infra] %s\n' "$*" >&2; }
@@ -46,6 +52,7 @@ step_packages() {
     command -v git >/dev/null || need+=(git)
     command -v curl >/dev/null || need+=(curl)
     command -v npm >/dev/null || need+=(npm)
+    [ -n "$(pg_bindir)" ] || need+=(postgresql)
     if [ ${#need[@]} -eq 0 ]; then say "packages already installed"; return; fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -119,7 +126,64 @@ step_chp() {
     (cd "$STATE/chp" && npm install --no-audit --no-fund --silent configurable-http-proxy@5 >/dev/null)
 }
 
+pg_bindir() { find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1; }
+pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
+pg_data() { echo "${PG_DATA:-$(getent passwd "$PG_USER" | cut -d: -f6)/binderapi-infra}"; }
+# run as the postgres user, from / (it cannot read a working directory under /root); setpriv execs
+PG_AS=(setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups)
+as_pg() { (cd / && "${PG_AS[@]}" "$@"); }
+
+# The tests' database: role and database `binderapi` (CREATEDB, so a fixture can make a database per
+# test module), a password kept in $STATE/postgres.dsn (0600) and set again on every run, so the file
+# and the server always agree. Only loopback TCP with a password, and the server's own socket for
+# the postgres user (peer), in its data directory.
+step_postgres() {
+    local bin data dsnfile=$STATE/postgres.dsn password
+    bin=$(pg_bindir); data=$(pg_data)
+    [ -n "$bin" ] || { say "PostgreSQL is not installed (run: $0 packages)"; return 1; }
+    getent passwd "$PG_USER" >/dev/null || useradd --system --home-dir /var/lib/postgresql --create-home "$PG_USER"
+    if pg_up; then
+        say "PostgreSQL already up on 127.0.0.1:$PG_PORT"
+    else
+        if [ ! -s "$data/PG_VERSION" ]; then
+            install -d -o "$PG_USER" -g "$PG_USER" -m 0700 "$data"
+            as_pg "$bin/initdb" -D "$data" -U postgres -E UTF8 --locale=C.UTF-8 \
+                --auth-local=peer --auth-host=scram-sha-256 >"$STATE/postgres-initdb.log" 2>&1 \
+                || { say "initdb failed:"; tail -n 20 "$STATE/postgres-initdb.log" >&2; return 1; }
+        fi
+        # test settings: durability off (a crash loses only test data), room for several replicas
+        (cd / && start_daemon postgres "${PG_AS[@]}" "$bin/postgres" -D "$data" -p "$PG_PORT" \
+            -c listen_addresses=127.0.0.1 -c unix_socket_directories="$data" \
+            -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off)
+        wait_for "PostgreSQL" 120 pg_up
+    fi
+    if [ -s "$dsnfile" ]; then
+        password=$(sed -E 's|^[^:]+://[^:]+:([^@]+)@.*|\1|' "$dsnfile")
+    else
+        password=$(openssl rand -hex 16)
+    fi
+    as_pg "$bin/psql" -q -h "$data" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+        -v pw="$password" >/dev/null <<'SQL'
+SELECT 'CREATE ROLE binderapi LOGIN CREATEDB' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'binderapi')\gexec
+ALTER ROLE binderapi PASSWORD :'pw';
+SELECT 'CREATE DATABASE binderapi OWNER binderapi' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'binderapi')\gexec
+SQL
+    (umask 077; echo "postgresql+asyncpg://binderapi:$password@127.0.0.1:$PG_PORT/binderapi" >"$dsnfile")
+}
+
+stop_pid() {  # name, signal: stop a daemon this script started, by its recorded PID, and wait for it
+    local pidfile="$STATE/$1.pid" pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+        say "stopping $1 (pid $pid)"; kill "-$2" "$pid"
+        for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    fi
+    rm -f "$pidfile"
+}
+
 step_down() {
+    stop_pid postgres INT  # fast shutdown: clients are disconnected, not waited for
     for name in registry dockerd; do
         local pidfile="$STATE/$name.pid"
         [ -f "$pidfile" ] || continue
@@ -135,16 +199,18 @@ step_status() {
     for img in "$BASE_IMAGE" "$SINGLEUSER_IMAGE" "$BUILDER_IMAGE" "$PYTHON_IMAGE"; do
         docker image inspect "$img" >/dev/null 2>&1 && say "image $img: present" || say "image $img: missing"
     done
+    pg_up && say "postgres: up at 127.0.0.1:$PG_PORT ($STATE/postgres.dsn)" || say "postgres: down"
 }
 
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(up)
 for s in "${steps[@]}"; do
     case $s in
-        up) for x in packages dockerd registry images chp; do timed $x; done
-            echo "CHP_BIN=$STATE/chp/node_modules/.bin/configurable-http-proxy" ;;
+        up) for x in packages dockerd registry images chp postgres; do timed $x; done
+            echo "CHP_BIN=$STATE/chp/node_modules/.bin/configurable-http-proxy"
+            echo "BINDERAPI_TEST_POSTGRES_URL=$(cat "$STATE/postgres.dsn")" ;;
         down|status) step_$s ;;
-        packages|dockerd|registry|images|chp) timed "$s" ;;
+        packages|dockerd|registry|images|chp|postgres) timed "$s" ;;
         *) say "unknown step: $s"; exit 2 ;;
     esac
 done

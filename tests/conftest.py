@@ -16,4 +16,5 @@ pytest_plugins = [
     "fixtures.hub",  # jupyterhub: JupyterHub with DockerSpawner
     "fixtures.kubeapi",  # the Kubernetes API test server: kube_api, kubeconfig, kube_settings()
     "fixtures.upstreams",  # fake GitHub/GitLab/Zenodo/... APIs, make_registry
+    "fixtures.postgres",  # PostgreSQL from scripts/infra.sh: postgres_dsn, postgres_url, make_postgres_database
 ]
