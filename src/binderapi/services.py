@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"binderapi/{__version__}"
+#: the build store's ``/health`` check, by the name a readiness probe selects it with (``?service=``)
+STORE_HEALTH_CHECK = "Build store"
 
 
 #: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
@@ -246,8 +248,9 @@ class Services:
         for name, check in self.kind.health_checks(self.backend):
             self.health.add(name, check)
         if self.store is not None:
-            # hard when replicas share it: a replica that cannot reach it leaves the Service (readiness)
-            self.health.add("Build store", self.store.ping, soft=not self.store.shared)
+            # hard when replicas share it: a replica that cannot reach it leaves the Service (the
+            # replicas overlay's readiness probe runs this check alone); a cheap SELECT 1, cached 5 s
+            self.health.add(STORE_HEALTH_CHECK, self.store.ping, soft=not self.store.shared, cache_seconds=5, timeout=5)
         self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
         if self.warm_pool is not None:
             self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)
