@@ -13,16 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from itertools import islice
+from typing import Any
 
 from . import metrics
 from .errors import BinderError
-from .events import WaitingEvent, builder_line_to_event, encode, line
+from .events import WaitingEvent, builder_line_to_event, event_json, frame, line
 from .executors.base import BuildBackend, BuildExistsError, BuildJob
+from .recorder import Recorder
+from .store.base import (
+    BuildRecord,
+    BuildState,
+    BuildStore,
+    StoredEvent,
+    StoredLog,
+    StoreError,
+    new_build_id,
+    process_owner,
+)
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -34,6 +48,22 @@ LOG_CAPACITY = 2000
 #: a finished build container/pod is removed by the cleaner only after this long, so every
 #: replica following it has read its exit status
 FINISHED_GRACE_SECONDS = 30.0
+#: events read from the store at a time
+PAGE = 1000
+#: how often a build running in another process is looked up in the store by a follower
+POLL_SECONDS = 1.0
+
+CANCELLED_MESSAGE = "The build was cancelled by an operator; open the link again to start a new build."
+VANISHED_MESSAGE = "The builder of this build was gone when binderapi restarted; start it again."
+SHUTDOWN_MESSAGE = "binderapi is shutting down; the build continues and a retry will rejoin it"
+
+
+class BuildFinishedError(Exception):
+    """The build has already finished (cancelling it is a conflict); ``record`` is how it ended."""
+
+    def __init__(self, record: BuildRecord) -> None:
+        super().__init__(f"Build {record.id} already finished ({record.state})")
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -41,72 +71,196 @@ class BuildOutcome:
     success: bool
     message: str = ""
     status_code: int | None = None  # of the failed event, e.g. 503 when the engine went away
+    cancelled: bool = False
+
+
+def draft_record(job: BuildJob, spec: str = "") -> BuildRecord:
+    """A new build's record, before it is started (``spec`` is ``<prefix>/<spec>`` as in a ``/build`` URL)."""
+    return BuildRecord(id=job.build_id or new_build_id(), spec=spec, provider=job.provider, repo_url=job.repo_url,
+                       resolved_ref=job.ref, image_name=job.image_name, build_name=job.name)
+
+
+def _now() -> datetime:
+    return datetime.now().astimezone()
 
 
 class BuildLog:
-    """Append-only frames with bounded memory. Watchers keep a cursor; a watcher that falls more
-    than the capacity behind skips ahead rather than holding memory for everyone."""
+    """A build's events, each numbered (``seq`` 1, 2, ...) and encoded once: the JSON (what the
+    store and ``/api/v1`` events carry) and the classic ``/build`` frame (``id: <build>.<seq>``).
+    Memory is bounded: watchers keep a cursor (a seq); one that falls more than the capacity
+    behind skips ahead rather than holding memory for everyone.
 
-    def __init__(self, capacity: int = LOG_CAPACITY) -> None:
-        self._frames: deque[bytes] = deque(maxlen=capacity)
-        self.total = 0
+    The terminal event (``ready`` or ``failed`` of the build resource) is kept apart: a classic
+    ``/build`` client goes on to the launch, and would stop at a ``ready``. The builder's raw
+    output lines are kept alongside, for a ``follow`` of the log.
+    """
+
+    def __init__(self, build_id: str = "", capacity: int = LOG_CAPACITY) -> None:
+        self.build_id = build_id
+        self._entries: deque[tuple[StoredEvent, bytes]] = deque(maxlen=capacity)
+        self.total = 0  # the seq of the newest event
+        self.terminal: StoredEvent | None = None
+        self.output: deque[str] = deque(maxlen=capacity)
+        self.output_total = 0
         self.closed = False
         self._changed = asyncio.Event()
 
-    def append(self, frame: bytes) -> None:
-        self._frames.append(frame)
-        self.total += 1
+    def append(self, data: str, seq: int | None = None) -> StoredEvent:
+        """Add an event (its JSON, ``build_id`` included); ``seq`` only to restore stored ones."""
+        event = StoredEvent(self.total + 1 if seq is None else seq, data)
+        self._entries.append((event, frame(data, f"{self.build_id}.{event.seq}" if self.build_id else None)))
+        self.total = event.seq
+        self._wake()
+        return event
+
+    def end(self, data: str | None) -> StoredEvent | None:
+        """Close the log, with the build resource's terminal event if any."""
+        if data is not None and self.terminal is None:
+            self.terminal = StoredEvent(self.total + 1, data)
+        self.closed = True
+        self._wake()
+        return self.terminal
+
+    def add_output(self, text: str) -> None:
+        self.output.append(text)
+        self.output_total += 1
         self._wake()
 
     def close(self) -> None:
-        self.closed = True
-        self._wake()
+        self.end(None)
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def cursor_for_tail(self, tail: int) -> int:
-        return self.total - min(tail, len(self._frames))
+    @property
+    def first_seq(self) -> int:
+        """The seq of the oldest event still in memory."""
+        return self.total - len(self._entries) + 1
 
-    async def read(self, cursor: int) -> tuple[list[bytes], int]:
-        """Frames after ``cursor`` (waiting for some), and the new cursor; empty once closed."""
+    def cursor_for_tail(self, tail: int) -> int:
+        return self.total - min(tail, len(self._entries))
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait(self, cursor: int) -> None:
+        """Until there is something after ``cursor``, or the log is closed."""
         while cursor >= self.total and not self.closed:
             await self._changed.wait()
-        first = self.total - len(self._frames)
-        start = max(cursor, first)
-        return list(islice(self._frames, start - first, None)), self.total
+
+    def _after(self, cursor: int) -> islice[tuple[StoredEvent, bytes]]:
+        return islice(self._entries, max(0, cursor - self.first_seq + 1), None)
+
+    def events_after(self, cursor: int) -> list[StoredEvent]:
+        return [event for event, _ in self._after(cursor)]
+
+    async def read(self, cursor: int) -> tuple[list[bytes], int]:
+        """Classic frames after ``cursor`` (waiting for some), and the new cursor; empty once closed."""
+        await self.wait(cursor)
+        return [data for _, data in self._after(cursor)], self.total
+
+    def output_after(self, cursor: int) -> tuple[list[str], int]:
+        first = self.output_total - len(self.output)
+        return list(islice(self.output, max(0, cursor - first), None)), self.output_total
+
+
+_NOT_RECORDED = Recorder(None)
 
 
 class Build:
-    """One build of one image, shared by all its watchers."""
+    """One build of one image, shared by all its watchers. ``record`` is its live state, as the
+    store and ``/api/v1`` show it; every change goes to the :class:`~binderapi.recorder.Recorder`."""
 
-    def __init__(self, job: BuildJob) -> None:
+    def __init__(self, job: BuildJob, record: BuildRecord, recorder: Recorder = _NOT_RECORDED) -> None:
+        if job.build_id != record.id:
+            job = replace(job, build_id=record.id)
         self.job = job
-        self.log = BuildLog()
+        self.id = record.id
+        self.record = record
+        self.recorder = recorder
+        self.log = BuildLog(record.id)
         self.outcome: asyncio.Future[BuildOutcome] = asyncio.get_running_loop().create_future()
         self.queue_position: int | None = None
         self.slot: asyncio.Future[None] | None = None
         self.holds_slot = False
         self.watchers = 0
+        self.cancelled = False  # cancel() asked for it
+        self.task: asyncio.Task[Any] | None = None
+        self.finishing = False  # past the point where a cancel can stop it
 
     @property
     def done(self) -> bool:
         return self.outcome.done()
 
-    def finish(self, outcome: BuildOutcome) -> None:
+    def emit(self, event: dict[str, Any]) -> StoredEvent:
+        """Add an event to the build's stream: numbered, given the build's id, encoded once, recorded."""
+        stored = self.log.append(event_json({**event, "build_id": self.id}))
+        self.recorder.event(self.id, stored)
+        return stored
+
+    def output(self, text: str) -> None:
+        """A line of the builder's output, for the build's log."""
+        self.log.add_output(text + "\n")
+        self.recorder.log(self.record, text + "\n")
+
+    def set_queue_position(self, position: int | None) -> None:
+        self.queue_position = self.record.queue_position = position
+        self.recorder.save(self.record)
+
+    def building(self) -> None:
+        record = self.record
+        if record.state is not BuildState.building:
+            record.state, record.queue_position = BuildState.building, None
+            record.started_at = record.started_at or _now()
+            self.recorder.save(record)
+
+    def finish(self, outcome: BuildOutcome, final: bool = True) -> None:
+        """The build ended; ``final`` is False at a shutdown, which leaves the record as it is (the
+        build goes on, and the next start re-attaches it)."""
         if not self.outcome.done():
             self.outcome.set_result(outcome)
-        self.log.close()
+        record = self.record
+        if not final or record.state.finished:
+            self.log.close()
+            return
+        if outcome.success:
+            record.state = BuildState.built
+            terminal = {"phase": "ready", "message": "Done! Image built\n", "imageName": self.job.image_name}
+        else:
+            record.state = BuildState.cancelled if outcome.cancelled else BuildState.failed
+            terminal = {"phase": "failed", "message": line(outcome.message)}
+            if outcome.status_code is not None:
+                terminal["status_code"] = outcome.status_code
+            if outcome.cancelled:
+                terminal["cancelled"] = True
+        record.message = "" if outcome.success else outcome.message
+        record.queue_position = None
+        record.finished_at = _now()
+        event = self.log.end(event_json({**terminal, "build_id": self.id}))
+        if event is not None:
+            self.recorder.event(self.id, event)
+        self.recorder.save(record)
+        self.recorder.finished(self.id)
 
 
 class BuildWatch:
-    """A client's view of a build: the last ``tail`` frames, then live frames until the build ends.
-    ``outcome`` is known once iteration ends."""
+    """A client's view of a build: the last ``tail`` frames (or those after ``after_seq``), then
+    live frames until the build ends. ``outcome`` is known once iteration ends; ``start`` is the
+    seq the watch started after (the id of a frame sent before the build's own)."""
 
-    def __init__(self, build: Build, tail: int) -> None:
+    def __init__(self, build: Build, tail: int, after_seq: int | None = None) -> None:
         self.build = build
-        self.cursor = build.log.cursor_for_tail(tail)
+        log_ = build.log
+        if after_seq is None:
+            self.cursor = log_.cursor_for_tail(tail)
+        else:
+            self.cursor = max(log_.first_seq - 1, min(after_seq, log_.total))
+        self.start = self.cursor
+
+    @property
+    def build_id(self) -> str:
+        return self.build.id
 
     async def __aenter__(self) -> BuildWatch:
         self.build.watchers += 1
@@ -123,8 +277,8 @@ class BuildWatch:
         log_ = self.build.log
         while True:
             frames, self.cursor = await log_.read(self.cursor)
-            for frame in frames:
-                yield frame
+            for data in frames:
+                yield data
             if log_.closed and self.cursor >= log_.total:
                 return
 
@@ -133,8 +287,33 @@ class BuildWatch:
         return self.build.outcome.result()
 
 
+def _owner_gone(owner: str) -> bool:
+    """Whether the process named by a record's ``owner`` (``host:pid:start``) is gone: a process
+    on this host that no longer runs (or whose pid is now ours: a container's previous life), or a
+    process on another host (a replaced pod; replicas on several hosts need leases, a later step)."""
+    node, _, rest = owner.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if not owner or node != os.uname().nodename:
+        return True
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class BuildManager:
-    """Runs each needed build once and lets every request for it watch."""
+    """Runs each needed build once and lets every request for it watch. Builds are also resources
+    (``/api/v1/builds``): each has an id, a record and an event stream, written to the store by
+    ``recorder`` when there is one."""
 
     def __init__(
         self,
@@ -145,6 +324,7 @@ class BuildManager:
         log_tail_lines: int,
         max_age: float,
         image_exists: Callable[[str], Awaitable[bool]] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.backend = backend
         self.supervisor = supervisor
@@ -152,41 +332,250 @@ class BuildManager:
         self.log_tail_lines = log_tail_lines
         self.max_age = max_age
         self.image_exists = image_exists
-        self.builds: dict[str, Build] = {}
+        self.recorder = recorder or _NOT_RECORDED
+        self.builds: dict[str, Build] = {}  # by build name
+        self.by_id: dict[str, Build] = {}
         self.queue: deque[Build] = deque()
         self.running: set[str] = set()
+        self.owner = process_owner()
+
+    @property
+    def store(self) -> BuildStore | None:
+        return self.recorder.store
 
     # -- public -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Re-attach to builds that outlived a previous process, so their clients can rejoin."""
+        """After a restart: re-attach builds that outlived a previous process under their ids, so
+        their clients can rejoin and their records go on; a recorded build whose builder is gone
+        is marked failed."""
+        records = await self._orphaned_records()
         for info in await self.backend.list_builds():
-            if info.running and info.name not in self.builds:
-                job = BuildJob(name=info.name, image_name=info.image_name, repo_url=info.repo_url, ref="")
+            if info.name in self.builds:
+                continue
+            record = records.pop(info.build_id, None) if info.build_id else None
+            if record is not None and record.build_name == info.name:
+                job = BuildJob(name=info.name, image_name=record.image_name, repo_url=record.repo_url,
+                               ref=record.resolved_ref, provider=record.provider, build_id=record.id)
+                build = Build(job, record, self.recorder)
+                skip = await self._restore(build)
+                log.info("Re-attaching to build %s (%s, id %s)", info.name, info.image_name, record.id)
+                self._launch(build, attach=True, owner=True, skip_bytes=skip)
+            elif info.running:
+                job = BuildJob(name=info.name, image_name=info.image_name, repo_url=info.repo_url, ref="",
+                               build_id=info.build_id)
                 log.info("Re-attaching to running build %s (%s)", info.name, info.image_name)
                 # its owner died with our previous life: we clean it up when it ends
-                self._launch(Build(job), attach=True, owner=True)
+                self._launch(Build(job, draft_record(job)), attach=True, owner=True)
+        for record in records.values():
+            log.warning("Build %s (%s) was unfinished and its builder is gone: marking it failed", record.id,
+                        record.build_name)
+            record.state, record.message = BuildState.failed, VANISHED_MESSAGE
+            record.queue_position, record.finished_at = None, _now()
+            self.recorder.save(record)
+
+    async def _orphaned_records(self) -> dict[str, BuildRecord]:
+        """The store's unfinished builds whose process is gone (ours, before a restart)."""
+        store = self.store
+        if store is None:
+            return {}
+        try:
+            unfinished = await store.unfinished()
+        except StoreError as e:
+            self.recorder.failed(str(e))
+            return {}
+        return {record.id: record for record in unfinished if _owner_gone(record.owner)}
+
+    async def _restore(self, build: Build) -> int | None:
+        """A re-attached build's stored events (its seq goes on after them) and log; how many
+        bytes of the builder's output the store already has (None: unknown, replay a tail)."""
+        store = self.store
+        assert store is not None
+        build.record.owner = self.owner
+        try:
+            stored = await store.read_log(build.id)
+            after = 0
+            while True:
+                page = await store.events_after(build.id, after, PAGE)
+                for event in page:
+                    build.log.append(event.data, event.seq)
+                if len(page) < PAGE:
+                    break
+                after = page[-1].seq
+        except StoreError as e:
+            self.recorder.failed(str(e))
+            return None
+        if stored is None:
+            return 0
+        self.recorder.resume_log(build.id, stored)
+        return len(stored.head.encode()) + stored.dropped_bytes + len(stored.tail.encode())
 
     def in_progress(self, name: str) -> bool:
         """Whether this process is running (or queueing, or following) the build ``name``."""
         build = self.builds.get(name)
         return build is not None and not build.done
 
-    def watch(self, job: BuildJob) -> BuildWatch:
-        """Join the build of ``job.name``, starting it if nobody is building it."""
+    def live(self, build_id: str) -> Build | None:
+        """The build with this id if this process runs it or ran it lately."""
+        return self.by_id.get(build_id)
+
+    def running_build(self, build_name: str) -> Build | None:
+        """The unfinished build of ``build_name`` in this process."""
+        build = self.builds.get(build_name)
+        return build if build is not None and not build.done else None
+
+    async def ensure(self, job: BuildJob, record: BuildRecord) -> Build:
+        """Join the build of ``job.name``, or start one from ``record`` (a draft, ignored when joining)."""
+        return self._join(job, record)
+
+    def watch(self, job: BuildJob, record: BuildRecord | None = None, after_seq: int | None = None) -> BuildWatch:
+        """Join the build of ``job.name``, starting it if nobody is building it; from the events
+        after ``after_seq`` when given (a client resuming), else from the log's tail."""
+        return BuildWatch(self._join(job, record), self.log_tail_lines, after_seq)
+
+    def _join(self, job: BuildJob, record: BuildRecord | None) -> Build:
         build = self.builds.get(job.name)
         if build is None or (build.done and not build.outcome.result().success):
-            build = Build(job)
+            record = record or draft_record(job)
+            record.owner = self.owner
+            build = Build(job, record, self.recorder)
+            self.recorder.save(record)
             self._launch(build, attach=False, owner=False)
-        return BuildWatch(build, self.log_tail_lines)
+        return build
+
+    async def record(self, build_id: str) -> BuildRecord | None:
+        """The build's record: live if this process runs it, else the store's (StoreError if it fails)."""
+        build = self.by_id.get(build_id)
+        if build is not None:
+            return build.record
+        return await self.store.get(build_id) if self.store is not None else None
+
+    async def cancel(self, build_id: str) -> BuildRecord | None:
+        """Cancel a queued or running build: it leaves the queue, or its builder is removed; every
+        watcher gets a ``failed`` event saying so. None if unknown; :class:`BuildFinishedError` if
+        it already ended."""
+        build = self.by_id.get(build_id)
+        if build is None:
+            return await self._cancel_elsewhere(build_id)
+        if build.done:
+            raise BuildFinishedError(build.record)
+        if not build.finishing and build.task is not None:
+            build.cancelled = True
+            build.task.cancel()
+        await asyncio.shield(build.outcome)
+        if not build.outcome.result().cancelled:
+            raise BuildFinishedError(build.record)
+        return build.record
+
+    async def _cancel_elsewhere(self, build_id: str) -> BuildRecord | None:
+        """A build this process does not run: one a restart could not settle, or another process's."""
+        if self.store is None:
+            return None
+        record = await self.store.get(build_id)
+        if record is None:
+            return None
+        if record.state.finished:
+            raise BuildFinishedError(record)
+        info = await self.backend.inspect(record.build_name)
+        if info is not None and info.build_id == build_id:
+            await self.backend.stop(record.build_name)
+        record.state, record.message = BuildState.cancelled, CANCELLED_MESSAGE
+        record.queue_position, record.finished_at = None, _now()
+        await self.store.save([record])
+        return record
+
+    # -- a build's stream and log, from the store and from memory ---------------------------------
+    async def follow_events(self, build_id: str, after: int = 0) -> AsyncIterator[StoredEvent]:
+        """The build's events after ``after``: replayed from the store, then live until the
+        terminal event. For a finished build: the replay, then the end."""
+        cursor = after
+        build = self.by_id.get(build_id)
+        store = self.store
+        if store is not None and (build is None or cursor < build.log.first_seq - 1):
+            try:
+                async for event in self._replay(store, build_id, cursor):
+                    yield event
+                    cursor = event.seq
+            except StoreError:
+                if build is None:
+                    raise
+        if build is None:
+            build = self.by_id.get(build_id)
+        if build is None:
+            if store is not None:
+                async for event in self._poll(store, build_id, cursor):
+                    yield event
+            return
+        log_ = build.log
+        while True:
+            await log_.wait(cursor)
+            for event in log_.events_after(cursor):
+                yield event
+                cursor = event.seq
+            if log_.closed and cursor >= log_.total:
+                if log_.terminal is not None and log_.terminal.seq > cursor:
+                    yield log_.terminal
+                return
+
+    @staticmethod
+    async def _replay(store: BuildStore, build_id: str, after: int) -> AsyncIterator[StoredEvent]:
+        while True:
+            page = await store.events_after(build_id, after, PAGE)
+            for event in page:
+                yield event
+            if len(page) < PAGE:
+                return
+            after = page[-1].seq
+
+    async def _poll(self, store: BuildStore, build_id: str, cursor: int) -> AsyncIterator[StoredEvent]:
+        """A build recorded as unfinished but not running here (another process's): follow the
+        store until its record says it ended."""
+        while True:
+            record = await store.get(build_id)
+            async for event in self._replay(store, build_id, cursor):
+                yield event
+                cursor = event.seq
+            if record is None or record.state.finished:
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def read_log(self, build_id: str) -> StoredLog | None:
+        """The build's log: from memory while it runs here, else from the store; None if unknown."""
+        held = self.recorder.log_snapshot(build_id)
+        if held is not None:
+            return held
+        return await self.store.read_log(build_id) if self.store is not None else None
+
+    async def follow_log(self, build_id: str) -> AsyncIterator[str]:
+        """The log so far, then new output until the build ends."""
+        build = self.by_id.get(build_id)
+        held = self.recorder.log_snapshot(build_id)
+        if build is None or held is None:
+            stored = await self.read_log(build_id)
+            if stored is not None and stored.text():
+                yield stored.text()
+            return
+        log_ = build.log
+        cursor = log_.output_total  # taken with the snapshot, no await between: nothing lost or repeated
+        if held.text():
+            yield held.text()
+        while True:
+            lines, cursor = log_.output_after(cursor)
+            if lines:
+                yield "".join(lines)
+            if log_.closed and cursor >= log_.output_total:
+                return
+            if cursor >= log_.output_total:
+                await log_.changed()
 
     # -- running a build --------------------------------------------------------------------------
-    def _launch(self, build: Build, attach: bool, owner: bool) -> None:
+    def _launch(self, build: Build, attach: bool, owner: bool, skip_bytes: int | None = None) -> None:
         self.builds[build.job.name] = build
-        self.supervisor.spawn(self._run(build, attach, owner), name=f"build {build.job.name}")
+        self.by_id[build.id] = build
+        build.task = self.supervisor.spawn(self._run(build, attach, owner, skip_bytes), name=f"build {build.job.name}")
 
-    async def _run(self, build: Build, attach: bool, owner: bool) -> None:
+    async def _run(self, build: Build, attach: bool, owner: bool, skip_bytes: int | None = None) -> None:
         """Run or follow one build. The owner (who created it, or adopted it after a restart)
-        removes it when it ends; others only follow."""
+        removes it when it ends; others only follow. A cancel removes it whoever owns it."""
         name = build.job.name
         started = time.monotonic()
         try:
@@ -203,16 +592,27 @@ class BuildManager:
                         owner = True
                     except BuildExistsError:
                         attach = True
-            outcome = await self._follow(build, replay_tail=self.log_tail_lines if attach else None)
+            build.building()
+            if skip_bytes is not None:  # re-attached with its record: the whole output, minus what is stored
+                outcome = await self._follow(build, replay_tail=None, skip_bytes=skip_bytes)
+            else:
+                outcome = await self._follow(build, replay_tail=self.log_tail_lines if attach else None)
         except asyncio.CancelledError:
-            build.finish(BuildOutcome(False, "binderapi is shutting down; the build continues and a retry will rejoin it"))
-            raise
+            if not build.cancelled:
+                build.finish(BuildOutcome(False, SHUTDOWN_MESSAGE), final=False)
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            outcome = BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True)
+            owner = True  # whatever was started goes
         except BinderError as e:
             outcome = BuildOutcome(False, e.message, e.status_code)
         except Exception:
             log.exception("Unexpected error running build %s", name)
             outcome = BuildOutcome(False, f"Unexpected error while running the build {name}; the service log has details")
         finally:
+            build.finishing = True
             self._release_slot(build)
         if owner:
             with contextlib.suppress(Exception):
@@ -231,8 +631,10 @@ class BuildManager:
     def _forget(self, build: Build) -> None:
         if self.builds.get(build.job.name) is build:
             del self.builds[build.job.name]
+        if self.by_id.get(build.id) is build:
+            del self.by_id[build.id]
 
-    async def _follow(self, build: Build, replay_tail: int | None) -> BuildOutcome:
+    async def _follow(self, build: Build, replay_tail: int | None, skip_bytes: int = 0) -> BuildOutcome:
         name = build.job.name
         info = await self.backend.inspect(name)
         started_at = (info.started_at if info and info.started_at else time.time())
@@ -241,11 +643,15 @@ class BuildManager:
         try:
             async with asyncio.timeout(remaining):
                 async for text in self.backend.follow_logs(name, tail=replay_tail):
+                    if skip_bytes > 0:  # recorded before a restart
+                        skip_bytes -= len(text.encode()) + 1
+                        continue
+                    build.output(text)
                     event = builder_line_to_event(text)
                     if event.get("phase") in ("failed", "failure"):
                         failure = event.get("message") or failure  # the pipeline sends the one final `failed`
                         continue
-                    build.log.append(encode(event))
+                    build.emit(event)
                 exit_code = await self.backend.wait(name)
         except TimeoutError:
             await self.backend.stop(name)
@@ -279,7 +685,8 @@ class BuildManager:
     def _take_slot(self, build: Build) -> None:
         self.running.add(build.job.name)
         build.holds_slot = True
-        build.queue_position = None
+        if build.queue_position is not None:
+            build.set_queue_position(None)
         metrics.BUILDS_RUNNING.set(len(self.running))
 
     def _release_slot(self, build: Build) -> None:
@@ -300,11 +707,11 @@ class BuildManager:
         length = len(self.queue)
         for position, build in enumerate(self.queue, start=1):
             if build.queue_position != position:
-                build.queue_position = position
+                build.set_queue_position(position)
                 ahead = "next in line" if position == 1 else f"{position - 1} ahead of it"
-                build.log.append(encode(WaitingEvent(
+                build.emit(WaitingEvent(
                     message=line(f"Waiting for a free build slot: position {position} of {length} in the queue ({ahead})"),
-                    queue_position=position, queue_length=length)))
+                    queue_position=position, queue_length=length).model_dump(exclude_none=True))
 
     # -- cleaning ---------------------------------------------------------------------------------
     async def clean(self, grace: float = FINISHED_GRACE_SECONDS) -> None:

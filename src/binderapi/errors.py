@@ -47,6 +47,9 @@ class RegistryError(BinderError):
 class BuildError(BinderError):
     """The build backend failed to run a build."""
 
+    #: the failed build's id, when it had one: the ``failed`` event names it
+    build_id: str = ""
+
 
 class LaunchError(BinderError):
     """JupyterHub could not start the server."""

@@ -199,12 +199,25 @@ def line(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def encode(event: Event | dict[str, Any]) -> bytes:
+def encode(event: Event | dict[str, Any], event_id: str | None = None) -> bytes:
     """One SSE frame. JSON escapes every control character, so no message (newlines, ``data:``,
     invalid UTF-8 already replaced) can break the framing or forge another event. A dictionary
-    without a ``phase`` (repo2docker's informational lines) is sent as a ``log`` event."""
+    without a ``phase`` (repo2docker's informational lines) is sent as a ``log`` event.
+    ``event_id`` becomes the frame's ``id:`` line (what an EventSource sends back as ``Last-Event-ID``)."""
+    return frame(event_json(event), event_id)
+
+
+def event_json(event: Event | dict[str, Any]) -> str:
+    """An event's JSON as a frame's ``data:`` carries it (and the build store keeps it)."""
     payload = event.model_dump(exclude_none=True) if isinstance(event, BaseModel) else _log_by_default(event)
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def frame(data: str, event_id: str | None = None) -> bytes:
+    """The SSE frame of an event's JSON; ``event_id`` is made of ids and digits only, never of input."""
+    if event_id is None:
+        return b"data: " + data.encode() + b"\n\n"
+    return b"id: " + event_id.encode() + b"\ndata: " + data.encode() + b"\n\n"
 
 
 #: The phases the builder may report, as repo2docker's ``--json-logs`` writes them (``None``: a

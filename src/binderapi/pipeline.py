@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from . import metrics, naming
+from .builds import draft_record
 from .errors import (
     BannedSpecError,
     BinderError,
@@ -36,6 +37,7 @@ from .events import (
     LaunchingEvent,
     LaunchReadyEvent,
     WaitingEvent,
+    encode,
     line,
 )
 from .executors.base import BuildJob
@@ -85,6 +87,17 @@ class BuildRequest:
     request_origin: str = ""  # the Origin (or Sec-Fetch-Site) header, for the launch event
     build_token: bool = False  # a valid build token came with the request
     username: str | None = None  # auth mode: the JupyterHub user the token or cookie belongs to
+    #: a reconnecting EventSource's ``Last-Event-ID: <build_id>.<seq>``: resume that build after that seq
+    resume_build: str = ""
+    resume_seq: int = 0
+    #: set to the build's id once the request has joined one ("" when it needs none), for the
+    #: ``X-Build-Id`` header; the router drops it once read
+    joined: asyncio.Future[str] | None = None
+    build_id: str = ""  # the build this request joined
+
+    def announce(self, build_id: str) -> None:
+        if self.joined is not None and not self.joined.done():
+            self.joined.set_result(build_id)
 
 
 @dataclass
@@ -160,6 +173,7 @@ class BuildPipeline:
         # joining a build in progress needs no registry round trip: thousands may join one build
         built_here = services.builds.in_progress(repo.build_name) or not await services.images.image_exists(repo.image_name)
         if not built_here:
+            request.announce("")
             if request.build_only:
                 yield BuildReadyEvent(message="Done! Found built image\n", imageName=repo.image_name)
                 return
@@ -170,16 +184,21 @@ class BuildPipeline:
                 await self._check_quota(repo, repo_config, labels)
             async for frame in self._build(request, repo):
                 yield frame
+            # after the build, its id: a reconnect with `<id>.done` must not launch again
+            build_id = request.build_id
+            done = f"{build_id}.done"
             if request.build_only:
-                yield BuildReadyEvent(message="Done! Image built\n", imageName=repo.image_name)
+                yield encode(BuildReadyEvent(message="Done! Image built\n", imageName=repo.image_name, build_id=build_id), done)
                 return
-            yield BuiltEvent(message="Built image, launching...\n", imageName=repo.image_name)
-        async for event in self._launch(request, repo, labels):
-            yield event
-        if built_here:
+            yield encode(BuiltEvent(message="Built image, launching...\n", imageName=repo.image_name, build_id=build_id), done)
+            async for event in self._launch(request, repo, labels):
+                yield encode(event, done)
             # BinderHub's hold (PR #369): an EventSource that reconnects after a long build instead
             # of closing would launch again; an open stream lets it read `ready` and close.
             await asyncio.sleep(services.settings.BinderHub.ready_hold_seconds)
+            return
+        async for event in self._launch(request, repo, labels):
+            yield event
 
     async def _build(self, request: BuildRequest, repo: ResolvedRepo) -> AsyncIterator[Event | bytes]:
         services = self.services
@@ -196,13 +215,27 @@ class BuildPipeline:
             provider=repo.provider.name,
             git_config=tuple(git_config),
         )
-        yield WaitingEvent(message="Waiting for build to start...\n")
-        async with services.builds.watch(job) as watch:
+        builds = services.builds
+        resumed = builds.live(request.resume_build) if request.resume_build else None
+        if resumed is not None and builds.builds.get(job.name) is resumed:
+            # the same URL reconnecting while its build runs: the rest of that build's events
+            watch = builds.watch(job, after_seq=request.resume_seq)
+        else:
+            resumed = None
+            watch = builds.watch(job, draft_record(job, f"{request.prefix}/{request.spec}"))
+        build_id = request.build_id = watch.build_id
+        request.announce(build_id)
+        if resumed is None:
+            yield encode(WaitingEvent(message="Waiting for build to start...\n", build_id=build_id),
+                         f"{build_id}.{watch.start}")
+        async with watch:
             async for frame in watch:
                 yield frame
         outcome = watch.outcome
         if not outcome.success:
-            raise BuildError(outcome.message, outcome.status_code)
+            error = BuildError(outcome.message, outcome.status_code)
+            error.build_id = build_id
+            raise error
 
     async def _check_quota(self, repo: ResolvedRepo, repo_config: dict[str, Any], labels: dict[str, str]) -> None:
         try:

@@ -32,9 +32,10 @@ from .providers import ProviderContext, ProviderRegistry
 from .providers._http import make_client
 from .quota import LaunchQuota
 from .ratelimit import RateLimiter
+from .recorder import Recorder
 from .registry import ImageStore, make_image_store
 from .settings import Settings
-from .store import BuildStore, open_store
+from .store import BuildStore, StoreError, open_store, shared_store, sweep
 from .streaming import KeepaliveTicker
 from .supervisor import Supervisor
 from .tokens import BuildTokens
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"binderapi/{__version__}"
+#: the retention sweep of the build store: first this long after start, then every hour
+SWEEP_FIRST_DELAY = 60.0
+SWEEP_INTERVAL = 3600.0
 #: the build store's ``/health`` check, by the name a readiness probe selects it with (``?service=``)
 STORE_HEALTH_CHECK = "Build store"
 
@@ -118,9 +122,16 @@ class Services:
     rate_limiter: RateLimiter
     hub_auth: HubAuth
     keepalives: KeepaliveTicker
+    #: writes builds to the store in batches; its ``error`` says why the store is down, if it is
+    recorder: Recorder = field(default_factory=lambda: Recorder(None))
     warm_pool: WarmPool | None = None  # off by default, never in auth mode
-    store: BuildStore | None = None  # the build store; None when BuildStore.enabled is false
     _stopping: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def store(self) -> BuildStore | None:
+        """The build store: None when ``BuildStore.enabled`` is false or it could not be opened at
+        start (``recorder.error`` says why); its calls raise :class:`StoreError` when it fails."""
+        return self.recorder.store
 
     @property
     def builder_info(self) -> dict[str, Any]:
@@ -156,6 +167,8 @@ class Services:
             with steps.step("BinderHub.registry_class"):
                 images = make_image_store(settings, http, kind.local_images)
             steps.close_on_failure(images.close)
+            recorder = await cls._open_store(settings)
+            steps.close_on_failure(recorder.close_store)
             with steps.step("the build manager"):
                 builds = BuildManager(
                     backend, supervisor,
@@ -163,6 +176,7 @@ class Services:
                     log_tail_lines=kind.executor_settings.log_tail_lines,
                     max_age=kind.cleaner_settings.max_age,
                     image_exists=images.image_exists,
+                    recorder=recorder,
                 )
             with steps.step("BinderHub.launch_quota_class"):
                 quota = kind.launch_quota(launch_quota_class(binderhub.launch_quota_class), supervisor)
@@ -177,13 +191,9 @@ class Services:
             with steps.step("BinderHub.build_token_secret"):
                 build_tokens = BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
                                            binderhub.build_token_check_origin)
-            store = None
-            if settings.BuildStore.enabled:
-                with steps.step("BuildStore.url"):
-                    store = await open_store(settings)
-                steps.close_on_failure(store.close)
             with steps.step("RateLimiter"):
                 # replicas sharing a store count there; one process (SQLite) counts in memory
+                store = recorder.store
                 rate_limiter = RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
                                            settings.RateLimiter.clean_seconds,
                                            store=store if store is not None and store.shared else None)
@@ -193,7 +203,7 @@ class Services:
                 settings=settings, http=http, kind=kind, providers=providers, health=HealthChecks(), supervisor=supervisor,
                 backend=backend, images=images, builds=builds, quota=quota, launcher=launcher, event_log=event_log,
                 build_tokens=build_tokens, rate_limiter=rate_limiter, hub_auth=hub_auth,
-                keepalives=KeepaliveTicker(binderhub.keepalive_interval), store=store,
+                keepalives=KeepaliveTicker(binderhub.keepalive_interval), recorder=recorder,
             )
             steps.hand_over(services.close)
             if settings.WarmPool.enabled:
@@ -208,6 +218,47 @@ class Services:
             services._register_health_checks()
         return services
 
+    @staticmethod
+    async def _open_store(settings: Settings) -> Recorder:
+        """The build store and its recorder. A store that cannot be opened is logged, not fatal:
+        the classic ``/build`` works without it (``/api/v1`` answers 503, ``/health`` says why).
+        A shared store (PostgreSQL) is: a replica without the store its peers share would count
+        its own rate limit and see none of their builds, so it does not start (and is restarted)."""
+        section = settings.BuildStore
+        if not section.enabled:
+            return Recorder(None)
+        try:
+            store = await open_store(settings)
+        except StoreError as e:
+            if shared_store(section):
+                raise StartupError(f"BuildStore.url: {e}. Replicas sharing a PostgreSQL store do not start without it") from None
+            log.error("The build store cannot be opened: %s. Serving /build without it; /api/v1 answers 503", e)
+            return Recorder(None, error=str(e) or type(e).__name__)
+        return Recorder(store, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval)
+
+    async def _store_health(self) -> dict[str, object]:
+        """The "Build store" check: the recorder's view for one process's store; for a shared one a
+        live ping decides (hard: readiness), so a replica is back in service as soon as the
+        database answers, whatever write failed before."""
+        store = self.store
+        if store is None or not store.shared:
+            return await self.recorder.health()
+        await store.ping()
+        return {"ok": True, **({"last_error": self.recorder.error} if self.recorder.error else {})}
+
+    async def _sweep_builds(self) -> None:
+        """One retention sweep (run again every :data:`SWEEP_INTERVAL` by the supervisor)."""
+        if self.store is None:
+            return
+        try:
+            removed = await sweep(self.store, self.settings.BuildStore.retention_days)
+        except StoreError as e:
+            self.recorder.failed(str(e))
+            return
+        if removed:
+            log.info("Removed %d builds older than %s days from the build store", removed,
+                     self.settings.BuildStore.retention_days)
+
     async def _start_background(self, steps: StartupSteps) -> None:
         binderhub = self.settings.BinderHub
         try:
@@ -218,6 +269,9 @@ class Services:
                 raise StartupError(f"The build backend ({binderhub.build_class}) is unreachable: {e}. "
                                    "Fix it, or set BinderHub.builder_required: false to start anyway.") from None
             log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
+        if self.store is not None and self.settings.BuildStore.retention_days > 0:
+            self.supervisor.run_forever("build store sweep", self._sweep_builds, restart_delay=SWEEP_INTERVAL,
+                                        first_delay=SWEEP_FIRST_DELAY)
         if binderhub.build_cleaner_class != "none":
             interval = binderhub.build_cleanup_interval
             self.supervisor.run_forever("build cleaner", self.builds.clean, restart_delay=interval, first_delay=interval)
@@ -247,10 +301,11 @@ class Services:
             self.health.add("JupyterHub API", self.launcher.health)
         for name, check in self.kind.health_checks(self.backend):
             self.health.add(name, check)
-        if self.store is not None:
-            # hard when replicas share it: a replica that cannot reach it leaves the Service (the
-            # replicas overlay's readiness probe runs this check alone); a cheap SELECT 1, cached 5 s
-            self.health.add(STORE_HEALTH_CHECK, self.store.ping, soft=not self.store.shared, cache_seconds=5, timeout=5)
+        if self.settings.BuildStore.enabled:
+            # hard when replicas share the store: a replica that cannot reach it leaves the Service
+            # (the replicas overlay's readiness probe runs this check alone)
+            self.health.add(STORE_HEALTH_CHECK, self._store_health, soft=not shared_store(self.settings.BuildStore),
+                            cache_seconds=5, timeout=5)
         self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
         if self.warm_pool is not None:
             self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)
@@ -272,10 +327,8 @@ class Services:
 
     async def close(self) -> None:
         await self.stop()
-        closers = [self.quota.close, self.images.close, self.backend.close, self.kind.close]  # the engine last
-        if self.store is not None:
-            closers.append(self.store.close)
-        for closer in closers:
+        await self.recorder.close_store()  # after the builds stopped: their last events are written
+        for closer in (self.quota.close, self.images.close, self.backend.close, self.kind.close):  # the engine last
             try:
                 await closer()
             except Exception:

@@ -74,6 +74,10 @@ class FrameStream:
         done, _ = await asyncio.wait((self._task,), timeout=QUICK_ANSWER_SECONDS)
         return bool(done)
 
+    async def wait_for(self, other: asyncio.Future[Any], seconds: float) -> None:
+        """Until ``other`` is done or the source has ended, at most ``seconds``."""
+        await asyncio.wait((other, self._task), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+
     def body(self) -> bytes:
         """Everything the finished source made."""
         self._task.result()

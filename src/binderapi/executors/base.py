@@ -26,6 +26,9 @@ class BuildJob:
     #: git configuration of the clone (set through the environment): the address the repository
     #: host was checked at, pinned, and no redirects (see RepoProvider.build_git_config)
     git_config: tuple[tuple[str, str], ...] = ()
+    #: the build's id (the store's and ``/api/v1``'s): backends label the container or pod with it,
+    #: so a restarted binderapi knows which build a running builder is
+    build_id: str = ""
 
     def __repr__(self) -> str:  # never print credentials
         return f"BuildJob(name={self.name!r}, image_name={self.image_name!r}, repo_url={self.repo_url!r}, ref={self.ref!r})"
@@ -42,6 +45,7 @@ class BuildInfo:
     exit_code: int | None = None
     started_at: float | None = None  # epoch seconds
     finished_at: float | None = None
+    build_id: str = ""  # the label of BuildJob.build_id ("" for a builder started without one)
 
 
 class BuildExistsError(Exception):

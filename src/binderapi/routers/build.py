@@ -7,7 +7,9 @@ error status; bans (403) and the rate limit (429) carry their status too, as in 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -17,7 +19,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from ..auth import HubUser
-from ..errors import BinderError, RateLimitExceededError
+from ..errors import BinderError, BuildError, RateLimitExceededError
 from ..events import Event, FailedEvent, encode, line, stream_event_schemas
 from ..pipeline import BuildPipeline, BuildRequest
 from ..services import Services, ServicesDep
@@ -175,6 +177,20 @@ async def check_policy(request: Request, services: Services, audience: str, buil
     return user, has_token, headers
 
 
+#: ``Last-Event-ID`` of a classic stream: ``<build id>.<seq>`` during the build, ``<build id>.done`` after it
+_LAST_EVENT_ID = re.compile(r"([0-9a-f]{22})\.(done|[0-9]{1,12})")
+
+
+def parse_last_event_id(value: str | None) -> tuple[str, int | None] | None:
+    """``(build id, seq)`` of a ``Last-Event-ID`` this service sent (seq None: ``.done``); None for
+    anything else, which is ignored (a normal request)."""
+    match = _LAST_EVENT_ID.fullmatch((value or "").strip())
+    if match is None:
+        return None
+    build_id, seq = match.groups()
+    return build_id, None if seq == "done" else int(seq)
+
+
 def log_incident(context: str) -> str:
     """Log the exception being handled under a fresh incident id; the message a user sees."""
     incident = uuid.uuid4().hex[:12]
@@ -190,6 +206,9 @@ async def frames(events: AsyncIterator[Event | bytes], context: str) -> AsyncIte
             yield frame
             if isinstance(event, FailedEvent):
                 return
+    except BuildError as e:  # a build's failure names the build
+        yield encode(FailedEvent(message=line(e.message), status_code=e.status_code,
+                                 **({"build_id": e.build_id} if e.build_id else {})))
     except BinderError as e:
         yield encode(FailedEvent(message=line(e.message), status_code=e.status_code))
     except Exception:
@@ -244,6 +263,10 @@ async def build_response(request: Request, services: Services, prefix: str, buil
     if user is not None and user.kind == "service" and not wants_build_only:
         return failure_response(f"The token of JupyterHub service {user.name!r} may only build (build_only=true): "
                                 "servers are launched for users, with a user's token or login", 403)
+    resume = parse_last_event_id(request.headers.get("last-event-id"))
+    if resume is not None and resume[1] is None:
+        return failure_response("This launch already ran (its stream ended after the build): open the link again "
+                                "to launch again.", 409, headers)
     spec = spec.rstrip("/")
     host = request.url.netloc  # the Host header, checked by HostHeaderMiddleware, or our own address
     build_request = BuildRequest(
@@ -256,10 +279,21 @@ async def build_response(request: Request, services: Services, prefix: str, buil
         request_origin=request.headers.get("origin") or request.headers.get("sec-fetch-site") or "",
         build_token=has_build_token,
         username=user.name if user is not None and user.kind == "user" else None,
+        resume_build=resume[0] if resume is not None else "",
+        resume_seq=(resume[1] or 0) if resume is not None else 0,
+        joined=asyncio.get_running_loop().create_future(),
     )
     stream = FrameStream(frames(BuildPipeline(services).run(build_request), f"/build/{prefix}/{spec}"))
     headers = {"cache-control": "no-cache", **headers}
-    if await stream.finished_quickly():
+    quick = await stream.finished_quickly()
+    joined, build_request.joined = build_request.joined, None
+    if not quick and joined is not None and not joined.done():
+        # the build's id goes in a header: wait (a little) for the request to join its build
+        await stream.wait_for(joined, settings.keepalive_interval)
+    if joined is not None and joined.done() and joined.result():
+        headers["x-build-id"] = joined.result()
+    del joined
+    if quick:
         return Response(stream.body(), media_type="text/event-stream", headers=headers)
     return EventStreamResponse(stream, services.keepalives, headers)
 

@@ -31,6 +31,7 @@ LABEL_NAMESPACE = "binderapi.namespace"
 LABEL_BUILD = "binderhub.build"
 LABEL_IMAGE = "binderhub.image"
 LABEL_REPO = "binder-repo"
+LABEL_BUILD_ID = "binderapi.build_id"
 
 #: aiodocker's DockerError status for "could not connect to the engine"
 NO_CONNECTION = 900
@@ -67,8 +68,11 @@ class DockerBuildBackend(BuildBackend):
         return {"build_image": self.config.build_image}
 
     def _labels(self, job: BuildJob) -> dict[str, str]:
-        return {LABEL_COMPONENT: COMPONENT_LABEL, LABEL_NAMESPACE: self.namespace, LABEL_BUILD: job.name,
-                LABEL_IMAGE: job.image_name, LABEL_REPO: job.repo_url}
+        labels = {LABEL_COMPONENT: COMPONENT_LABEL, LABEL_NAMESPACE: self.namespace, LABEL_BUILD: job.name,
+                  LABEL_IMAGE: job.image_name, LABEL_REPO: job.repo_url}
+        if job.build_id:
+            labels[LABEL_BUILD_ID] = job.build_id
+        return labels
 
     def container_config(self, job: BuildJob) -> dict[str, Any]:
         """The builder container: BinderHub's repo2docker command, credentials in the environment."""
@@ -160,6 +164,7 @@ class DockerBuildBackend(BuildBackend):
             exit_code=state.get("ExitCode") if finished else None,
             started_at=_epoch(state.get("StartedAt")),
             finished_at=_epoch(state.get("FinishedAt")) if finished else None,
+            build_id=labels.get(LABEL_BUILD_ID, ""),
         )
 
     async def follow_logs(self, name: str, tail: int | None = None) -> AsyncIterator[str]:

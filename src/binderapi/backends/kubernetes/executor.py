@@ -55,6 +55,8 @@ REPO_ANNOTATION = "binder-repo"
 #: which process created the pod: after a create whose answer was lost, the retry's 409 tells
 #: "we made it" (own it) from "another replica made it" (attach)
 CREATOR_ANNOTATION = "binderapi/creator"
+#: the build's id (BuildJob.build_id), as a label: a restarted binderapi finds its builds by it
+BUILD_ID_LABEL = "binderapi.jupyter.org/build-id"
 #: attempts per API call on transient failures, and the first wait between them (then doubled)
 API_ATTEMPTS = 4
 RETRY_DELAY = 0.5
@@ -186,7 +188,8 @@ class KubernetesBuildBackend(BuildBackend):
             "kind": "Pod",
             "metadata": {
                 "name": job.name,
-                "labels": {"name": job.name, "component": COMPONENT_LABEL},
+                "labels": {"name": job.name, "component": COMPONENT_LABEL,
+                           **({BUILD_ID_LABEL: job.build_id} if job.build_id else {})},
                 "annotations": {REPO_ANNOTATION: job.repo_url, IMAGE_ANNOTATION: job.image_name,
                                 CREATOR_ANNOTATION: self.creator},
             },
@@ -351,6 +354,7 @@ class KubernetesBuildBackend(BuildBackend):
             exit_code=exit_code,
             started_at=_epoch(pod.status.start_time if pod.status else None) or _epoch(pod.metadata.creation_timestamp),
             finished_at=_epoch(terminated.finished_at) if terminated else None,
+            build_id=(pod.metadata.labels or {}).get(BUILD_ID_LABEL, ""),
         )
 
     async def _phases(self, name: str) -> AsyncIterator[tuple[str, Any]]:
