@@ -22,12 +22,13 @@ import pytest
 import sqlalchemy as sa
 
 from binderapi import ratelimit
+from binderapi.errors import StartupError
 from binderapi.ratelimit import RateLimiter
 from binderapi.services import Services
 from binderapi.store.sql import SQLBuildStore, rate_limits
 from binderapi.tokens import BuildTokens
 from fixtures.fake_backend import fake_settings
-from fixtures.server import EVENT_STREAM
+from fixtures.server import EVENT_STREAM, free_port
 from test_inprocess import events_of, inprocess
 
 SECRET = "ab" * 32
@@ -268,3 +269,11 @@ async def test_the_store_check_is_hard_only_when_the_store_is_shared(database: M
     [check] = down.json()["checks"]
     assert check["ok"] is False and "not open" in check["error"]
     assert down.status_code == (503 if shared else 200)
+
+
+async def test_a_replica_does_not_start_without_its_shared_store() -> None:
+    """One process serves the classic /build without its SQLite store; a replica without the
+    PostgreSQL its peers share would count its own rate limit and see none of their builds."""
+    url = f"postgresql+asyncpg://binderapi:x@127.0.0.1:{free_port()}/binderapi"  # nothing listens
+    with pytest.raises(StartupError, match=r"^BuildStore.url: build store .*Replicas sharing a PostgreSQL store do not start without it$"):
+        await Services.start(fake_settings({"BuildStore": {"url": url}}))
