@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from binderapi import ratelimit
 from binderapi.errors import StartupError
@@ -214,6 +219,84 @@ async def test_two_replicas_on_one_postgresql_give_the_same_answers(make_postgre
             r = await http.get(BUILD, headers=EVENT_STREAM, params={"build_only": "true"})
             assert r.status_code == 403
             assert events_of(r)[0]["message"] == "Requests from test-net-2 are not allowed\n"
+
+
+@contextlib.asynccontextmanager
+async def process(config: Path) -> AsyncIterator[str]:
+    """``python -m binderapi --config-file <config>`` on a free loopback port: its base URL once it
+    answers; stopped with SIGINT (as an operator's Ctrl-C) and reaped on exit."""
+    port = free_port()
+    tests = str(Path(__file__).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERAPI_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, env.get("PYTHONPATH", "")]))  # the fakes by import path
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "binderapi", "--config-file", str(config), "--ip", "127.0.0.1", "--port", str(port),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        async with httpx.AsyncClient(timeout=5) as http, asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(url + "versions")).status_code == 200:
+                        break
+                if proc.returncode is not None:
+                    raise AssertionError(f"binderapi stopped: {(await proc.stderr.read()).decode()[-2000:]}")
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            async with asyncio.timeout(30):
+                await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.postgres
+async def test_two_processes_on_one_postgresql_give_the_same_answers(
+    make_postgres_database: Callable[[], Awaitable[str]], tmp_path: Path,
+) -> None:
+    """The same as two app instances, with two real ``binderapi`` processes behind a trusted proxy
+    (the client address comes from ``X-Forwarded-For``): nothing is shared but the database and the
+    configuration."""
+    fakes = "fixtures.fake_backend"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "BinderHub": {
+            "build_class": f"{fakes}:FAKE_KIND", "registry_class": f"{fakes}:FakeImageStore",
+            "repo_providers": {"fake": f"{fakes}:FakeProvider"}, "launch_quota_class": "none",
+            "build_cleaner_class": "none", "enable_api_only_mode": True, "image_prefix": "fake.registry.test/two-",
+            "build_token_secret": SECRET, "trusted_proxies": ["127.0.0.0/8"],
+            "ban_networks": {"198.51.100.0/24": "test-net-2"},
+        },
+        "RateLimiter": {"limit": 3, "period_seconds": 600},
+        "BuildStore": {"url": await make_postgres_database()},
+    }))
+    client = {**EVENT_STREAM, "X-Forwarded-For": "203.0.113.77"}
+    build_only = {"build_only": "true"}
+    async with process(config) as a, process(config) as b, httpx.AsyncClient(timeout=30) as http:
+        answers = [await http.get(url + BUILD, headers=client, params=build_only) for url in (a, b, a, b, a)]
+        token = BuildTokens(SECRET, 600, True).mint("fake/hello/main", "binder.test")
+        with_token = [await http.get(url + BUILD, params={**build_only, "build_token": token},
+                                     headers={**client, "Origin": "http://binder.test"}) for url in (a, b)]
+        other_client = await http.get(b + BUILD, headers={**EVENT_STREAM, "X-Forwarded-For": "203.0.113.78"},
+                                      params=build_only)
+        banned = [await http.get(url + BUILD, headers={**EVENT_STREAM, "X-Forwarded-For": "198.51.100.9"},
+                                 params=build_only) for url in (a, b)]
+        store = [(await http.get(url + "health", params={"service": "Build store"})).json() for url in (a, b)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    assert [r.headers["x-ratelimit-remaining"] for r in answers] == ["2", "1", "0", "0", "0"]
+    resets = {int(r.headers["x-ratelimit-reset"]) for r in answers}
+    assert len(resets) == 1  # one window, whichever process answered
+    assert events_of(answers[0])[-1]["phase"] == "ready" and events_of(answers[3])[0]["status_code"] == 429
+    assert [events_of(r)[-1]["phase"] for r in with_token] == ["ready", "ready"]  # exempt, on both
+    assert other_client.status_code == 200 and other_client.headers["x-ratelimit-remaining"] == "2"
+    assert [r.status_code for r in banned] == [403, 403]
+    assert all(json.loads(r.text.removeprefix("data: "))["message"] == "Requests from test-net-2 are not allowed\n"
+               for r in banned)
+    assert [body["ok"] for body in store] == [True, True]
 
 
 @pytest.mark.postgres
