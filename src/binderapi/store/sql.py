@@ -146,6 +146,11 @@ def _reason(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+#: PostgreSQL advisory lock key held while migrating (any constant bigint: ASCII "binder").
+#: Advisory locks are per database, so stores on different databases never wait for each other.
+MIGRATION_LOCK_KEY = 0x62696E646572
+
+
 @contextlib.contextmanager
 def migration_lock(connection: Connection) -> Iterator[None]:
     """Held around the schema upgrade, in the upgrade's transaction, so processes or replicas that
@@ -153,23 +158,42 @@ def migration_lock(connection: Connection) -> Iterator[None]:
 
     SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock (waiting up to the busy timeout)
     and makes the DDL transactional, which Python's sqlite3 otherwise commits statement by
-    statement. PostgreSQL's DDL is transactional already; helper "pg" adds an advisory lock here.
+    statement. PostgreSQL: its DDL is transactional already; ``pg_advisory_xact_lock`` makes the
+    others wait (bounded by the driver's command timeout) until this transaction commits or rolls
+    back, which releases it, even if the process dies.
     """
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     yield
 
 
-def upgrade_schema(connection: Connection, revision: str = "head") -> None:
+def upgrade_schema(connection: Connection, revision: str = "head", *, store_name: str = "") -> None:
     """Bring the schema to ``revision`` with Alembic, on this (sync-facing) connection: call it
-    through ``AsyncConnection.run_sync``, in a transaction the caller commits."""
+    through ``AsyncConnection.run_sync``, in a transaction the caller commits.
+
+    A database whose schema is at a revision these migrations do not know was migrated by a newer
+    binderapi: it is refused with a :class:`StoreError` rather than used (or "downgraded") blindly.
+    """
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", "binderapi.store:migrations")
     config.attributes["connection"] = connection
     with migration_lock(connection):
+        script = ScriptDirectory.from_config(config)
+        known = {rev.revision for rev in script.walk_revisions()}
+        current = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads()
+        if unknown := [rev for rev in current if rev not in known]:
+            raise StoreError(
+                f"build store {store_name or connection.engine.url.render_as_string(hide_password=True)}: "
+                f"its schema is at revision {', '.join(unknown)}, newer than this binderapi knows "
+                f"(its newest is {script.get_current_head()}); run the binderapi version that migrated "
+                f"it (or a later one), or set BuildStore.url to another database")
         command.upgrade(config, revision)
 
 
@@ -234,6 +258,9 @@ class SQLBuildStore(BuildStore):
             options["connect_args"] = {"timeout": self.busy_timeout}
         else:
             options["connect_args"] = {"timeout": self.busy_timeout, "command_timeout": 60}
+            # a server restart or failover, or a proxy's idle cut, closes pooled connections: check
+            # each on checkout (one round trip) so the next write reconnects instead of failing once
+            options["pool_pre_ping"] = True
         with self._errors("connecting"):
             engine = create_async_engine(self.url, **options)
         if self.dialect == "sqlite":
@@ -260,7 +287,7 @@ class SQLBuildStore(BuildStore):
         self.engine = self._make_engine()
         try:
             async with self._begin("migrating the schema") as connection:
-                await connection.run_sync(upgrade_schema)
+                await connection.run_sync(upgrade_schema, store_name=self.name)
         except BaseException:
             await self.close()
             raise
