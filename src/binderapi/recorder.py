@@ -214,7 +214,7 @@ class Recorder:
                     await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
             self._dirty.clear()
             self._urgent.clear()
-            if not await self.flush():
+            if not await asyncio.shield(self.flush()):  # a close() waits for it rather than losing a batch
                 self._dirty.set()  # try again after a pause
                 await asyncio.sleep(RETRY_SECONDS)
 

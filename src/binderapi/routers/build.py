@@ -286,13 +286,14 @@ async def build_response(request: Request, services: Services, prefix: str, buil
     stream = FrameStream(frames(BuildPipeline(services).run(build_request), f"/build/{prefix}/{spec}"))
     headers = {"cache-control": "no-cache", **headers}
     quick = await stream.finished_quickly()
-    joined, build_request.joined = build_request.joined, None
+    joined = build_request.joined
     if not quick and joined is not None and not joined.done():
         # the build's id goes in a header: wait (a little) for the request to join its build
         await stream.wait_for(joined, settings.keepalive_interval)
+    build_request.joined = None  # not kept for the stream's life
     if joined is not None and joined.done() and joined.result():
         headers["x-build-id"] = joined.result()
-    del joined
+    del joined, build_request
     if quick:
         return Response(stream.body(), media_type="text/event-stream", headers=headers)
     return EventStreamResponse(stream, services.keepalives, headers)
