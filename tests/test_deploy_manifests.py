@@ -21,13 +21,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
 import binderapi
+from binderapi.services import STORE_HEALTH_CHECK
 from binderapi.settings import Settings, load_settings
+from binderapi.store import store_url
+from binderapi.store.sql import SQLBuildStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -46,12 +50,13 @@ BASE_RULES = {("", "pods"): {"get", "watch", "list", "create", "delete"}, ("", "
 SECRET_RULES = {("", "secrets"): {"create", "delete"}}
 
 # Secrets the manifests reference without containing them, and who makes each.
-OPERATOR_SECRETS = {"binder-build-docker-config", "binderapi"}  # kubectl commands in the guide
+OPERATOR_SECRETS = {"binder-build-docker-config", "binderapi", "binderapi-store"}  # kubectl commands in the guide
 CHART_SECRETS = {"hub"}  # the z2jh chart: hub.services.<name>.apiToken
 
 # Placeholder values for environment variables that come from Secrets, so the configuration can be
 # loaded as the pod would see it.
-FAKE_SECRET_VALUES = {"BINDERHUB_BUILD_TOKEN_SECRET": "ab" * 32, "JUPYTERHUB_API_TOKEN": "t" * 64}
+FAKE_SECRET_VALUES = {"BINDERHUB_BUILD_TOKEN_SECRET": "ab" * 32, "JUPYTERHUB_API_TOKEN": "t" * 64,
+                      "BINDERAPI_BUILDSTORE__URL": "postgresql://binderapi:placeholder@postgres.example.org:5432/binderapi"}
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -126,7 +131,9 @@ def guide_site_overlay() -> str:
 
 SITE = "site overlay (guide, step 6)"
 SITE_ALL = "site overlay + every component, other namespace"
-RENDERINGS = ["base", "overlays/dev", "overlays/production", "overlays/dind", SITE, SITE_ALL]
+RENDERINGS = ["base", "overlays/dev", "overlays/production", "overlays/dind", "overlays/replicas", SITE, SITE_ALL]
+#: overlays whose replicas share a build store on PostgreSQL, readiness gated on it
+SHARED_STORE = {"overlays/replicas"}
 COMPONENTS = {"overlays/dind": {"dind"}, SITE: {"dind"}, SITE_ALL: {"dind", "hub-service", "build-secrets"}}
 
 
@@ -135,7 +142,7 @@ def renderings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendering]
     if KUBECTL_PROBLEM:
         pytest.skip(KUBECTL_PROBLEM)
     out = {name: Rendering(name, kustomize(DEPLOY / name), frozenset(COMPONENTS.get(name, ())))
-           for name in RENDERINGS[:4]}
+           for name in RENDERINGS if name.startswith(("base", "overlays/"))}
     # The guide's site overlay, laid out as the guide says: my-binder/ beside deploy/.
     tree = tmp_path_factory.mktemp("checkout")
     shutil.copytree(DEPLOY, tree / "deploy" / "kubernetes")
@@ -309,7 +316,10 @@ def test_probes_hit_versions_on_the_container_port(rendering: Rendering, tmp_pat
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = rendering.container.get(kind)
         if probe:
-            assert probe["httpGet"]["path"] == settings.BinderHub.base_url + "versions", (kind, probe)
+            path = "versions"
+            if kind == "readinessProbe" and rendering.name in SHARED_STORE:  # the store's check alone
+                path = "health?service=" + STORE_HEALTH_CHECK.replace(" ", "%20")
+            assert probe["httpGet"]["path"] == settings.BinderHub.base_url + path, (kind, probe)
             assert ports.get(probe["httpGet"]["port"], probe["httpGet"]["port"]) == image_port, (kind, probe)
 
     service = rendering.one("Service", "binderapi")
@@ -381,7 +391,7 @@ def test_dev_overlay_is_small_and_verbose(renderings: dict[str, Rendering], tmp_
 
 
 @needs_kubectl
-@pytest.mark.parametrize("name", ["overlays/production", SITE, SITE_ALL])
+@pytest.mark.parametrize("name", ["overlays/production", "overlays/replicas", SITE, SITE_ALL])
 def test_production_requires_a_shared_build_token_secret(
     renderings: dict[str, Rendering], name: str, tmp_path: Path
 ) -> None:
@@ -396,6 +406,33 @@ def test_production_requires_a_shared_build_token_secret(
     pod_labels = production.deployment["spec"]["template"]["metadata"]["labels"]
     assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert budget["spec"]["minAvailable"] < production.deployment["spec"]["replicas"]
+
+
+@needs_kubectl
+def test_replicas_share_an_operator_provided_postgresql_and_are_ready_only_with_it(
+    renderings: dict[str, Rendering], tmp_path: Path
+) -> None:
+    r = renderings["overlays/replicas"]
+    assert r.deployment["spec"]["replicas"] >= 2
+    [var] = [var for var in r.container["env"] if var["name"] == "BINDERAPI_BUILDSTORE__URL"]
+    ref = var["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("binderapi-store", "url") and not ref.get("optional")
+    # the URL reaches BuildStore.url through binderapi's own loader, and names a shared store
+    settings = effective_settings(r, tmp_path)
+    assert store_url(settings.BuildStore) == FAKE_SECRET_VALUES["BINDERAPI_BUILDSTORE__URL"]
+    store = SQLBuildStore(store_url(settings.BuildStore))
+    assert store.shared and store.url.drivername == "postgresql+asyncpg"
+    # readiness asks the store's check alone (hard for a shared store); the startup and liveness
+    # probes stay on /versions: a database outage takes replicas out of the Service, never restarts them
+    probe = urlsplit(r.container["readinessProbe"]["httpGet"]["path"])
+    assert probe.path == settings.BinderHub.base_url + "health"
+    assert parse_qs(probe.query) == {"service": [STORE_HEALTH_CHECK]}
+    assert r.container["livenessProbe"]["httpGet"]["path"].endswith("/versions")
+    # every other overlay keeps the embedded default
+    for name in RENDERINGS:
+        if name not in SHARED_STORE:
+            other = renderings[name]
+            assert not any(v["name"] == "BINDERAPI_BUILDSTORE__URL" for v in other.container.get("env", []))
 
 
 @needs_kubectl

@@ -76,7 +76,17 @@ class HealthChecks:
         ``_ignore_failure``), e.g. the pod quota federation redirectors read."""
         self._checks.append(_Check(service, fn, cache_seconds, soft, timeout))
 
-    async def run(self) -> tuple[bool, list[dict[str, Any]]]:
-        results = list(await asyncio.gather(*(check.run() for check in self._checks)))
+    @property
+    def services(self) -> list[str]:
+        return [check.service for check in self._checks]
+
+    async def run(self, only: set[str] | None = None) -> tuple[bool, list[dict[str, Any]]]:
+        """Every check, or those named in ``only`` (a readiness probe that must not depend on
+        everything ``/health`` asks, e.g. ``Build store`` for replicas sharing PostgreSQL)."""
+        checks = self._checks if only is None else [check for check in self._checks if check.service in only]
+        results = list(await asyncio.gather(*(check.run() for check in checks)))
+        known = ", ".join(self.services)
+        results += [{"service": name, "ok": False, "error": f"no such health check (known: {known})"}
+                    for name in sorted((only or set()) - set(self.services))]
         ok = all(r["ok"] for r in results if not r.get("_ignore_failure"))
         return ok, results

@@ -35,7 +35,7 @@ from .ratelimit import RateLimiter
 from .recorder import Recorder
 from .registry import ImageStore, make_image_store
 from .settings import Settings
-from .store import BuildStore, StoreError, open_store, sweep
+from .store import BuildStore, StoreError, open_store, shared_store, sweep
 from .streaming import KeepaliveTicker
 from .supervisor import Supervisor
 from .tokens import BuildTokens
@@ -51,6 +51,8 @@ SWEEP_FIRST_DELAY = 60.0
 SWEEP_INTERVAL = 3600.0
 #: how often a store that could not be opened is tried again
 STORE_REOPEN_INTERVAL = 30.0
+#: the build store's ``/health`` check, by the name a readiness probe selects it with (``?service=``)
+STORE_HEALTH_CHECK = "Build store"
 
 
 #: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
@@ -192,8 +194,11 @@ class Services:
                 build_tokens = BuildTokens(binderhub.build_token_secret, binderhub.build_token_expires_seconds,
                                            binderhub.build_token_check_origin)
             with steps.step("RateLimiter"):
+                # replicas sharing a store count there; one process (SQLite) counts in memory
+                store = recorder.store
                 rate_limiter = RateLimiter(settings.RateLimiter.limit, settings.RateLimiter.period_seconds,
-                                           settings.RateLimiter.clean_seconds)
+                                           settings.RateLimiter.clean_seconds,
+                                           store=store if store is not None and store.shared else None)
             with steps.step("HubOAuth"):
                 hub_auth = HubAuth.from_settings(settings, hub)
             services = cls(
@@ -218,13 +223,17 @@ class Services:
     @staticmethod
     async def _open_store(settings: Settings) -> Recorder:
         """The build store and its recorder. A store that cannot be opened is logged, not fatal:
-        the classic ``/build`` works without it (``/api/v1`` answers 503, ``/health`` says why)."""
+        the classic ``/build`` works without it (``/api/v1`` answers 503, ``/health`` says why).
+        A shared store (PostgreSQL) is: a replica without the store its peers share would count
+        its own rate limit and see none of their builds, so it does not start (and is restarted)."""
         section = settings.BuildStore
         if not section.enabled:
             return Recorder(None)
         try:
             store = await open_store(settings)
         except StoreError as e:
+            if shared_store(section):
+                raise StartupError(f"BuildStore.url: {e}. Replicas sharing a PostgreSQL store do not start without it") from None
             log.error("The build store cannot be opened: %s. Serving /build without it; /api/v1 answers 503", e)
             return Recorder(None, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval,
                             error=str(e) or type(e).__name__)
@@ -242,6 +251,16 @@ class Services:
             return
         log.info("The build store is open now; builds are recorded from here on")
         self.recorder.store, self.recorder.error = store, ""
+
+    async def _store_health(self) -> dict[str, object]:
+        """The "Build store" check: the recorder's view for one process's store; for a shared one a
+        live ping decides (hard: readiness), so a replica is back in service as soon as the
+        database answers, whatever write failed before."""
+        store = self.store
+        if store is None or not store.shared:
+            return await self.recorder.health()
+        await store.ping()
+        return {"ok": True, **({"last_error": self.recorder.error} if self.recorder.error else {})}
 
     async def _sweep_builds(self) -> None:
         """One retention sweep (run again every :data:`SWEEP_INTERVAL` by the supervisor)."""
@@ -282,6 +301,10 @@ class Services:
                 if binderhub.builder_required:
                     raise StartupError(f"{e}. Fix it, or set BinderHub.builder_required: false to start anyway.") from None
                 log.warning("%s; continuing because builder_required is false (see /health)", e)
+        if self.rate_limiter.store is not None and self.rate_limiter.enabled:
+            clean = self.rate_limiter.clean_seconds
+            self.supervisor.run_forever("rate limit sweep", self.rate_limiter.sweep_store, restart_delay=clean,
+                                        first_delay=clean)
         launcher = self.launcher
         if launcher.config.orphan_sweep_interval and launcher.hub.configured and not binderhub.auth_enabled:
             self.supervisor.run_forever("temporary user sweep",
@@ -298,7 +321,10 @@ class Services:
         for name, check in self.kind.health_checks(self.backend):
             self.health.add(name, check)
         if self.settings.BuildStore.enabled:
-            self.health.add("Build store", self.recorder.health, soft=True, cache_seconds=5)
+            # hard when replicas share the store: a replica that cannot reach it leaves the Service
+            # (the replicas overlay's readiness probe runs this check alone)
+            self.health.add(STORE_HEALTH_CHECK, self._store_health, soft=not shared_store(self.settings.BuildStore),
+                            cache_seconds=5, timeout=5)
         self.health.add("Pod quota", lambda: self.quota.health(len(self.builds.running)), soft=True, cache_seconds=60)
         if self.warm_pool is not None:
             self.health.add("Warm pool", self.warm_pool.health, soft=True, cache_seconds=5)

@@ -167,7 +167,7 @@ async def check_policy(request: Request, services: Services, audience: str, buil
     headers: dict[str, str] = {}
     limiter = services.rate_limiter
     if limiter.enabled and not has_token and user is None:
-        state = limiter.increment(request.state.client_ip)
+        state = await limiter.hit(request.state.client_ip)  # the only store round trip of a cached /build
         headers = state.headers()
         if state.exceeded:
             retry_after = state.retry_after()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuildFilter", "BuildRecord", "BuildState", "BuildStore", "StoreError", "StoredEvent", "StoredLog",
-    "default_state_dir", "new_build_id", "open_store", "process_owner", "store_url", "sweep",
+    "default_state_dir", "new_build_id", "open_store", "process_owner", "shared_store", "store_url", "sweep",
 ]
 
 DATABASE_FILE = "builds.sqlite3"
@@ -45,6 +45,13 @@ def store_url(section: BuildStoreSettings) -> str:
         return section.url
     state_dir = Path(section.state_dir).expanduser() if section.state_dir else default_state_dir()
     return f"sqlite+aiosqlite:///{state_dir.absolute() / DATABASE_FILE}"
+
+
+def shared_store(section: BuildStoreSettings) -> bool:
+    """Whether the configured store is one several processes share (PostgreSQL) rather than one
+    process's SQLite file: then the rate limit counts in it, its ``/health`` check is hard and a
+    process does not start without it (:attr:`BuildStore.shared` says the same of an open store)."""
+    return not store_url(section).startswith("sqlite")
 
 
 async def open_store(settings: Settings) -> BuildStore:

@@ -101,6 +101,11 @@ class BuildFilter:
 class BuildStore(abc.ABC):
     """The store. Implementations raise :class:`StoreError` (never a driver's own error)."""
 
+    #: True when several processes may use this store at once (PostgreSQL, not SQLite): the rate
+    #: limit then counts in it (:meth:`hit`), and its ``/health`` check is hard, so a replica that
+    #: cannot reach it is taken out of service (readiness) rather than answering on its own
+    shared: bool = False
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and bring the schema up to date (migrations); raise StoreError if impossible."""
@@ -146,6 +151,17 @@ class BuildStore(abc.ABC):
 
     @abc.abstractmethod
     async def read_log(self, build_id: str) -> StoredLog | None: ...
+
+    # -- the rate limit's counters (shared stores) -----------------------------------------------
+    async def hit(self, key: str, now: float, period_seconds: int) -> tuple[int, float]:
+        """Count one request of ``key`` (a client bucket) at ``now`` (epoch seconds), atomically
+        across processes: ``(requests in its window so far, the window's end)``. A window starts at
+        the first request after the previous one ended and lasts ``period_seconds``."""
+        raise StoreError(f"{type(self).__name__} keeps no rate-limit counters")
+
+    async def delete_hits_before(self, now: float) -> int:
+        """Delete the counters of windows ended by ``now``; how many."""
+        raise StoreError(f"{type(self).__name__} keeps no rate-limit counters")
 
     # -- retention --------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -115,6 +115,16 @@ build_logs = sa.Table(
     sa.Column("dropped_bytes", sa.BigInteger, nullable=False),
 )
 
+#: the rate limit's counters when replicas share the store (:meth:`SQLBuildStore.hit`): one row per
+#: client bucket and current window, deleted by a periodic sweep once the window ended
+rate_limits = sa.Table(
+    "rate_limits", metadata,
+    sa.Column("bucket", sa.Text, primary_key=True),  # ratelimit.client_bucket(): an IPv4 address, an IPv6 /64
+    sa.Column("hits", sa.Integer, nullable=False),
+    sa.Column("window_end", sa.Float, nullable=False),  # epoch seconds
+    sa.Index("ix_rate_limits_window_end", "window_end"),
+)
+
 RECORD_FIELDS = [column.name for column in builds.columns]
 
 
@@ -222,6 +232,11 @@ class SQLBuildStore(BuildStore):
     @property
     def dialect(self) -> str:
         return self.url.get_backend_name()
+
+    @property
+    def shared(self) -> bool:  # type: ignore[override]
+        """PostgreSQL is made for several processes; SQLite here is one process's file."""
+        return self.dialect != "sqlite"
 
     # -- connections and errors --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -405,6 +420,26 @@ class SQLBuildStore(BuildStore):
         if row is None:
             return None
         return StoredLog(head=row.head or "", tail=row.tail or "", dropped_bytes=row.dropped_bytes or 0)
+
+    # -- the rate limit's counters --------------------------------------------------------------------
+    async def hit(self, key: str, now: float, period_seconds: int) -> tuple[int, float]:
+        """One atomic upsert: a new window (1 hit) if the bucket has none or its window ended,
+        else one more hit. Both databases read the old row on the right of ``SET``."""
+        insert = self._insert(rate_limits).values(bucket=key, hits=1, window_end=now + period_seconds)
+        ended = rate_limits.c.window_end <= now
+        statement = insert.on_conflict_do_update(
+            index_elements=[rate_limits.c.bucket],
+            set_={"hits": sa.case((ended, 1), else_=rate_limits.c.hits + 1),
+                  "window_end": sa.case((ended, insert.excluded.window_end), else_=rate_limits.c.window_end)},
+        ).returning(rate_limits.c.hits, rate_limits.c.window_end)
+        async with self._begin("counting the rate limit") as connection:
+            row = (await connection.execute(statement)).one()
+        return row.hits, row.window_end
+
+    async def delete_hits_before(self, now: float) -> int:
+        async with self._begin("deleting ended rate-limit windows") as connection:
+            result = await connection.execute(sa.delete(rate_limits).where(rate_limits.c.window_end <= now))
+        return result.rowcount
 
     # -- retention -----------------------------------------------------------------------------------
     async def delete_finished_before(self, cutoff: datetime, *, batch: int = 500) -> int:
