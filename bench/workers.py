@@ -1,0 +1,115 @@
+"""Cached ``build_only`` under wrk with ``--workers 1`` and ``--workers 2`` in the same run, and
+their ratio (issue 13: at least 1.7x on this 2-core machine).
+
+Both are binderapi processes started here from the stack's own configuration file (same image
+prefix: the image the stack's binderapi built is cached for both), on their own ports, one at a
+time so they do not share the cores. The rounds alternate (1, 2, 1, 2, ...) so that a change in
+the machine's load during the run weighs on both; each configuration's figure is its median
+round. wrk, the load generator, runs on the same 2 cores and takes its share of them: the ratio
+is what a second core adds with the client on the machine, a floor of what it adds behind a
+proxy on another machine.
+
+With the build store, several workers need PostgreSQL: give its URL in
+``BINDERAPI_BENCH_STORE_URL``; without it the store is switched off for both configurations
+(the cached classic path writes nothing to the store either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import tempfile
+from pathlib import Path
+
+from .cached import ensure_built
+from .report import Report, Row
+from .stack import VENV_BIN, Stack, free_port, say
+from .wrk import LUA, _figures
+
+WORKLOAD = "workers: cached build_only under wrk"
+TARGET_RATIO = 1.7
+CONNECTIONS = 50
+
+
+def store_options() -> dict:
+    """The build store's settings for both configurations (see the module's docstring)."""
+    try:
+        from binderapi.settings.models import SECTIONS
+    except ImportError:
+        return {}
+    if "BuildStore" not in SECTIONS:
+        return {}
+    url = os.environ.get("BINDERAPI_BENCH_STORE_URL", "")
+    return {"BuildStore": {"url": url}} if url else {"BuildStore": {"enabled": False}}
+
+
+async def _binderapi(stack: Stack, workers: int, config: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    name = f"binderapi-workers-{workers}"
+    proc = await stack._spawn(name, str(VENV_BIN / "binderapi"), "--config-file", str(config),
+                              "--ip", "127.0.0.1", "--port", str(port), "--workers", str(workers))
+    url = f"http://127.0.0.1:{port}/"
+    await stack._wait_http(name, url + "versions")
+    return proc, url
+
+
+async def _stop(stack: Stack, proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 60)
+    stack.processes[:] = [(n, p) for n, p in stack.processes if p is not proc]
+
+
+async def _wrk(wrk: str, script: Path, url: str, seconds: int) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output = (await proc.communicate())[0].decode(errors="replace")
+    return _figures(output, seconds)
+
+
+async def run(stack: Stack, report: Report, seconds: int, rounds: int) -> None:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        report.add(Row(WORKLOAD, "skipped", {"reason": "wrk not installed (apt-get install wrk)"}))
+        return
+    await ensure_built(stack)
+    assert stack.state is not None
+    config = json.loads((stack.state / "binderapi.json").read_text()) if (stack.state / "binderapi.json").exists() else None
+    if config is None:
+        report.add(Row(WORKLOAD, "skipped", {"reason": "needs the stack's own binderapi (not --binderapi-url)"}))
+        return
+    config.update(store_options())
+    path = stack.state / "binderapi-workers.json"
+    path.write_text(json.dumps(config, indent=2))
+    results: dict[int, list[dict]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory(prefix="binderapi-bench-workers-") as tmp:
+        script = Path(tmp) / "sse.lua"
+        script.write_text(LUA)
+        for round_ in range(rounds):
+            for workers in (1, 2):
+                proc, url = await _binderapi(stack, workers, path)
+                try:
+                    build = f"{url}build/{stack.build_url('hello').split('/build/', 1)[1]}"
+                    await _wrk(wrk, script, build, 2)  # warm-up: the ref resolved, connections made
+                    figures = await _wrk(wrk, script, build, seconds)
+                finally:
+                    await _stop(stack, proc)
+                figures["load_1"] = round(os.getloadavg()[0], 2)
+                results[workers].append(figures)
+                say(f"workers round {round_ + 1}: {workers} worker(s) {figures['req_per_s']:.0f} req/s")
+    medians = {n: statistics.median(f["req_per_s"] for f in rs) for n, rs in results.items()}
+    errors = {n: sum(f["errors"] for f in rs) for n, rs in results.items()}
+    for n in (1, 2):
+        report.add(Row(WORKLOAD, f"{n} worker{'s' if n > 1 else ''}, {CONNECTIONS} connections",
+                       {"req_per_s": medians[n], "errors": errors[n],
+                        "rounds": " / ".join(f"{f['req_per_s']:.0f}" for f in results[n]),
+                        "p99_ms": statistics.median(f["p99_ms"] for f in results[n])},
+                       note="median of the rounds; keep-alive connections" + ("; same-run baseline" if n == 1 else "")))
+    ratio = round(medians[2] / medians[1], 2) if medians[1] else 0.0
+    report.add(Row(WORKLOAD, "2 workers / 1 worker", {"ratio": ratio, "load_1_5_15": " ".join(f"{x:.2f}" for x in os.getloadavg())},
+                   f">= {TARGET_RATIO}x, 0 errors", ratio >= TARGET_RATIO and not any(errors.values()),
+                   note="wrk on the same 2 cores"))

@@ -1,0 +1,318 @@
+"""``binderapi --workers N``: N processes serving one port, and the parent that keeps them.
+
+The parent binds the listening socket once, starts N worker processes (``multiprocessing``'s
+*spawn*, as uvicorn does: a clean interpreter, no state copied from the parent), and then only
+supervises: it forwards SIGTERM and SIGINT, replaces a worker that dies (with a growing delay,
+logged), and gives up with one clear message when workers cannot start. Each worker runs what
+``binderapi`` runs alone (:func:`binderapi.cli._serve`: its own Services, the httptools protocol
+with the head limits, the graceful stop) on the inherited socket.
+
+**One shared socket or SO_REUSEPORT.** Measured here (2 cores, wrk -t2, keep-alive, cached
+``build_only``; see docs/performance.md): with one socket that every worker accepts from, the
+first worker to wake takes a burst of connections (uvloop accepts until the queue is empty), so
+wrk's 50 connections landed 50/0 or 45/5 and 2 workers gave 1.0-1.2x one worker. With
+SO_REUSEPORT the kernel hashes each connection to one of N listening sockets: 50 connections
+split about evenly and 2 workers gave the figure in docs/performance.md. So the parent opens N
+sockets with SO_REUSEPORT on the same address, one per worker slot, and keeps them open: a
+replacement worker takes over its slot's socket, and connections queued on it while the slot was
+empty are served, not reset.
+
+**Why not uvicorn.supervisors.Multiprocess.** It builds ``uvicorn.Server(config)`` in its
+``Process`` (not our :class:`~binderapi.httpserver.Server`, whose ``on_stop`` ends the event
+streams) and runs only the server (the Services must start first, and close after); it pickles a
+``uvicorn.Config`` whose app is built after the Services start and whose protocol class is made
+at run time; it replaces a dead worker every half second without a delay that grows, and a worker
+that fails to start with anything but uvicorn's own exit code is replaced forever. Overriding all
+of that left little of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .httpserver import STOP_SIGNALS
+
+log = logging.getLogger("binderapi.workers")
+
+#: a worker's exit status when it could not start (uvicorn's STARTUP_FAILURE)
+STARTUP_FAILURE = 3
+#: delay before the first replacement of a worker that died, doubled each time it dies again soon
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+#: a worker that served this long before it died is replaced after the first delay again
+STABLE_SECONDS = 30.0
+#: a slot whose worker dies before it is ready this many times in a row stops the service
+MAX_FAILED_STARTS = 5
+#: share one listening socket instead of one SO_REUSEPORT socket per worker (see the module's docstring)
+SHARED_SOCKET = os.environ.get("XBENCH_SHARED_SOCKET", "") == "1"
+
+_spawn = multiprocessing.get_context("spawn")
+
+
+class WorkersError(Exception):
+    """The workers cannot serve: the message says why, for the command's one line."""
+
+
+def check_workers(settings: Any) -> None:
+    """Refuse what several workers cannot share. The build store's SQLite lives in one process's
+    file and locks; several processes writing it would wait on each other's locks, and none would
+    hear of the others' builds. PostgreSQL is shared by design."""
+    workers = settings.BinderHub.workers
+    store = getattr(settings, "BuildStore", None)  # the section comes with the build store
+    if workers <= 1 or store is None or not getattr(store, "enabled", True):
+        return
+    url = store.url or "sqlite"
+    if url.split(":", 1)[0].split("+", 1)[0] == "sqlite":
+        raise WorkersError(f"BinderHub.workers={workers} needs a shared build store: set BuildStore.url to "
+                           "postgresql+asyncpg://user:password@host/db; SQLite serves one process")
+
+
+def listen(binderhub: Any, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on ``ip:port``, with SO_REUSEPORT (one per worker) or one socket
+    shared by all. Port 0 picks a free port once, and every socket takes the same one."""
+    host = binderhub.ip or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    port = binderhub.port
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(1 if SHARED_SOCKET else count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if not SHARED_SOCKET:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise WorkersError(f"cannot listen on {host}:{binderhub.port}: {e.strerror or e}") from e
+    return sockets * count if SHARED_SOCKET else sockets
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux for SIGTERM when the parent dies (even by SIGKILL): no worker is left orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request
+        sys.exit(0)
+
+
+def _worker_main(settings: Any, sock: socket.socket, index: int, parent: int, conn: Connection) -> None:
+    """A worker process: serve on ``sock`` as ``binderapi`` alone does; tell the parent when ready
+    (``"ready"``) or why it could not start (the message, then exit :data:`STARTUP_FAILURE`)."""
+    import asyncio
+
+    from .cli import _serve
+    from .logs import settings_secrets, setup_logging
+    from .services import StartupError
+
+    # A terminal's Ctrl-C reaches the whole process group; the parent forwards a stop as SIGTERM.
+    # Until the server's own handlers are set, SIGINT would be a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+    setup_logging(settings.BinderHub, settings_secrets(settings))
+    from .metrics import WORKER_INFO
+
+    WORKER_INFO.labels(worker=str(index)).set(1)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    try:
+        with runner:
+            runner.run(_serve(settings, sockets=[sock], on_started=lambda: conn.send("ready")))
+    except StartupError as e:
+        with contextlib.suppress(OSError):
+            conn.send(str(e))
+        sys.exit(STARTUP_FAILURE)
+
+
+@dataclass
+class _Slot:
+    index: int
+    sock: socket.socket
+    process: Any = None  # multiprocessing's SpawnProcess
+    conn: Connection | None = None
+    ready: bool = False
+    started_at: float = 0.0
+    failed_starts: int = 0
+    delay: float = RESTART_DELAY
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """The parent: starts a worker per slot, replaces the ones that die, stops them all on a signal."""
+
+    def __init__(self, settings: Any, sockets: list[socket.socket]) -> None:
+        self.settings = settings
+        self.slots = [_Slot(i, sock) for i, sock in enumerate(sockets)]
+        self.stopping = False
+        self.failure = ""
+        self._signals: list[int] = []
+
+    # -- processes ---------------------------------------------------------------------------
+    def _start(self, slot: _Slot) -> None:
+        parent_conn, child_conn = _spawn.Pipe(duplex=False)
+        slot.process = _spawn.Process(target=_worker_main, name=f"binderapi-worker-{slot.index}",
+                                      args=(self.settings, slot.sock, slot.index, os.getpid(), child_conn))
+        slot.process.start()
+        child_conn.close()
+        slot.conn, slot.ready, slot.restart_at = parent_conn, False, None
+        slot.started_at = time.monotonic()
+
+    def _reap(self, slot: _Slot) -> None:
+        """The worker of ``slot`` has exited: say how, and plan its replacement or the stop."""
+        process = slot.process
+        process.join()
+        code = process.exitcode
+        message = ""
+        if slot.conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                while slot.conn.poll():
+                    received = slot.conn.recv()
+                    if received == "ready":
+                        slot.ready = True
+                    else:
+                        message = received
+            slot.conn.close()
+        slot.process, slot.conn = None, None
+        how = f"was killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited with status {code}"
+        if self.stopping:
+            if code:
+                log.warning("worker %d (pid %d) %s while stopping", slot.index, process.pid, how)
+            return
+        if code == STARTUP_FAILURE and message:
+            # a start-up error (configuration, an unreachable backend) is the same in every worker
+            self.failure = message
+            return
+        served = time.monotonic() - slot.started_at
+        if slot.ready:
+            slot.failed_starts = 0
+            if served >= STABLE_SECONDS:
+                slot.delay = RESTART_DELAY
+        else:
+            slot.failed_starts += 1
+            if slot.failed_starts >= MAX_FAILED_STARTS:
+                self.failure = (f"worker {slot.index} {how} before it was ready, {slot.failed_starts} times in a row; "
+                                "see the log above")
+                return
+        log.error("worker %d (pid %d) %s after %.1f s; starting a new one in %.1f s",
+                  slot.index, process.pid, how, served, slot.delay)
+        slot.restart_at = time.monotonic() + slot.delay
+        slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+
+    def _signal(self, sig: int) -> None:
+        """Forward a stop: the first as SIGTERM (a terminal's Ctrl-C already reached the workers as
+        SIGINT; one more SIGINT would skip the wait for open connections), later ones as they are."""
+        first = not self.stopping
+        self.stopping = True
+        forward = signal.SIGTERM if first else sig
+        for slot in self.slots:
+            if slot.process is not None and slot.process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid, forward)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until a stop signal (0 once every worker has stopped) or a failure (1)."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        previous = {sig: signal.signal(sig, lambda sig, frame: self._signals.append(sig)) for sig in STOP_SIGNALS}
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            announced = False
+            while True:
+                while self._signals:
+                    self._signal(self._signals.pop(0))
+                if self.failure and not self.stopping:
+                    self._signal(signal.SIGTERM)
+                live = [slot for slot in self.slots if slot.process is not None]
+                if self.stopping and not live:
+                    break
+                now = time.monotonic()
+                if not self.stopping:
+                    for slot in self.slots:
+                        if slot.process is None and slot.restart_at is not None and slot.restart_at <= now:
+                            self._start(slot)
+                            live.append(slot)
+                if not announced and all(slot.ready for slot in self.slots):
+                    announced = True
+                    log.info("serving on %s with %d workers (pids %s)", self._address(), len(self.slots),
+                             " ".join(str(slot.process.pid) for slot in self.slots))
+                waits = [slot.restart_at - now for slot in self.slots if slot.process is None and slot.restart_at]
+                timeout = max(0.0, min(waits)) if waits and not self.stopping else None
+                objects: list[Any] = [wake_r]
+                for slot in live:
+                    objects.append(slot.process.sentinel)
+                    if slot.conn is not None and not slot.ready:
+                        objects.append(slot.conn)
+                ready = wait(objects, timeout)
+                if wake_r in ready:
+                    with contextlib.suppress(OSError):
+                        wake_r.recv(4096)
+                for slot in live:
+                    if slot.conn is not None and slot.conn in ready and not slot.ready:
+                        with contextlib.suppress(OSError, EOFError):
+                            received = slot.conn.recv()
+                            if received == "ready":
+                                slot.ready = True
+                                slot.failed_starts = 0
+                    if slot.process.sentinel in ready:
+                        self._reap(slot)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            wake_r.close()
+            wake_w.close()
+            for sock in {id(slot.sock): slot.sock for slot in self.slots}.values():
+                sock.close()
+        return 1 if self.failure else 0
+
+    def _address(self) -> str:
+        host, port = self.slots[0].sock.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def share_secrets(settings: Any) -> None:
+    """An unset ``build_token_secret`` is random per process: a build token minted by one worker
+    would be refused by the next (and login cookies, keyed from it, too). The parent draws one for
+    all its workers; it still does not survive a restart or cross replicas."""
+    if not settings.BinderHub.build_token_secret:
+        log.warning("Generating a random build token secret for the %d workers: build tokens will not survive a "
+                    "restart or work across replicas; set BinderHub.build_token_secret", settings.BinderHub.workers)
+        settings.BinderHub.build_token_secret = secrets.token_hex(32)
+
+
+def serve_workers(settings: Any) -> None:
+    """``binderapi --workers N`` (N > 1): bind, supervise, exit 0 after a requested stop, or with
+    ``binderapi: <why>`` when the workers cannot serve."""
+    try:
+        check_workers(settings)
+        sockets = listen(settings.BinderHub, settings.BinderHub.workers)
+    except WorkersError as e:
+        sys.exit(f"binderapi: {e}")
+    share_secrets(settings)
+    supervisor = Supervisor(settings, sockets)
+    if supervisor.run():
+        sys.exit(f"binderapi: {supervisor.failure}")
