@@ -103,6 +103,7 @@ class Sections(BaseModel):
     CKANProvider: models.CKANProvider = Field(default_factory=models.CKANProvider)
     SwhidProvider: models.SwhidProvider = Field(default_factory=models.SwhidProvider)
     WarmPool: models.WarmPool = Field(default_factory=models.WarmPool)
+    BuildStore: models.BuildStore = Field(default_factory=models.BuildStore)
 
 
 class Settings(Sections, BaseSettings):

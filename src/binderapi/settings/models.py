@@ -504,6 +504,17 @@ class WarmPool(Section):
     refill_concurrency: int = Field(2, ge=1, description="Warm servers started at once.")
 
 
+
+class BuildStore(Section):
+    """Where builds are kept beyond a process's life: the history, events and logs behind `/api/v1/builds`."""
+
+    enabled: bool = Field(True, description="Keep builds in the store. Off: builds have ids only while they run, `/api/v1` answers 503 and nothing is written to disk.")
+    url: str = secret("", "SQLAlchemy URL of the store: `sqlite+aiosqlite:///<path>` or `postgresql+asyncpg://<user>:<password>@<host>/<database>` (`sqlite://` and `postgresql://` get these async drivers). Empty: the SQLite file `builds.sqlite3` in `state_dir`. Its schema is migrated at start-up.")
+    state_dir: str = Field("", description="Directory of the embedded SQLite store, made if missing. Empty: `$XDG_STATE_HOME/binderapi`, else `~/.local/state/binderapi`.")
+    retention_days: float = Field(30, ge=0, description="Days a finished build (its record, events and log) is kept; a periodic sweep deletes older ones. 0 keeps them forever.")
+    max_log_bytes: ByteSize = Field(1024**2, ge=1024, description="Builder output kept per build, e.g. `1M`. Past it, the first and the last half are kept with a marker line between them saying how much was left out.")
+    flush_interval: float = Field(0.25, gt=0, description="Seconds between batched writes of running builds' events and logs to the store (a finished build is written at once).")
+
 # BinderHub's established environment variables, read as defaults (below the config file).
 LEGACY_ENV: dict[str, tuple[str, str]] = {
     "JUPYTERHUB_SERVICE_PREFIX": ("BinderHub", "base_url"),
@@ -529,7 +540,7 @@ SECTIONS: dict[str, type[Section]] = {
         DockerCleaner, DockerRegistry, LaunchQuota, KubernetesLaunchQuota, DockerLaunchQuota, Launcher,
         HubOAuth, EventLog, RateLimiter, RepoProvider, GitHubRepoProvider, GistRepoProvider, GitLabRepoProvider,
         GitRepoProvider, DoiProvider, ZenodoProvider, FigshareProvider, HydroshareProvider,
-        DataverseProvider, CKANProvider, SwhidProvider, WarmPool,
+        DataverseProvider, CKANProvider, SwhidProvider, WarmPool, BuildStore,
     )
 }
 

@@ -1,0 +1,384 @@
+"""The build store in SQL: SQLAlchemy 2 (async Core) on SQLite (aiosqlite, the embedded default) or
+PostgreSQL (asyncpg), with its schema kept by the Alembic migrations in ``migrations/``.
+
+The statements are dialect-neutral except the upserts, which use the ``INSERT ... ON CONFLICT``
+both dialects share. Nothing assumes one process: rows are keyed by build id (and event ``seq``),
+a repeated event is ignored, the log's head grows by ``head || new`` in the database itself, and
+two processes may write the same file or database at once. Every driver or SQLAlchemy error
+becomes a :class:`~binderapi.store.base.StoreError` naming the store (password hidden) and what
+failed, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .base import (
+    BuildFilter,
+    BuildRecord,
+    BuildState,
+    BuildStore,
+    StoredEvent,
+    StoredLog,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+#: The async driver of each supported database; a URL naming the database alone gets it.
+DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+#: Alembic's version table, named so a database shared with JupyterHub (which has its own
+#: ``alembic_version``) keeps both apart.
+VERSION_TABLE = "binderapi_alembic_version"
+FINISHED = [state.value for state in BuildState if state.finished]
+UNFINISHED = [state.value for state in BuildState if not state.finished]
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database: SQLite keeps no offset, so values are
+    stored in UTC and read back with ``tzinfo=UTC`` (naive values are refused, not guessed)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"a naive datetime cannot be stored: {value!r} (use an aware one)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+builds = sa.Table(
+    "builds", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("repo_url", sa.Text, nullable=False),
+    sa.Column("resolved_ref", sa.Text, nullable=False),
+    sa.Column("image_name", sa.Text, nullable=False),
+    sa.Column("build_name", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("cached", sa.Boolean, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("queue_position", sa.Integer, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("log_bytes", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    # the list filters, each with the id so "newest first" reads the index in order
+    sa.Index("ix_builds_state_id", "state", "id"),
+    sa.Index("ix_builds_image_name_id", "image_name", "id"),
+    sa.Index("ix_builds_spec_id", "spec", "id"),
+)
+
+build_events = sa.Table(
+    "build_events", metadata,
+    sa.Column("build_id", sa.String(32), sa.ForeignKey("builds.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+build_logs = sa.Table(
+    "build_logs", metadata,
+    sa.Column("build_id", sa.String(32), sa.ForeignKey("builds.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("head", sa.Text, nullable=False),
+    sa.Column("tail", sa.Text, nullable=False),
+    sa.Column("dropped_bytes", sa.BigInteger, nullable=False),
+)
+
+RECORD_FIELDS = [column.name for column in builds.columns]
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The URL with its async driver (``sqlite://`` -> ``sqlite+aiosqlite://``); anything but
+    SQLite or PostgreSQL, or another driver, is a StoreError."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(f"build store: {url!r} is not a database URL ({e})") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in DRIVERS:
+        raise StoreError(f"build store: {parsed.render_as_string(hide_password=True)}: unsupported database "
+                         f"{backend!r}; use {' or '.join(f'{b}+{d}://' for b, d in DRIVERS.items())}")
+    if driver and driver != DRIVERS[backend]:
+        raise StoreError(f"build store: {parsed.render_as_string(hide_password=True)}: driver {driver!r} is not "
+                         f"async; use {backend}+{DRIVERS[backend]}://")
+    return parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
+
+
+def _reason(error: BaseException) -> str:
+    """The driver's own words, without SQLAlchemy's statement dump and help link."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    text = str(error).split("\n[SQL:", 1)[0].split("\n(Background", 1)[0].strip()
+    return text or type(error).__name__
+
+
+@contextlib.contextmanager
+def migration_lock(connection: Connection) -> Iterator[None]:
+    """Held around the schema upgrade, in the upgrade's transaction, so processes or replicas that
+    start together migrate one at a time (the later ones then find the schema current).
+
+    SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock (waiting up to the busy timeout)
+    and makes the DDL transactional, which Python's sqlite3 otherwise commits statement by
+    statement. PostgreSQL's DDL is transactional already; helper "pg" adds an advisory lock here.
+    """
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    yield
+
+
+def upgrade_schema(connection: Connection, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic, on this (sync-facing) connection: call it
+    through ``AsyncConnection.run_sync``, in a transaction the caller commits."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "binderapi.store:migrations")
+    config.attributes["connection"] = connection
+    with migration_lock(connection):
+        command.upgrade(config, revision)
+
+
+class SQLBuildStore(BuildStore):
+    """:class:`BuildStore` on an SQLAlchemy async engine.
+
+    ``busy_timeout`` bounds how long a write waits for another writer (SQLite's lock, a pool
+    connection or PostgreSQL's connect); ``pool_size`` bounds the connections (and, for SQLite,
+    the driver threads) one process keeps.
+    """
+
+    def __init__(self, url: str | URL, *, pool_size: int = 5, busy_timeout: float = 10.0) -> None:
+        self.url = normalize_url(url)
+        self.pool_size = pool_size
+        self.busy_timeout = busy_timeout
+        self.engine: AsyncEngine | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLBuildStore({self.name!r})"
+
+    @property
+    def name(self) -> str:
+        """The URL as logs and messages may show it (password hidden)."""
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    # -- connections and errors --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except (SQLAlchemyError, OSError, TimeoutError, ValueError) as e:
+            raise StoreError(f"build store {self.name}: {action} failed: {_reason(e)}") from e
+        except Exception as e:  # a driver's own error class that SQLAlchemy did not wrap (asyncpg)
+            if type(e).__module__.split(".")[0] in ("asyncpg", "aiosqlite", "sqlite3"):
+                raise StoreError(f"build store {self.name}: {action} failed: {_reason(e)}") from e
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _begin(self, action: str) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed on success; any error is a StoreError."""
+        if self.engine is None:
+            raise StoreError(f"build store {self.name}: {action} failed: the store is not open")
+        with self._errors(action):
+            async with self.engine.begin() as connection:
+                yield connection
+
+    def _make_engine(self) -> AsyncEngine:
+        options: dict[str, Any] = {"pool_size": self.pool_size, "max_overflow": 0,
+                                   "pool_timeout": self.busy_timeout, "pool_pre_ping": False}
+        if self.dialect == "sqlite":
+            options["connect_args"] = {"timeout": self.busy_timeout}
+        else:
+            options["connect_args"] = {"timeout": self.busy_timeout, "command_timeout": 60}
+        with self._errors("connecting"):
+            engine = create_async_engine(self.url, **options)
+        if self.dialect == "sqlite":
+            busy_ms = int(self.busy_timeout * 1000)
+
+            @sa.event.listens_for(engine.sync_engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+                """WAL (readers never wait for the writer), a busy wait instead of an instant
+                "database is locked", and foreign keys (off by default in SQLite)."""
+                cursor = dbapi_connection.cursor()
+                for pragma in (f"busy_timeout = {busy_ms}", "foreign_keys = ON", "journal_mode = WAL",
+                               "synchronous = NORMAL"):
+                    cursor.execute(f"PRAGMA {pragma}")
+                cursor.close()
+
+        return engine
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.engine is not None:
+            return
+        if self.dialect == "sqlite" and self.url.database and self.url.database != ":memory:":
+            await asyncio.to_thread(self._make_directory, self.url.database)
+        self.engine = self._make_engine()
+        try:
+            async with self._begin("migrating the schema") as connection:
+                await connection.run_sync(upgrade_schema)
+        except BaseException:
+            await self.close()
+            raise
+        log.debug("build store %s open, schema current", self.name)
+
+    def _make_directory(self, database: str) -> None:
+        directory = Path(database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"build store {self.name}: cannot create its directory {directory}: "
+                             f"{e.strerror or e}") from e
+
+    async def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                await engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._begin("ping") as connection:
+            await connection.execute(sa.text("SELECT 1"))
+
+    # -- builds --------------------------------------------------------------------------------------
+    def _insert(self, table: sa.Table) -> Any:
+        """``INSERT`` with ``ON CONFLICT`` support, as both dialects spell it."""
+        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+
+    async def save(self, records: list[BuildRecord]) -> None:
+        if not records:
+            return
+        rows = [{name: getattr(record, name) for name in RECORD_FIELDS} for record in records]
+        for row in rows:
+            row["state"] = BuildState(row["state"]).value
+        insert = self._insert(builds)
+        statement = insert.on_conflict_do_update(
+            index_elements=[builds.c.id],
+            set_={name: insert.excluded[name] for name in RECORD_FIELDS if name != "id"},
+        )
+        async with self._begin(f"saving {len(records)} build(s)") as connection:
+            await connection.execute(statement, rows)
+
+    @staticmethod
+    def _record(row: sa.Row[Any]) -> BuildRecord:
+        values = row._asdict()
+        values["state"] = BuildState(values["state"])
+        return BuildRecord(**values)
+
+    async def get(self, build_id: str) -> BuildRecord | None:
+        async with self._begin(f"reading build {build_id}") as connection:
+            row = (await connection.execute(sa.select(builds).where(builds.c.id == build_id))).first()
+        return self._record(row) if row else None
+
+    async def list(self, query: BuildFilter) -> list[BuildRecord]:
+        statement = sa.select(builds).order_by(builds.c.id.desc()).limit(max(0, query.limit))
+        if query.state is not None:
+            statement = statement.where(builds.c.state == BuildState(query.state).value)
+        if query.image_name is not None:
+            statement = statement.where(builds.c.image_name == query.image_name)
+        if query.spec_prefix:
+            statement = statement.where(builds.c.spec.startswith(query.spec_prefix, autoescape=True))
+        if query.before is not None:
+            statement = statement.where(builds.c.id < query.before)
+        async with self._begin("listing builds") as connection:
+            rows = (await connection.execute(statement)).all()
+        return [self._record(row) for row in rows]
+
+    async def latest_for_image(self, image_name: str, *, cached: bool | None = None) -> BuildRecord | None:
+        statement = sa.select(builds).where(builds.c.image_name == image_name)
+        if cached is not None:
+            statement = statement.where(builds.c.cached == cached)
+        statement = statement.order_by(builds.c.id.desc()).limit(1)
+        async with self._begin(f"finding the latest build of {image_name}") as connection:
+            row = (await connection.execute(statement)).first()
+        return self._record(row) if row else None
+
+    async def unfinished(self) -> list[BuildRecord]:
+        statement = sa.select(builds).where(builds.c.state.in_(UNFINISHED)).order_by(builds.c.id)
+        async with self._begin("listing unfinished builds") as connection:
+            rows = (await connection.execute(statement)).all()
+        return [self._record(row) for row in rows]
+
+    # -- events and logs -----------------------------------------------------------------------------
+    async def append(self, build_id: str, events: list[StoredEvent], log_head: str = "",
+                     log_tail: str | None = None, dropped_bytes: int = 0) -> None:
+        """See :meth:`BuildStore.append`. The build must have been saved first (a foreign key)."""
+        async with self._begin(f"appending to build {build_id}") as connection:
+            if events:
+                statement = self._insert(build_events).on_conflict_do_nothing(
+                    index_elements=[build_events.c.build_id, build_events.c.seq])
+                await connection.execute(
+                    statement, [{"build_id": build_id, "seq": e.seq, "data": e.data} for e in events])
+            if log_head or log_tail is not None:
+                insert = self._insert(build_logs).values(
+                    build_id=build_id, head=log_head, tail=log_tail or "", dropped_bytes=dropped_bytes)
+                changes: dict[str, Any] = {"head": build_logs.c.head + insert.excluded.head}
+                if log_tail is not None:
+                    changes |= {"tail": insert.excluded.tail, "dropped_bytes": insert.excluded.dropped_bytes}
+                await connection.execute(
+                    insert.on_conflict_do_update(index_elements=[build_logs.c.build_id], set_=changes))
+
+    async def events_after(self, build_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        statement = (sa.select(build_events.c.seq, build_events.c.data)
+                     .where(build_events.c.build_id == build_id, build_events.c.seq > after)
+                     .order_by(build_events.c.seq).limit(max(0, limit)))
+        async with self._begin(f"reading the events of build {build_id}") as connection:
+            rows = (await connection.execute(statement)).all()
+        return [StoredEvent(seq=row.seq, data=row.data) for row in rows]
+
+    async def read_log(self, build_id: str) -> StoredLog | None:
+        """The build's log; an empty one for a build without output yet, None for no such build."""
+        statement = (sa.select(builds.c.id, build_logs.c.head, build_logs.c.tail, build_logs.c.dropped_bytes)
+                     .select_from(builds.outerjoin(build_logs, build_logs.c.build_id == builds.c.id))
+                     .where(builds.c.id == build_id))
+        async with self._begin(f"reading the log of build {build_id}") as connection:
+            row = (await connection.execute(statement)).first()
+        if row is None:
+            return None
+        return StoredLog(head=row.head or "", tail=row.tail or "", dropped_bytes=row.dropped_bytes or 0)
+
+    # -- retention -----------------------------------------------------------------------------------
+    async def delete_finished_before(self, cutoff: datetime, *, batch: int = 500) -> int:
+        """Deletes in batches of ``batch`` builds (events and logs go with them by the foreign
+        keys' cascade), each its own short transaction, so live writers are never held up long."""
+        deleted = 0
+        while True:
+            async with self._begin("deleting old builds") as connection:
+                ids = (await connection.execute(
+                    sa.select(builds.c.id)
+                    .where(builds.c.state.in_(FINISHED), builds.c.created_at < cutoff)
+                    .order_by(builds.c.id).limit(batch))).scalars().all()
+                if ids:
+                    await connection.execute(sa.delete(builds).where(builds.c.id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < batch:
+                return deleted
