@@ -69,12 +69,10 @@ def check_workers(settings: Any) -> None:
     """Refuse what several workers cannot share. The build store's SQLite lives in one process's
     file and locks; several processes writing it would wait on each other's locks, and none would
     hear of the others' builds. PostgreSQL is shared by design."""
-    workers = settings.BinderHub.workers
-    store = getattr(settings, "BuildStore", None)  # the section comes with the build store
-    if workers <= 1 or store is None or not getattr(store, "enabled", True):
+    workers, store = settings.BinderHub.workers, settings.BuildStore
+    if workers <= 1 or not store.enabled:
         return
-    url = store.url or "sqlite"
-    if url.split(":", 1)[0].split("+", 1)[0] == "sqlite":
+    if (store.url or "sqlite").split(":", 1)[0].split("+", 1)[0] == "sqlite":
         raise WorkersError(f"BinderHub.workers={workers} needs a shared build store: set BuildStore.url to "
                            "postgresql+asyncpg://user:password@host/db; SQLite serves one process")
 
@@ -121,9 +119,11 @@ def _worker_main(settings: Any, sock: socket.socket, index: int, parent: int, co
     from .logs import settings_secrets, setup_logging
     from .services import StartupError
 
-    # A terminal's Ctrl-C reaches the whole process group; the parent forwards a stop as SIGTERM.
-    # Until the server's own handlers are set, SIGINT would be a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A terminal's Ctrl-C signals its whole process group. The parent forwards each stop, so a
+    # worker in that group would get one Ctrl-C twice, in either order, and a second SIGINT is
+    # uvicorn's "stop now" (no wait for open connections, no lifespan shutdown): a group of its own.
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the server's handlers are set
     _die_with_parent(parent)
     setup_logging(settings.BinderHub, settings_secrets(settings))
     from .metrics import WORKER_INFO
@@ -151,6 +151,7 @@ class _Slot:
     process: Any = None  # multiprocessing's SpawnProcess
     conn: Connection | None = None
     ready: bool = False
+    message: str = ""  # why it could not start, as the worker said
     started_at: float = 0.0
     failed_starts: int = 0
     delay: float = RESTART_DELAY
@@ -182,16 +183,10 @@ class Supervisor:
         process = slot.process
         process.join()
         code = process.exitcode
-        message = ""
         if slot.conn is not None:
-            with contextlib.suppress(OSError, EOFError):
-                while slot.conn.poll():
-                    received = slot.conn.recv()
-                    if received == "ready":
-                        slot.ready = True
-                    else:
-                        message = received
+            self._receive(slot)
             slot.conn.close()
+        message, slot.message = slot.message, ""
         slot.process, slot.conn = None, None
         how = f"was killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited with status {code}"
         if self.stopping:
@@ -218,9 +213,19 @@ class Supervisor:
         slot.restart_at = time.monotonic() + slot.delay
         slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
 
+    def _receive(self, slot: _Slot) -> None:
+        """What the worker said: ``"ready"``, or why it could not start."""
+        with contextlib.suppress(OSError, EOFError):
+            while slot.conn is not None and slot.conn.poll():
+                received = slot.conn.recv()
+                if received == "ready":
+                    slot.ready, slot.failed_starts = True, 0
+                else:
+                    slot.message = received
+
     def _signal(self, sig: int) -> None:
-        """Forward a stop: the first as SIGTERM (a terminal's Ctrl-C already reached the workers as
-        SIGINT; one more SIGINT would skip the wait for open connections), later ones as they are."""
+        """Forward a stop: the first as SIGTERM (graceful), later ones as they are (a second Ctrl-C
+        is SIGINT: the workers stop waiting for open connections, as binderapi alone does)."""
         first = not self.stopping
         self.stopping = True
         forward = signal.SIGTERM if first else sig
@@ -265,18 +270,14 @@ class Supervisor:
                 for slot in live:
                     objects.append(slot.process.sentinel)
                     if slot.conn is not None and not slot.ready:
-                        objects.append(slot.conn)
+                        objects.append(slot.conn)  # until it says "ready" (or why it is not)
                 ready = wait(objects, timeout)
                 if wake_r in ready:
                     with contextlib.suppress(OSError):
                         wake_r.recv(4096)
                 for slot in live:
-                    if slot.conn is not None and slot.conn in ready and not slot.ready:
-                        with contextlib.suppress(OSError, EOFError):
-                            received = slot.conn.recv()
-                            if received == "ready":
-                                slot.ready = True
-                                slot.failed_starts = 0
+                    if slot.conn is not None and slot.conn in ready:
+                        self._receive(slot)
                     if slot.process.sentinel in ready:
                         self._reap(slot)
         finally:
