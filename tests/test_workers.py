@@ -185,6 +185,15 @@ def test_sqlite_build_store_refuses_several_workers(binderapi, tmp_path):
     assert "Traceback" not in log and not server.children()
 
 
+def test_the_warm_pool_refuses_several_workers(binderapi):
+    """Until the pool is shared through the store: each worker's pool would remove the others'."""
+    server = binderapi("--workers", "2", *FAKES, *NO_STORE, "--WarmPool.enabled=true")
+    assert server.proc.wait(timeout=60) != 0
+    last = server.log.strip().splitlines()[-1]
+    assert last.startswith("binderapi: BinderHub.workers=2 cannot run the warm pool yet"), server.log
+    assert not server.children()
+
+
 def test_a_start_up_error_in_every_worker_is_one_message_and_a_non_zero_exit(binderapi):
     """A configuration every worker refuses at start (an import path that does not exist) stops the
     service once with the message, instead of replacing workers forever."""

@@ -70,11 +70,16 @@ def check_workers(settings: Any) -> None:
     file and locks; several processes writing it would wait on each other's locks, and none would
     hear of the others' builds. PostgreSQL is shared by design."""
     workers, store = settings.BinderHub.workers, settings.BuildStore
-    if workers <= 1 or not store.enabled:
+    if workers <= 1:
         return
-    if (store.url or "sqlite").split(":", 1)[0].split("+", 1)[0] == "sqlite":
+    if store.enabled and (store.url or "sqlite").split(":", 1)[0].split("+", 1)[0] == "sqlite":
         raise WorkersError(f"BinderHub.workers={workers} needs a shared build store: set BuildStore.url to "
                            "postgresql+asyncpg://user:password@host/db; SQLite serves one process")
+    if settings.WarmPool.enabled and not settings.BinderHub.auth_enabled:
+        # docs/warm-pool.md: one pool per hub; each worker's pool would remove the others' servers
+        raise WorkersError(f"BinderHub.workers={workers} cannot run the warm pool yet: each worker would keep its "
+                           "own and take the others' warm servers for leftovers; set WarmPool.enabled: false "
+                           "or run one worker")
 
 
 def listen(binderhub: Any, count: int) -> list[socket.socket]:
