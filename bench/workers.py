@@ -17,8 +17,10 @@ With the build store, several workers need PostgreSQL: give its URL in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -63,12 +65,34 @@ async def _stop(stack: Stack, proc: asyncio.subprocess.Process) -> None:
     stack.processes[:] = [(n, p) for n, p in stack.processes if p is not proc]
 
 
-async def _wrk(wrk: str, script: Path, url: str, seconds: int) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and its children now running: binderapi's parent and workers."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _wrk(wrk: str, script: Path, url: str, seconds: int, server_pid: int | None = None) -> dict:
+    """wrk's figures, with the cores binderapi used (``server_cores``) and wrk itself used (``wrk_cores``)."""
+    server_before = _cpu_seconds(server_pid) if server_pid else 0.0
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = await asyncio.create_subprocess_exec(
         wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output = (await proc.communicate())[0].decode(errors="replace")
-    return _figures(output, seconds)
+    server_after = _cpu_seconds(server_pid) if server_pid else 0.0
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped by communicate()
+    figures = _figures(output, seconds)
+    wrk_seconds = (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
+    figures["server_cores"] = round((server_after - server_before) / seconds, 2)
+    figures["wrk_cores"] = round(wrk_seconds / seconds, 2)
+    return figures
 
 
 async def run(stack: Stack, report: Report, seconds: int, rounds: int) -> None:
@@ -95,7 +119,7 @@ async def run(stack: Stack, report: Report, seconds: int, rounds: int) -> None:
                 try:
                     build = f"{url}build/{stack.build_url('hello').split('/build/', 1)[1]}"
                     await _wrk(wrk, script, build, 2)  # warm-up: the ref resolved, connections made
-                    figures = await _wrk(wrk, script, build, seconds)
+                    figures = await _wrk(wrk, script, build, seconds, proc.pid)
                 finally:
                     await _stop(stack, proc)
                 figures["load_1"] = round(os.getloadavg()[0], 2)
@@ -104,10 +128,15 @@ async def run(stack: Stack, report: Report, seconds: int, rounds: int) -> None:
     medians = {n: statistics.median(f["req_per_s"] for f in rs) for n, rs in results.items()}
     errors = {n: sum(f["errors"] for f in rs) for n, rs in results.items()}
     for n in (1, 2):
+        rs = results[n]
+        cores = statistics.median(f["server_cores"] for f in rs)
         report.add(Row(WORKLOAD, f"{n} worker{'s' if n > 1 else ''}, {CONNECTIONS} connections",
                        {"req_per_s": medians[n], "errors": errors[n],
-                        "rounds": " / ".join(f"{f['req_per_s']:.0f}" for f in results[n]),
-                        "p99_ms": statistics.median(f["p99_ms"] for f in results[n])},
+                        "rounds": " / ".join(f"{f['req_per_s']:.0f}" for f in rs),
+                        "p99_ms": statistics.median(f["p99_ms"] for f in rs),
+                        "server_cores": cores, "wrk_cores": statistics.median(f["wrk_cores"] for f in rs),
+                        "req_per_server_cpu_s": round(medians[n] / cores) if cores else 0,
+                        "load_1": " / ".join(f"{f['load_1']:.2f}" for f in rs)},
                        note="median of the rounds; keep-alive connections" + ("; same-run baseline" if n == 1 else "")))
     ratio = round(medians[2] / medians[1], 2) if medians[1] else 0.0
     report.add(Row(WORKLOAD, "2 workers / 1 worker", {"ratio": ratio, "load_1_5_15": " ".join(f"{x:.2f}" for x in os.getloadavg())},

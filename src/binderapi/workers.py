@@ -1,21 +1,21 @@
 """``binderapi --workers N``: N processes serving one port, and the parent that keeps them.
 
-The parent binds the listening socket once, starts N worker processes (``multiprocessing``'s
+The parent binds the port, starts N worker processes (``multiprocessing``'s
 *spawn*, as uvicorn does: a clean interpreter, no state copied from the parent), and then only
 supervises: it forwards SIGTERM and SIGINT, replaces a worker that dies (with a growing delay,
 logged), and gives up with one clear message when workers cannot start. Each worker runs what
 ``binderapi`` runs alone (:func:`binderapi.cli._serve`: its own Services, the httptools protocol
-with the head limits, the graceful stop) on the inherited socket.
+with the head limits, the graceful stop) on a listening socket the parent opened for it.
 
-**One shared socket or SO_REUSEPORT.** Measured here (2 cores, wrk -t2, keep-alive, cached
-``build_only``; see docs/performance.md): with one socket that every worker accepts from, the
-first worker to wake takes a burst of connections (uvloop accepts until the queue is empty), so
-wrk's 50 connections landed 50/0 or 45/5 and 2 workers gave 1.0-1.2x one worker. With
-SO_REUSEPORT the kernel hashes each connection to one of N listening sockets: 50 connections
-split about evenly and 2 workers gave the figure in docs/performance.md. So the parent opens N
-sockets with SO_REUSEPORT on the same address, one per worker slot, and keeps them open: a
-replacement worker takes over its slot's socket, and connections queued on it while the slot was
-empty are served, not reset.
+**One shared socket or SO_REUSEPORT.** Measured here (2 cores, load 6-8 from other work, 15 wrk
+runs of 50 keep-alive connections on 2 workers, connections per worker counted with ``ss``): one
+listening socket shared by the workers split them 24/26 at best and worse than 15/35 in 4 runs of
+15 (8/42, 9/41, 12/38, 15/35; the worker that wakes first accepts a burst). One socket per worker
+with SO_REUSEPORT, where the kernel hashes each connection to a socket, was never worse than 17/33
+(median 24/26). So: SO_REUSEPORT, one listening socket per worker slot. The parent closes a dead
+worker's socket (the kernel then sends its share to the others, instead of queueing it for the
+replacement) and opens a new one for the replacement; a bound socket that does not listen holds
+the port meanwhile.
 
 **Why not uvicorn.supervisors.Multiprocess.** It builds ``uvicorn.Server(config)`` in its
 ``Process`` (not our :class:`~binderapi.httpserver.Server`, whose ``on_stop`` ends the event
@@ -55,8 +55,8 @@ RESTART_DELAY_MAX = 30.0
 STABLE_SECONDS = 30.0
 #: a slot whose worker dies before it is ready this many times in a row stops the service
 MAX_FAILED_STARTS = 5
-#: share one listening socket instead of one SO_REUSEPORT socket per worker (see the module's docstring)
-SHARED_SOCKET = os.environ.get("XBENCH_SHARED_SOCKET", "") == "1"
+#: connections waiting to be accepted, per worker (uvicorn's default)
+BACKLOG = 2048
 
 _spawn = multiprocessing.get_context("spawn")
 
@@ -82,29 +82,41 @@ def check_workers(settings: Any) -> None:
                            "or run one worker")
 
 
-def listen(binderhub: Any, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on ``ip:port``, with SO_REUSEPORT (one per worker) or one socket
-    shared by all. Port 0 picks a free port once, and every socket takes the same one."""
-    host = binderhub.ip or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    port = binderhub.port
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(1 if SHARED_SOCKET else count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
+class Port:
+    """The address the workers serve: a socket bound to it that holds it for the parent's life
+    (bound, not listening: the kernel sends it no connections), and a listening socket for each
+    worker, all with SO_REUSEPORT. Port 0 picks a free port once; every socket takes that one."""
+
+    def __init__(self, binderhub: Any) -> None:
+        self.host = binderhub.ip or "0.0.0.0"
+        self.family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self.port = binderhub.port
+        self.anchor = self._bound()
+        self.port = self.anchor.getsockname()[1]
+
+    def _bound(self) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if not SHARED_SOCKET:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]
-            sock.listen(2048)
-            sock.set_inheritable(True)
-    except OSError as e:
-        for sock in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.host, self.port))
+        except OSError as e:
             sock.close()
-        raise WorkersError(f"cannot listen on {host}:{binderhub.port}: {e.strerror or e}") from e
-    return sockets * count if SHARED_SOCKET else sockets
+            raise WorkersError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from e
+        return sock
+
+    def listener(self) -> socket.socket:
+        """A new listening socket for a worker (uvicorn's backlog)."""
+        sock = self._bound()
+        sock.listen(BACKLOG)
+        return sock
+
+    @property
+    def url(self) -> str:
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self.anchor.close()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -152,7 +164,7 @@ def _worker_main(settings: Any, sock: socket.socket, index: int, parent: int, co
 @dataclass
 class _Slot:
     index: int
-    sock: socket.socket
+    sock: socket.socket | None = None  # its listening socket, closed when its worker dies
     process: Any = None  # multiprocessing's SpawnProcess
     conn: Connection | None = None
     ready: bool = False
@@ -166,15 +178,24 @@ class _Slot:
 class Supervisor:
     """The parent: starts a worker per slot, replaces the ones that die, stops them all on a signal."""
 
-    def __init__(self, settings: Any, sockets: list[socket.socket]) -> None:
+    def __init__(self, settings: Any, port: Port) -> None:
         self.settings = settings
-        self.slots = [_Slot(i, sock) for i, sock in enumerate(sockets)]
+        self.port = port
+        self.slots = [_Slot(i, port.listener()) for i in range(settings.BinderHub.workers)]
         self.stopping = False
         self.failure = ""
         self._signals: list[int] = []
 
     # -- processes ---------------------------------------------------------------------------
     def _start(self, slot: _Slot) -> None:
+        if slot.sock is None:
+            try:
+                slot.sock = self.port.listener()
+            except WorkersError as e:
+                log.error("worker %d: %s; trying again in %.1f s", slot.index, e, slot.delay)
+                slot.restart_at = time.monotonic() + slot.delay
+                slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+                return
         parent_conn, child_conn = _spawn.Pipe(duplex=False)
         slot.process = _spawn.Process(target=_worker_main, name=f"binderapi-worker-{slot.index}",
                                       args=(self.settings, slot.sock, slot.index, os.getpid(), child_conn))
@@ -193,6 +214,11 @@ class Supervisor:
             slot.conn.close()
         message, slot.message = slot.message, ""
         slot.process, slot.conn = None, None
+        if slot.sock is not None:
+            # Kept open, its queue would hold the connections the kernel hashes to it until a new
+            # worker listens (seconds, more if it keeps dying); closed, they go to the other workers.
+            slot.sock.close()
+            slot.sock = None
         how = f"was killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited with status {code}"
         if self.stopping:
             if code:
@@ -267,7 +293,7 @@ class Supervisor:
                             live.append(slot)
                 if not announced and all(slot.ready for slot in self.slots):
                     announced = True
-                    log.info("serving on %s with %d workers (pids %s)", self._address(), len(self.slots),
+                    log.info("serving on %s with %d workers (pids %s)", self.port.url, len(self.slots),
                              " ".join(str(slot.process.pid) for slot in self.slots))
                 waits = [slot.restart_at - now for slot in self.slots if slot.process is None and slot.restart_at]
                 timeout = max(0.0, min(waits)) if waits and not self.stopping else None
@@ -291,13 +317,11 @@ class Supervisor:
                 signal.signal(sig, handler)
             wake_r.close()
             wake_w.close()
-            for sock in {id(slot.sock): slot.sock for slot in self.slots}.values():
-                sock.close()
+            for slot in self.slots:
+                if slot.sock is not None:
+                    slot.sock.close()
+            self.port.close()
         return 1 if self.failure else 0
-
-    def _address(self) -> str:
-        host, port = self.slots[0].sock.getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def share_secrets(settings: Any) -> None:
@@ -315,10 +339,10 @@ def serve_workers(settings: Any) -> None:
     ``binderapi: <why>`` when the workers cannot serve."""
     try:
         check_workers(settings)
-        sockets = listen(settings.BinderHub, settings.BinderHub.workers)
+        port = Port(settings.BinderHub)
+        supervisor = Supervisor(settings, port)
     except WorkersError as e:
         sys.exit(f"binderapi: {e}")
     share_secrets(settings)
-    supervisor = Supervisor(settings, sockets)
     if supervisor.run():
         sys.exit(f"binderapi: {supervisor.failure}")
