@@ -187,7 +187,7 @@ def test_sqlite_build_store_refuses_several_workers(binderapi, tmp_path):
 
 def test_the_warm_pool_refuses_several_workers(binderapi):
     """Until the pool is shared through the store: each worker's pool would remove the others'."""
-    server = binderapi("--workers", "2", *FAKES, *NO_STORE, "--WarmPool.enabled=true")
+    server = binderapi("--BinderHub.workers=2", *FAKES, *NO_STORE, "--WarmPool.enabled=true")  # the setting, not the flag
     assert server.proc.wait(timeout=60) != 0
     last = server.log.strip().splitlines()[-1]
     assert last.startswith("binderapi: BinderHub.workers=2 cannot run the warm pool yet"), server.log

@@ -12,7 +12,7 @@ runs of 50 keep-alive connections on 2 workers, connections per worker counted w
 listening socket shared by the workers split them 24/26 at best and worse than 15/35 in 4 runs of
 15 (8/42, 9/41, 12/38, 15/35; the worker that wakes first accepts a burst). One socket per worker
 with SO_REUSEPORT, where the kernel hashes each connection to a socket, was never worse than 17/33
-(median 24/26). So: SO_REUSEPORT, one listening socket per worker slot. The parent closes a dead
+(median 24/26; commit 048d085 has both ways). So: SO_REUSEPORT, one listening socket per worker slot. The parent closes a dead
 worker's socket (the kernel then sends its share to the others, instead of queueing it for the
 replacement) and opens a new one for the replacement; a bound socket that does not listen holds
 the port meanwhile.
