@@ -166,6 +166,27 @@ def test_ctrl_c_stops_gracefully(binderapi):
     assert server.log.count("Application shutdown complete") == 2
 
 
+def test_a_login_started_on_one_worker_finishes_on_any(binderapi):
+    """With no secret configured, each process would sign login state with its own random key, and
+    a callback reaching the other worker would be refused as forged. The parent draws one secret
+    for all its workers. The hub is a closed port: a state that verifies goes on to the code
+    exchange and fails there (503), one that does not is refused first (400)."""
+    hub = f"http://127.0.0.1:{free_port()}/"
+    server = binderapi("--workers", "2", *FAKES, *NO_STORE, "--BinderHub.auth_enabled=true",
+                       f"--BinderHub.hub_url={hub}", "--BinderHub.hub_api_token=not-a-real-token")
+    server.wait_ready()
+    assert server.answering_workers(2) == {"0", "1"}
+    login = httpx.get(server.url + "oauth_login")
+    assert login.status_code == 302
+    state = httpx.URL(login.headers["location"]).params["state"]
+    cookies = dict(login.cookies)
+    answers = []
+    for _ in range(30):  # each on a new connection: the kernel spreads them over both workers
+        callback = httpx.get(server.url + "oauth_callback", params={"code": "c", "state": state}, cookies=cookies)
+        answers.append((callback.status_code, callback.json()["detail"][:40]))
+    assert {status for status, _ in answers} == {503}, answers
+
+
 def test_workers_stop_when_the_parent_is_killed(binderapi):
     server = binderapi("--workers", "2", *FAKES, *NO_STORE)
     server.wait_ready()
