@@ -10,7 +10,7 @@ is what a second core adds with the client on the machine, a floor of what it ad
 proxy on another machine.
 
 With the build store, several workers need PostgreSQL: give its URL in
-``BINDERAPI_BENCH_STORE_URL``; without it the store is switched off for both configurations
+``BENCH_STORE_URL`` (not ``BINDERAPI_``: binderapi reads those as settings); without it the store is switched off for both configurations
 (the cached classic path writes nothing to the store either way).
 """
 
@@ -39,7 +39,7 @@ CONNECTIONS = 50
 
 def store_options() -> dict:
     """The build store's settings for both configurations (see the module's docstring)."""
-    url = os.environ.get("BINDERAPI_BENCH_STORE_URL", "")
+    url = os.environ.get("BENCH_STORE_URL", "")
     return {"BuildStore": {"url": url}} if url else {"BuildStore": {"enabled": False}}
 
 
