@@ -9,9 +9,9 @@ round. wrk, the load generator, runs on the same 2 cores and takes its share of 
 is what a second core adds with the client on the machine, a floor of what it adds behind a
 proxy on another machine.
 
-With the build store, several workers need PostgreSQL: give its URL in
-``BENCH_STORE_URL`` (not ``BINDERAPI_``: binderapi reads those as settings); without it the store is switched off for both configurations
-(the cached classic path writes nothing to the store either way).
+With the build store, several workers need PostgreSQL: give its URL in ``BENCH_STORE_URL`` (not
+``BINDERAPI_...``: binderapi reads those as settings); without it the store is switched off for
+both configurations (the cached classic path writes nothing to the store either way).
 """
 
 from __future__ import annotations
