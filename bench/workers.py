@@ -131,7 +131,8 @@ async def run(stack: Stack, report: Report, seconds: int, rounds: int) -> None:
                         "server_cores": cores, "wrk_cores": statistics.median(f["wrk_cores"] for f in rs),
                         "req_per_server_cpu_s": round(medians[n] / cores) if cores else 0,
                         "load_1": " / ".join(f"{f['load_1']:.2f}" for f in rs)},
-                       note="median of the rounds; keep-alive connections" + ("; same-run baseline" if n == 1 else "")))
+                       note="median of the rounds; keep-alive connections" + ("; same-run baseline" if n == 1 else ""),
+                       extra={"rounds": rs}))
     ratio = round(medians[2] / medians[1], 2) if medians[1] else 0.0
     report.add(Row(WORKLOAD, "2 workers / 1 worker", {"ratio": ratio, "load_1_5_15": " ".join(f"{x:.2f}" for x in os.getloadavg())},
                    f">= {TARGET_RATIO}x, 0 errors", ratio >= TARGET_RATIO and not any(errors.values()),
