@@ -10,12 +10,12 @@ import platform
 import sys
 from pathlib import Path
 
-from . import api, cached, fanout, idle, launch, profile, quota, wrk
+from . import api, cached, fanout, idle, launch, profile, quota, workers, wrk
 from .config import FULL, QUICK, Sizes
 from .report import Report, Row
 from .stack import Stack, raise_nofile, say
 
-WORKLOADS = ("cached", "wrk", "fresh", "launch", "fanout", "idle", "api", "replay", "quota", "profile")
+WORKLOADS = ("cached", "wrk", "workers", "fresh", "launch", "fanout", "idle", "api", "replay", "quota", "profile")
 NEEDS_HUB = {"launch"}
 NEEDS_STACK = set(WORKLOADS) - {"quota"}
 
@@ -61,6 +61,8 @@ async def run_stack_workloads(stack: Stack, report: Report, chosen: list[str], s
         await cached.run(stack, report, sizes.cached_levels, sizes.cached_requests)
     if "wrk" in chosen:
         await wrk.run(stack, report, sizes.wrk_levels, sizes.wrk_seconds)
+    if "workers" in chosen:
+        await workers.run(stack, report, sizes.workers_seconds, sizes.workers_rounds)
     if "fresh" in chosen:
         await cached.fresh_refs(stack, report)
     if "launch" in chosen:

@@ -11,6 +11,8 @@ class Sizes:
     cached_requests: int = 1000  # per level (at least 5 per client; 1 client: a fifth of it)
     wrk_levels: list[int] = field(default_factory=lambda: [1, 10, 50, 200])
     wrk_seconds: int = 10
+    workers_seconds: int = 10  # per round of --workers 1 and of --workers 2
+    workers_rounds: int = 3
     launch_samples: int = 8  # of each kind, interleaved
     fanout_levels: list[int] = field(default_factory=lambda: [10, 50])
     idle_levels: list[int] = field(default_factory=lambda: [1000, 10000])
@@ -26,7 +28,8 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(cached_requests=200, api_requests=200, replay_levels=[200], wrk_seconds=5, launch_samples=2, fanout_levels=[10], idle_levels=[500], idle_hold_seconds=12,
+QUICK = Sizes(cached_requests=200, api_requests=200, replay_levels=[200], wrk_seconds=5, workers_seconds=5, workers_rounds=1, launch_samples=2,
+              fanout_levels=[10], idle_levels=[500], idle_hold_seconds=12,
               quota_levels=[10, 1000], quota_checks=1000, quota_list_checks=10, profile_seconds=5)
 #: what tests/test_bench_smoke.py runs against the test fixtures
 SMOKE = Sizes(cached_levels=[1, 10], cached_requests=20, api_levels=[1, 10], api_requests=20, replay_levels=[20], replay_settle_seconds=0, fanout_levels=[], idle_levels=[20], idle_hold_seconds=2,

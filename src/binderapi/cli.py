@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                         "Helm values file; Python config files are not run")
     parser.add_argument("--ip", help="address to listen on (BinderHub.ip)")
     parser.add_argument("--port", type=int, help="port to listen on (BinderHub.port, default 8585)")
+    parser.add_argument("--workers", type=int, help="processes serving the port (BinderHub.workers, default 1)")
     parser.add_argument("--log-level", help="log level name or number (BinderHub.log_level)")
     parser.add_argument("--debug", action="store_true", default=None, help="debug logging (BinderHub.debug)")
     parser.add_argument("--show-config", action="store_true", help="print the effective configuration as YAML and exit")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         return token_command(argv[1:], _load)
     argv, overrides = _split_overrides(argv)
     args = _parser().parse_args(argv)
-    flags = {"ip": args.ip, "port": args.port, "log_level": args.log_level, "debug": args.debug,
+    flags = {"ip": args.ip, "port": args.port, "workers": args.workers, "log_level": args.log_level, "debug": args.debug,
              "show_config": args.show_config or None, "show_config_json": args.show_config_json or None}
     binderhub = overrides.setdefault("BinderHub", {})
     for option, value in flags.items():
@@ -102,31 +103,40 @@ def serve(settings: Any) -> None:
     setup_logging(settings.BinderHub, settings_secrets(settings))
     for notice in settings.warnings:
         logging.getLogger("binderapi").warning(notice)
+    if settings.BinderHub.workers > 1:
+        from .workers import serve_workers
+
+        return serve_workers(settings)
+    from .metrics import WORKER_INFO
+    from .services import StartupError
+
+    WORKER_INFO.labels(worker="0").set(1)
     try:
         import uvloop
 
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
-    with runner:
-        runner.run(_serve(settings))
+    try:
+        with runner:
+            runner.run(_serve(settings))
+    except StartupError as e:
+        sys.exit(f"binderapi: {e}")
 
 
-async def _serve(settings: Any) -> None:
+async def _serve(settings: Any, sockets: list[Any] | None = None, on_started: Any = None) -> None:
     """Serve until SIGINT or SIGTERM, then close the services (hub clean-ups included) before the
-    process exits: the signals stay caught until then (httpserver.StopSignals)."""
+    process exits: the signals stay caught until then (httpserver.StopSignals). A worker of
+    ``--workers`` serves on the ``sockets`` its parent opened, and says when it serves (``on_started``)."""
     from .app import create_app
     from .httpserver import Server, StopSignals, uvicorn_config
-    from .services import Services, StartupError
+    from .services import Services
 
     with StopSignals() as stop:
-        try:
-            services = await Services.start(settings)
-        except StartupError as e:
-            sys.exit(f"binderapi: {e}")
+        services = await Services.start(settings)  # StartupError: the caller's one clear message
         config = uvicorn_config(create_app(settings, services), settings.BinderHub)
-        server = stop.attach(Server(config, on_stop=services.stop))
+        server = stop.attach(Server(config, on_stop=services.stop, on_started=on_started))
         try:
-            await server.serve()
+            await server.serve(sockets)
         finally:
             await services.close()

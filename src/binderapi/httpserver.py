@@ -193,9 +193,16 @@ class Server(uvicorn.Server):
     SIGTERM's default action kills the process before a single clean-up, and SIGINT makes asyncio
     cancel them half-way, with a KeyboardInterrupt traceback."""
 
-    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], Awaitable[None]] | None = None,
+                 on_started: Callable[[], object] | None = None) -> None:
         super().__init__(config)
         self.on_stop = on_stop
+        self.on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()  # a worker of ``--workers`` tells its parent (binderapi.workers)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

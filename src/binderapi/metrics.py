@@ -33,6 +33,8 @@ WARM_POOL_REFILLS_SKIPPED = Counter("binderapi_warm_pool_refills_skipped", "Warm
 WARM_POOL_RETIRED = Counter("binderapi_warm_pool_retired", "Warm servers removed unused (age, idle, lost, shutdown, leftover)",
                             ["reason"])
 WARM_POOL_START_FAILURES = Counter("binderapi_warm_pool_start_failures", "Warm server starts that failed")
+WORKER_INFO = Gauge("binderapi_worker_info", "1 for the worker process that answered this scrape (`--workers`: each has its own metrics)",
+                    ["worker"])
 
 
 class RepoCounts:

@@ -57,6 +57,7 @@ class BinderHub(Section):
     # -- service ---------------------------------------------------------------------------------
     ip: str = Field("", description="Address to listen on. Empty means every interface.")
     port: int = Field(8585, ge=0, le=65535, description="Port to listen on.")
+    workers: int = Field(1, ge=1, le=64, description="Processes serving the port (`--workers`). More than one needs a shared build store (`BuildStore.url` on PostgreSQL): each worker runs its own builds, quotas and clean-ups, see docs/scaling.md.")
     max_request_header_size: ByteSize = Field(64 * 1024, ge=1024, description="Largest request head (request line and header fields) accepted; a larger one is answered 431 before the app sees it. The service is served by uvicorn directly, so it protects itself.")
     max_request_headers: int = Field(100, ge=1, description="Most header fields in one request; more are answered 431.")
     request_header_timeout: float = Field(10.0, gt=0, description="Seconds a client has, from connecting (or from the first byte of its next request), to send a complete request head; a slower one (slow-loris) is answered 408 and disconnected.")
