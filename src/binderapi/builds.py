@@ -200,9 +200,10 @@ class Build:
         return stored
 
     def output(self, text: str) -> None:
-        """A line of the builder's output, for the build's log."""
-        self.log.add_output(text + "\n")
-        self.recorder.log(self.record, text + "\n")
+        """The builder's output (the message of one of its lines), for the build's log."""
+        if text:
+            self.log.add_output(text)
+            self.recorder.log(self.record, text)
 
     def set_queue_position(self, position: int | None) -> None:
         self.queue_position = self.record.queue_position = position
@@ -643,11 +644,12 @@ class BuildManager:
         try:
             async with asyncio.timeout(remaining):
                 async for text in self.backend.follow_logs(name, tail=replay_tail):
-                    if skip_bytes > 0:  # recorded before a restart
-                        skip_bytes -= len(text.encode()) + 1
-                        continue
-                    build.output(text)
                     event = builder_line_to_event(text)
+                    output = event.get("message") or ""  # what repo2docker wrote for people, as it wrote it
+                    if skip_bytes > 0:  # recorded before a restart
+                        skip_bytes -= len(output.encode())
+                        continue
+                    build.output(output)
                     if event.get("phase") in ("failed", "failure"):
                         failure = event.get("message") or failure  # the pipeline sends the one final `failed`
                         continue
