@@ -398,6 +398,17 @@ def test_show_config_redacts_secrets():
     assert set(dumped) == set(SECTIONS)
 
 
+def test_show_config_never_shows_operator_tokens():
+    """A list of secrets is redacted whole, in the YAML and the JSON dump alike."""
+    from binderapi.settings.dump import show_config_text
+
+    s = load(cli={"BinderHub": {"operator_tokens": ["op-sekrit-1", "op-sekrit-2"]}})
+    assert s.BinderHub.operator_tokens == ["op-sekrit-1", "op-sekrit-2"]
+    for text in (show_config_json(s), show_config_text(s)):
+        assert "op-sekrit" not in text
+    assert json.loads(show_config_json(s))["BinderHub"]["operator_tokens"] == "[secret]"
+
+
 def test_a_higher_source_replaces_a_dict_option_whole(tmp_path):
     """As in traitlets: the environment's ban_networks replaces the file's, it is not merged into it."""
     config = tmp_path / "c.yaml"

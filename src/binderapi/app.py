@@ -12,10 +12,10 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from . import __version__
+from . import __version__, problems
 from .middleware import ClientAddressMiddleware, CORSMiddleware, HostHeaderMiddleware
 from .netutil import NetworkSet
-from .routers import build, config, health, oauth, versions
+from .routers import api_v1, build, config, health, oauth, versions
 from .services import Services
 from .settings import Settings
 
@@ -33,6 +33,10 @@ TAGS = [
     {"name": "frontend", "description": "What an external frontend needs to render itself: providers, banner and "
      "about texts."},
     {"name": "auth", "description": "Browser logins through JupyterHub's OAuth, in auth mode (`BinderHub.auth_enabled`)."},
+    {"name": "builds", "description": "Builds as resources (`/api/v1`): start one, read it, list the history, follow its "
+     "events (resumable with `Last-Event-ID`) and its log, cancel it. Errors are RFC 9457 problem details "
+     "(`application/problem+json`)."},
+    {"name": "images", "description": "Whether a spec's image exists (`/api/v1`), without building anything."},
 ]
 
 
@@ -68,12 +72,17 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.settings = settings
     prefix = base.rstrip("/")
-    for module in (build, health, versions, config, oauth):
+    for module in (build, health, versions, config, oauth, api_v1):
         app.include_router(module.router, prefix=prefix)
+    api_v1_path = base + "api/v1/"
 
     @app.exception_handler(StarletteHTTPException)
     async def json_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Every unknown path or method is a JSON answer, never an HTML page."""
+        """Every unknown path or method is a JSON answer, never an HTML page; under ``/api/v1`` a
+        problem (the routes themselves answer theirs, :class:`problems.ProblemRoute`)."""
+        if request.url.path.startswith(api_v1_path) or request.url.path == api_v1_path[:-1]:
+            problem = problems.ProblemError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+            return problems.problem_response(problem, request.url.path)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     default_openapi = app.openapi
@@ -85,8 +94,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         if app.openapi_schema is None:
             schema = default_openapi()
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {}).update(build.EVENT_SCHEMAS)
-            components["securitySchemes"] = build.security_schemes(settings.HubOAuth.cookie_name)
+            components.setdefault("schemas", {}).update({**build.EVENT_SCHEMAS, **problems.problem_schemas()})
+            components["securitySchemes"] = {**build.security_schemes(settings.HubOAuth.cookie_name),
+                                             **api_v1.SECURITY_SCHEMES}
             schema["servers"] = [{"url": prefix or "/"}]
             schema["paths"] = {path.removeprefix(prefix): item for path, item in schema["paths"].items()}
             app.openapi_schema = schema

@@ -114,13 +114,28 @@ def default_access_scopes(oauth_client_id: str) -> set[str]:
     return {f"access:services!service={name}"}
 
 
+def operator_token_matches(authorization: str | None, operator_tokens: list[str]) -> bool:
+    """True when ``Authorization: Bearer <t>`` carries one of the operator tokens. Every token is
+    compared, in constant time each, so the answer's timing tells nothing about which came close."""
+    token = token_from_request(authorization, None)
+    if token is None or not operator_tokens:
+        return False
+    given = token.encode()
+    matched = False
+    for secret in operator_tokens:
+        matched |= bool(secret) and hmac.compare_digest(given, secret.encode())
+    return matched
+
+
 @dataclass(frozen=True)
 class HubUser:
     """Whose token a request carries: a hub user (``kind="user"``), or a hub service
-    (``kind="service"``), which may build (``build_only``) but has no servers to launch."""
+    (``kind="service"``), which may build (``build_only``) but has no servers to launch.
+    ``admin``: the hub says this user is an admin, which gives operator rights on ``/api/v1``."""
 
     name: str
     kind: str = "user"
+    admin: bool = False
 
 
 @dataclass
@@ -308,7 +323,7 @@ class HubAuth:
             raise BinderError(f"Could not check your JupyterHub token: the hub answered {response.status}", status_code=503)
         try:
             model = response.data
-            user = HubUser(name=model["name"], kind=model.get("kind", "user"))
+            user = HubUser(name=model["name"], kind=model.get("kind", "user"), admin=model.get("admin") is True)
         except (KeyError, TypeError, AttributeError):
             raise BinderError("Could not check your JupyterHub token: the hub's answer names no user", status_code=503) from None
         if not isinstance(user.name, str) or user.kind not in ("user", "service"):
@@ -322,3 +337,16 @@ class HubAuth:
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return user
+
+
+async def is_operator(request: Request, operator_tokens: list[str], hub_auth: HubAuth | None) -> bool:
+    """Operator rights on ``/api/v1`` (cancelling builds, forced rebuilds): one of
+    ``BinderHub.operator_tokens`` as a bearer token, or, in auth mode (``hub_auth`` given), a hub
+    user the hub calls an admin. Raises :class:`ForbiddenError` in auth mode when the request
+    carries no valid login at all."""
+    if operator_token_matches(request.headers.get("authorization"), operator_tokens):
+        return True
+    if hub_auth is None:
+        return False
+    user = await hub_auth.user_for_request(request)
+    return user.kind == "user" and user.admin

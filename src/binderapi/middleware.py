@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable
+from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,10 +20,15 @@ from .netutil import NetworkSet, client_address, host_name
 
 async def refuse(scope: Scope, send: Send, base_url: str, message: str, status: int) -> None:
     """A refusal before any work: on ``/build`` the one-event ``failed`` stream every client reads
-    (with the HTTP status, as BinderHub answers), elsewhere a JSON ``detail``."""
+    (with the HTTP status, as BinderHub answers), on ``/api/v1`` a problem (RFC 9457), elsewhere a
+    JSON ``detail``."""
     if scope["path"].startswith(base_url + "build/"):
         content_type = b"text/event-stream"
         body = encode(FailedEvent(message=message + "\n", status_code=status))
+    elif scope["path"].startswith(base_url + "api/v1/"):
+        content_type = b"application/problem+json"
+        body = json.dumps({"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status,
+                           "detail": message, "instance": scope["path"]}).encode()
     else:
         content_type = b"application/json"
         body = json.dumps({"detail": message}).encode()

@@ -121,6 +121,7 @@ class BinderHub(Section):
     ban_networks: dict[Network, str] = Field(default_factory=dict, description="Client networks refused with 403, as CIDR -> label shown in the message. `/health` and `/versions` stay open.")
     ban_networks_min_prefix_len: int = Field(1, ge=0, description="Shortest prefix allowed in `ban_networks`, against banning the whole internet by mistake.")
     build_token_secret: str | None = secret(None, "Secret signing build tokens (HS256): hex (as env `BINDERHUB_BUILD_TOKEN_SECRET`) or text. Unset: random per process, so tokens do not survive restarts or cross replicas.")
+    operator_tokens: list[str] = secret([], "Secrets giving operator rights on `/api/v1` (cancelling any build, `force` rebuilds), sent as `Authorization: Bearer <token>`. Empty: only JupyterHub admins have them, in auth mode; nobody otherwise.")
     build_token_expires_seconds: int = Field(300, ge=1, description="Lifetime of minted build tokens.")
     build_token_check_origin: bool = Field(True, description="Refuse a build token used from another origin than the one it was minted for.")
     normalized_origin: str = Field("", description="Origin written to launch events; defaults to the request's host.")
