@@ -127,7 +127,7 @@ step_chp() {
 }
 
 pg_bindir() { find /usr/lib/postgresql -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1; }
-pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
+pg_up() { "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 pg_data() { echo "${PG_DATA:-$(getent passwd "$PG_USER" | cut -d: -f6)/binderapi-infra}"; }
 # run as the postgres user, from / (it cannot read a working directory under /root); setpriv execs
 PG_AS=(setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups)
@@ -160,7 +160,7 @@ step_postgres() {
     if [ -s "$dsnfile" ]; then
         password=$(sed -E 's|^[^:]+://[^:]+:([^@]+)@.*|\1|' "$dsnfile")
     else
-        password=$(openssl rand -hex 16)
+        password=$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
     fi
     as_pg "$bin/psql" -q -h "$data" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
         -v pw="$password" >/dev/null <<'SQL'
@@ -175,7 +175,7 @@ stop_pid() {  # name, signal: stop a daemon this script started, by its recorded
     local pidfile="$STATE/$1.pid" pid
     [ -f "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
+    if kill -0 "$pid" 2>/dev/null && grep -qa "$1" "/proc/$pid/cmdline"; then  # not a reused PID
         say "stopping $1 (pid $pid)"; kill "-$2" "$pid"
         for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     fi
@@ -208,7 +208,8 @@ for s in "${steps[@]}"; do
     case $s in
         up) for x in packages dockerd registry images chp postgres; do timed $x; done
             echo "CHP_BIN=$STATE/chp/node_modules/.bin/configurable-http-proxy"
-            echo "BINDERAPI_TEST_POSTGRES_URL=$(cat "$STATE/postgres.dsn")" ;;
+            # the password stays in the file (0600), which tests/fixtures/postgres.py reads
+            echo "BINDERAPI_TEST_POSTGRES_URL=$(sed -E 's|:[^:@/]+@|:***@|' "$STATE/postgres.dsn") (in $STATE/postgres.dsn)" ;;
         down|status) step_$s ;;
         packages|dockerd|registry|images|chp|postgres) timed "$s" ;;
         *) say "unknown step: $s"; exit 2 ;;
