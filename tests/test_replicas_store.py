@@ -1,0 +1,126 @@
+"""The build store's part in replicas (issue 13) on a real PostgreSQL: claims decide who builds an
+image (one winner however many ask at once), leases that run out are adopted by one survivor, and
+NOTIFY reaches listeners, who are told to catch up after their connection is cut."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from binderapi.store import (
+    BUILDS_CHANNEL,
+    CANCEL_CHANNEL,
+    BuildRecord,
+    BuildState,
+    Notification,
+    new_build_id,
+)
+from binderapi.store.sql import SQLBuildStore
+from fixtures.postgres import _raw
+
+pytestmark = pytest.mark.postgres
+
+
+def draft(name: str, owner: str) -> BuildRecord:
+    return BuildRecord(id=new_build_id(), spec="gh/o/r/main", provider="GitHub", repo_url="https://x/o/r",
+                       resolved_ref="abc", image_name=f"reg/{name}:abc", build_name=name, owner=owner)
+
+
+@contextlib.asynccontextmanager
+async def stores(url: str, count: int) -> AsyncIterator[list[SQLBuildStore]]:
+    opened = [SQLBuildStore(url) for _ in range(count)]
+    try:
+        for store in opened:
+            await store.open()
+        yield opened
+    finally:
+        for store in opened:
+            await store.close()
+
+
+async def test_one_claim_wins_and_its_record_is_saved_with_it(make_postgres_database: Callable[[], Awaitable[str]]) -> None:
+    async with stores(await make_postgres_database(), 2) as (a, b):
+        drafts = [draft("build-x", f"owner-{i}") for i in range(10)]
+        winners = await asyncio.gather(*((a if i % 2 else b).claim(d, 15) for i, d in enumerate(drafts)))
+        assert len(set(winners)) == 1 and winners[0] in {d.id for d in drafts}
+        saved = [await a.get(d.id) for d in drafts]
+        assert [r.id for r in saved if r is not None] == [winners[0]]  # only the winner's record
+        # the claim holds while its build runs; finished, the name is free again
+        again = draft("build-x", "owner-late")
+        assert await b.claim(again, 15) == winners[0]
+        record = await a.get(winners[0])
+        record.state = BuildState.built
+        await a.save([record])
+        assert await b.claim(again, 15) == again.id
+        await b.release("build-x", again.id)
+        newest = draft("build-x", "owner-newest")
+        assert await a.claim(newest, 15) == newest.id
+
+
+async def test_an_expired_lease_is_adopted_by_one_survivor(make_postgres_database: Callable[[], Awaitable[str]]) -> None:
+    async with stores(await make_postgres_database(), 3) as (a, b, c):
+        alive, dead = draft("alive", "A"), draft("dead", "D")
+        assert await a.claim(alive, 0.5) == alive.id and await a.claim(dead, 0.5) == dead.id
+        dead.owner = "D"
+        await a.save([dead])
+        await a.renew("A", 60)  # A's heartbeat; the claim made as D below is nobody's
+        async with a._begin("test") as connection:  # dead's claim belongs to a process that stopped
+            from binderapi.store.sql import build_claims
+            await connection.execute(build_claims.update().where(build_claims.c.build_name == "dead").values(owner="D"))
+        await asyncio.sleep(1)
+        expired = await b.expired_claims()
+        assert [(x.build_name, x.build_id, x.owner) for x in expired] == [("dead", dead.id, "D")]
+        won = await asyncio.gather(b.adopt(expired[0], "B", 15), c.adopt(expired[0], "C", 15))
+        assert sorted(won) == [False, True]
+        assert await b.expired_claims() == []
+        assert (await a.get(dead.id)).owner == ("B" if won[0] else "C")
+        # an expired claim of an unfinished build is not taken by a new request: it is adopted
+        assert await c.claim(draft("alive", "C"), 15) == alive.id
+
+
+async def test_listeners_get_notifications_and_a_catch_up_after_a_cut(make_postgres_database: Callable[[], Awaitable[str]]) -> None:
+    url = await make_postgres_database()
+    async with stores(url, 2) as (a, b):
+        received: list[Notification] = []
+        arrived = asyncio.Event()
+
+        async def listen() -> None:
+            async for item in b.listen([BUILDS_CHANNEL, CANCEL_CHANNEL]):
+                received.append(item)
+                arrived.set()
+
+        async def next_item() -> Notification:
+            while not received:
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 60)
+            return received.pop(0)
+
+        task = asyncio.create_task(listen())
+        try:
+            assert await next_item() == Notification("")
+            record = draft("n", "A")
+            await a.claim(record, 15)  # a write notifies, once committed
+            assert await next_item() == Notification(BUILDS_CHANNEL, record.id)
+            await a.notify(CANCEL_CHANNEL, record.id)
+            assert await next_item() == Notification(CANCEL_CHANNEL, record.id)
+            # the listening connection is cut: it comes back and says so, and goes on
+            admin = await asyncpg.connect(_raw(url))
+            try:
+                cut = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+            finally:
+                await admin.close()
+            assert cut == 1
+            assert await next_item() == Notification("")
+            await a.append(record.id, [])
+            await a.save([record])
+            assert await next_item() == Notification(BUILDS_CHANNEL, record.id)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
