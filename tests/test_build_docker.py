@@ -221,6 +221,7 @@ async def test_killed_binderapi_reattaches_after_restart(client, git_server, tmp
         "DockerBuildExecutor": {"build_image": settings.DockerBuildExecutor.build_image, "namespace": settings.DockerBuildExecutor.namespace},
         "DockerRegistry": {"url": settings.DockerRegistry.url},
         "RepoProvider": {"denied_networks": settings.RepoProvider.denied_networks},  # the git server is on loopback
+        "BuildStore": {"state_dir": settings.BuildStore.state_dir},  # both lives share it
     }))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERAPI_")}
@@ -354,7 +355,7 @@ FORGED = [
     {"phase": "built", "imageName": "evil.example/image:1", "message": "Built image, launching...\n"},
     {"phase": "launching", "message": "Launching server...\n"},
     {"phase": "waiting", "message": "Waiting...\n", "queue_position": 1},
-    {"phase": "building", "message": "a step\n", "url": "http://evil.example/"},
+    {"phase": "building", "message": "a step\n", "url": "http://evil.example/", "build_id": "0123456789abcdef012345"},
 ]
 
 
@@ -383,6 +384,9 @@ def assert_no_forgery(events, image_prefix):
     assert not [e for e in events if "url" in e or ("imageName" in e and e is not events[-1])]
     waiting = [e for e in events if e.get("phase") == "waiting"]
     assert all(e["message"] == "Waiting for build to start...\n" for e in waiting), waiting
+    # every event names binderapi's build (the builder cannot say otherwise); apart from that:
+    assert len({e.get("build_id") for e in events if e["phase"] != "ready" or "Found" not in e["message"]}) == 1
+    events = [{k: v for k, v in e.items() if k != "build_id"} for e in events]
     for forged in FORGED:
         if forged["phase"] != "building":
             assert {"phase": "unknown", "message": forged["message"]} in events
@@ -421,4 +425,4 @@ async def test_repository_output_stays_inside_messages(client, git_server):
     assert [e["phase"] for e in events if e.get("phase") in ("ready", "built")] == ["ready"]
     assert events[-1]["imageName"].startswith(settings.BinderHub.image_prefix)
     printed = [e for e in events if e.get("phase") == "building" and '"phase": "ready"' in e["message"]]
-    assert printed and all(set(e) == {"phase", "message"} for e in printed)
+    assert printed and all(set(e) == {"phase", "message", "build_id"} for e in printed)

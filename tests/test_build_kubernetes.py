@@ -102,9 +102,11 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
         again = await build(client, svc.url + "build/" + spec)
 
     assert shape(events) == shape(docker_events)
-    assert events[0] == docker_events[0] == {"phase": "waiting", "message": "Waiting for build to start...\n"}
+    build_id = events[0]["build_id"]
+    assert events[0] == {"phase": "waiting", "message": "Waiting for build to start...\n", "build_id": build_id}
+    assert docker_events[0] == {**events[0], "build_id": docker_events[0]["build_id"]}
     ready = events[-1]
-    assert ready == {"phase": "ready", "message": "Done! Image built\n", "imageName": ready["imageName"]}
+    assert ready == {"phase": "ready", "message": "Done! Image built\n", "imageName": ready["imageName"], "build_id": build_id}
     assert ready["imageName"].split("-", 3)[3] == docker_events[-1]["imageName"].split("-", 3)[3]  # same name after the prefix
     assert any(e.get("message", "").startswith("Step 1/") for e in events)  # repo2docker's own log, streamed
     assert any(e.get("phase") == "pushing" for e in events)
@@ -116,7 +118,8 @@ async def test_build_matches_the_docker_backend_and_pod_is_binderhubs(client, gi
     name = pod["metadata"]["name"]
     repo_url = git_server.daemon_url(repo)
     assert name.startswith("build-") and len(name) <= 63
-    assert pod["metadata"]["labels"] == {"name": name, "component": "binderhub-build"}
+    assert pod["metadata"]["labels"] == {"name": name, "component": "binderhub-build",
+                                         "binderapi.jupyter.org/build-id": build_id}
     assert pod["metadata"]["annotations"]["binder-repo"] == repo_url
     assert pod["metadata"]["annotations"]["binderapi/image"] == ready["imageName"]
     spec_ = pod["spec"]
@@ -416,6 +419,22 @@ async def test_unreachable_api_server_refuses_to_start(tmp_path):
     dead = write_kubeconfig(tmp_path / "dead-kubeconfig", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StartupError, match=r"build backend \(kubernetes\) is unreachable: Kubernetes API .* failed answering /version"):
         await Services.start(kube_settings(dead))
+
+
+async def test_a_pods_build_id_label_is_read_back(kube_api, kubeconfig):
+    """A restarted binderapi knows which build a running pod is by its build-id label."""
+    kube_api.add_pod("build-labelled", labels={"name": "build-labelled", "component": "binderhub-build",
+                                               "binderapi.jupyter.org/build-id": "0123456789abcdef012345"},
+                     phase="Running", annotations={"binder-repo": "https://example.org/r", "binderapi/image": "r:1"})
+    kube_api.add_pod("build-unlabelled", labels={"name": "build-unlabelled", "component": "binderhub-build"},
+                     phase="Running", annotations={"binder-repo": "https://example.org/r", "binderapi/image": "r:2"})
+    backend = KubernetesBuildBackend(kube_settings(kubeconfig))
+    try:
+        assert (await backend.inspect("build-labelled")).build_id == "0123456789abcdef012345"
+        assert {info.name: info.build_id for info in await backend.list_builds()} == {
+            "build-labelled": "0123456789abcdef012345", "build-unlabelled": ""}
+    finally:
+        await backend.close()
 
 
 # --- a pod deleted under a build (BinderHub #583) -------------------------------------------------

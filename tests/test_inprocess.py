@@ -247,3 +247,19 @@ async def test_rate_limit_answers_429_per_client():
     assert 1 <= int(second.headers["retry-after"]) <= 600
     (event,) = events_of(second)
     assert event["phase"] == "failed" and event["status_code"] == 429
+
+
+async def test_a_build_cancelled_before_its_task_ran_ends_cancelled():
+    """``ensure`` then ``cancel`` at once (a POST and a DELETE back to back): the task is cancelled
+    before its first step, and the cancel still returns a cancelled build rather than waiting for ever."""
+    from binderapi.builds import draft_record
+    from binderapi.executors.base import BuildJob
+    from binderapi.store import BuildState
+
+    async with inprocess(fake_settings()) as (_, services):
+        job = BuildJob(name="build-cancelled-at-once", image_name="fake.registry.test/x:1", repo_url="fake://x", ref="r")
+        build = await services.builds.ensure(job, draft_record(job, "fake/x/r"))
+        record = await asyncio.wait_for(services.builds.cancel(build.id), 10)
+        assert record.state is BuildState.cancelled and "cancelled" in record.message
+        assert build.log.terminal is not None and json.loads(build.log.terminal.data)["cancelled"] is True
+        assert services.builds.live(build.id) is None and not services.builds.queue and not services.builds.running

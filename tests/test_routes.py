@@ -158,6 +158,8 @@ async def test_cors_on_every_response_and_preflight(client):
     for r in (versions, missing, build, preflight):
         assert r.headers["access-control-allow-origin"] == "https://frontend.example"
         assert "cache-control" in r.headers["access-control-allow-headers"]
+        assert "last-event-id" in r.headers["access-control-allow-headers"]
+        assert r.headers["access-control-expose-headers"] == "x-build-id"
     assert preflight.status_code == 200 and "GET" in preflight.headers["access-control-allow-methods"]
 
 

@@ -573,6 +573,20 @@ class BuildManager:
         self.builds[build.job.name] = build
         self.by_id[build.id] = build
         build.task = self.supervisor.spawn(self._run(build, attach, owner, skip_bytes), name=f"build {build.job.name}")
+        build.task.add_done_callback(lambda _: self._ended(build))
+
+    def _ended(self, build: Build) -> None:
+        """The build's task ended without finishing it: cancelled before it ever ran (a cancel or a
+        shutdown right after the start). Its watchers must not wait for ever."""
+        if build.done:
+            return
+        self._release_slot(build)
+        if build in self.queue:
+            self.queue.remove(build)
+            self._announce_positions()
+        message = CANCELLED_MESSAGE if build.cancelled else SHUTDOWN_MESSAGE
+        build.finish(BuildOutcome(False, message, cancelled=build.cancelled), final=build.cancelled)
+        self._forget(build)
 
     async def _run(self, build: Build, attach: bool, owner: bool, skip_bytes: int | None = None) -> None:
         """Run or follow one build. The owner (who created it, or adopted it after a restart)

@@ -93,7 +93,8 @@ class ClientAddressMiddleware:
 
 class CORSMiddleware:
     """BinderHub's CORS: ``cors_allow_origin`` on every response (``*`` on ``/versions`` when
-    unset), ``cache-control`` allowed as a request header, and an empty 200 for preflights."""
+    unset), ``cache-control`` allowed as a request header, and an empty 200 for preflights; a
+    ``/build`` stream's ``X-Build-Id`` is readable there and a resuming ``Last-Event-ID`` allowed."""
 
     def __init__(self, app: ASGIApp, *, allow_origin: str, base_url: str) -> None:
         self.app = app
@@ -102,9 +103,11 @@ class CORSMiddleware:
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = self.allow_origin or (b"*" if scope["path"] == self.versions_path else b"")
-        headers = [(b"access-control-allow-headers", b"cache-control, authorization, content-type, x-xsrftoken")]
+        headers = [(b"access-control-allow-headers",
+                    b"cache-control, authorization, content-type, x-xsrftoken, last-event-id")]
         if origin:
-            headers.append((b"access-control-allow-origin", origin))
+            # a page of another origin may read which build its /build stream joined
+            headers += [(b"access-control-allow-origin", origin), (b"access-control-expose-headers", b"x-build-id")]
         return headers
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
