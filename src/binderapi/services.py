@@ -177,6 +177,7 @@ class Services:
                     max_age=kind.cleaner_settings.max_age,
                     image_exists=images.image_exists,
                     recorder=recorder,
+                    lease_seconds=settings.BuildStore.lease_seconds,
                 )
             with steps.step("BinderHub.launch_quota_class"):
                 quota = kind.launch_quota(launch_quota_class(binderhub.launch_quota_class), supervisor)

@@ -178,6 +178,11 @@ class BuildStore(abc.ABC):
     @abc.abstractmethod
     async def read_log(self, build_id: str) -> StoredLog | None: ...
 
+    async def read_log_from(self, build_id: str, offset: int) -> StoredLog | None:
+        """The log with its head from character ``offset`` on (what a follower has not read yet)."""
+        stored = await self.read_log(build_id)
+        return None if stored is None else StoredLog(stored.head[offset:], stored.tail, stored.dropped_bytes)
+
     # -- the rate limit's counters (shared stores) -----------------------------------------------
     async def hit(self, key: str, now: float, period_seconds: int) -> tuple[int, float]:
         """Count one request of ``key`` (a client bucket) at ``now`` (epoch seconds), atomically

@@ -433,6 +433,19 @@ class SQLBuildStore(BuildStore):
             return None
         return StoredLog(head=row.head or "", tail=row.tail or "", dropped_bytes=row.dropped_bytes or 0)
 
+    async def read_log_from(self, build_id: str, offset: int) -> StoredLog | None:
+        """The head's new part is cut in the database: a follower reads only what is new (the
+        tail, which only a log past its cap has, is read whole)."""
+        statement = (sa.select(builds.c.id, sa.func.substr(build_logs.c.head, offset + 1).label("head"),
+                               build_logs.c.tail, build_logs.c.dropped_bytes)
+                     .select_from(builds.outerjoin(build_logs, build_logs.c.build_id == builds.c.id))
+                     .where(builds.c.id == build_id))
+        async with self._begin(f"reading the log of build {build_id}") as connection:
+            row = (await connection.execute(statement)).first()
+        if row is None:
+            return None
+        return StoredLog(head=row.head or "", tail=row.tail or "", dropped_bytes=row.dropped_bytes or 0)
+
     # -- the rate limit's counters --------------------------------------------------------------------
     async def hit(self, key: str, now: float, period_seconds: int) -> tuple[int, float]:
         """One atomic upsert: a new window (1 hit) if the bucket has none or its window ended,
@@ -622,6 +635,7 @@ class SQLBuildStore(BuildStore):
                     .where(builds.c.state.in_(FINISHED), builds.c.created_at < cutoff)
                     .order_by(builds.c.id).limit(batch))).scalars().all()
                 if ids:
+                    await connection.execute(sa.delete(build_claims).where(build_claims.c.build_id.in_(ids)))
                     await connection.execute(sa.delete(builds).where(builds.c.id.in_(ids)))
             deleted += len(ids)
             if len(ids) < batch:
