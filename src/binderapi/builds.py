@@ -705,7 +705,12 @@ class BuildManager:
         watcher gets a ``failed`` event saying so. None if unknown; :class:`BuildFinishedError` if
         it already ended."""
         build = self.by_id.get(build_id)
-        if build is None and self.shared:
+        if build is None and self.shared and self.store is not None:
+            record = await self.store.get(build_id)
+            if record is None:
+                return None
+            if record.state.finished:
+                raise BuildFinishedError(record)
             build = await self._remote(build_id)
         if build is None:
             return await self._cancel_elsewhere(build_id)
