@@ -124,3 +124,40 @@ async def test_listeners_get_notifications_and_a_catch_up_after_a_cut(make_postg
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_a_replica_that_lost_its_claim_lets_the_build_go(make_postgres_database: Callable[[], Awaitable[str]]) -> None:
+    """Split brain: a replica that could not renew its lease for a while finds, at its next
+    heartbeat, that another adopted its build. It stops following it (its watchers are told where
+    to go) and leaves the builder, which is the adopter's now, running."""
+    from binderapi.builds import TAKEN_OVER_MESSAGE
+    from binderapi.store.sql import build_claims
+    from fixtures.fake_backend import fake_settings
+    from fixtures.server import EVENT_STREAM
+    from test_inprocess import events_of, inprocess
+
+    settings = fake_settings({"BuildStore": {"url": await make_postgres_database()}})
+    async with inprocess(settings) as (http, services):
+        services.backend.hold = asyncio.Event()
+        watcher = asyncio.create_task(http.get("build/fake/split/main", headers=EVENT_STREAM, params={"build_only": "true"}))
+        manager = services.builds
+        for _ in range(1000):
+            if manager.builds and next(iter(manager.builds.values())).record.state is BuildState.building:
+                break
+            await asyncio.sleep(0.01)
+        (build,) = manager.builds.values()
+        assert build.claimed
+        store = services.store
+        async with store._begin("test") as connection:  # the lease ran out while this replica was cut off
+            await connection.execute(build_claims.update().values(lease_expires=0))
+        (claim,) = await store.expired_claims()
+        assert await store.adopt(claim, "another-replica", 60)
+        await manager._heartbeat()
+        events = events_of(await asyncio.wait_for(watcher, 30))
+        assert events[-1]["phase"] == "failed" and events[-1]["message"] == TAKEN_OVER_MESSAGE + "\n"
+        assert build.job.name in services.backend.builds  # the builder was left running
+        assert ("stop", build.job.name) not in services.backend.calls
+        assert manager.live(build.id) is None
+        record = await store.get(build.id)
+        assert record.owner == "another-replica" and not record.state.finished
+        services.backend.hold.set()

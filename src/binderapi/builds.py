@@ -61,6 +61,8 @@ POLL_SECONDS = 1.0
 CANCELLED_MESSAGE = "The build was cancelled by an operator; open the link again to start a new build."
 VANISHED_MESSAGE = "The builder of this build was gone when binderapi restarted; start it again."
 SHUTDOWN_MESSAGE = "binderapi is shutting down; the build continues and a retry will rejoin it"
+TAKEN_OVER_MESSAGE = ("Another binderapi replica took this build over (this one lost the build store for a while); "
+                      "open the link again to follow it there.")
 ORPHANED_MESSAGE = ("The binderapi replica running this build stopped ({owner}) and its builder was gone; "
                     "start the build again.")
 #: the phases of a build resource's terminal event (only the terminal event has them in its stream)
@@ -200,6 +202,9 @@ class Build:
         #: run by another replica and followed here from the shared store (never written from here)
         self.remote = False
         self.wake: asyncio.Event | None = None  # set when the store says a remote build changed
+        self.log_chars = 0  # of a remote build: the characters of the stored log's head fed to ``log``
+        self.claimed = False  # run here under a claim in the shared store (its heartbeat renews it)
+        self.lost = False  # its claim was adopted by another replica (this one could not renew it)
 
     @property
     def done(self) -> bool:
@@ -525,13 +530,18 @@ class BuildManager:
         assert store is not None
         record = record or draft_record(job)
         record.owner = self.owner
+        claimed = False
         try:
             holder = await store.claim(record, self.lease_seconds)
-            build = None if holder == record.id else await self._remote(holder, job)
+            claimed = holder == record.id
+            build = None if claimed else await self._remote(holder, job)
         except StoreError as e:  # the store is away: the container or pod name still guards
             self.recorder.failed(str(e))
             build = None
-        return build or self._join(job, record)
+        if build is None:
+            build = self._join(job, record)
+            build.claimed = claimed and build.id == record.id
+        return build
 
     async def _remote(self, build_id: str, job: BuildJob | None = None) -> Build | None:
         """The build ``build_id`` as followed here from the store (another replica runs it);
@@ -564,13 +574,13 @@ class BuildManager:
         notification be lost), until its terminal event."""
         store = self.store
         assert store is not None and build.wake is not None
-        cursor, log_chars, dropped = build.log.total, 0, 0
+        cursor, dropped = build.log.total, 0
         while True:
             build.wake.clear()
             try:
                 record = await store.get(build.id)
                 events = [event async for event in self._replay(store, build.id, cursor)]
-                stored_log = await store.read_log_from(build.id, log_chars)
+                stored_log = await store.read_log_from(build.id, build.log_chars)
             except StoreError:
                 record, events, stored_log = None, [], None  # the next notification or poll tries again
             if record is not None:
@@ -578,7 +588,7 @@ class BuildManager:
             if stored_log is not None:
                 if stored_log.head:
                     build.log.add_output(stored_log.head)
-                    log_chars += len(stored_log.head)
+                    build.log_chars += len(stored_log.head)
                 dropped = stored_log.dropped_bytes
             for event in events:
                 data = json.loads(event.data)
@@ -645,7 +655,16 @@ class BuildManager:
         store = self.store
         assert store is not None
         try:
-            await store.renew(self.owner, self.lease_seconds)
+            claimed = [b for b in self.by_id.values() if b.claimed and not b.done]  # their claims are committed
+            held = await store.renew(self.owner, self.lease_seconds)
+            for build in claimed:
+                if build.id not in held and not build.done and build.task is not None:
+                    # split brain: this process could not renew for a lease, and another adopted the
+                    # build (it follows the builder now); stop following it here, leave the builder
+                    log.warning("Build %s was taken over by another replica (this one could not reach the "
+                                "build store for longer than BuildStore.lease_seconds); leaving it to it", build.id)
+                    build.lost = True
+                    build.task.cancel()
             now = time.monotonic()
             if self._renewing_since is None:
                 self._renewing_since = now
@@ -676,6 +695,7 @@ class BuildManager:
         if info is not None and info.build_id == record.id:
             log.warning("Adopting build %s (%s) of the stopped replica %s: following its builder", record.id,
                         record.build_name, claim.owner)
+            build.claimed = True
             self._launch(build, attach=True, owner=True, skip_bytes=skip)
             return
         log.warning("Build %s (%s) of the stopped replica %s has no builder left: marking it failed", record.id,
@@ -845,9 +865,15 @@ class BuildManager:
         build = self.by_id.get(build_id)
         if build is None and self.shared and not await self._ended_in_store(build_id):
             build = await self._remote(build_id)
-        if build is not None and build.remote:  # its whole output is fed from the store, from the start
+        if build is not None and build.remote:
+            # what its follower fed so far, as the store has it (memory keeps only the newest
+            # chunks), then what it feeds next
             log_ = build.log
-            cursor = 0
+            cursor, fed = log_.output_total, build.log_chars
+            if fed:
+                stored = await self.store.read_log(build_id) if self.store is not None else None
+                if stored is not None and stored.head[:fed]:
+                    yield stored.head[:fed]
             while True:
                 lines, cursor = log_.output_after(cursor)
                 if lines:
@@ -921,11 +947,15 @@ class BuildManager:
                 outcome = await self._follow(build, replay_tail=self.log_tail_lines if attach else None)
         except asyncio.CancelledError:
             if not build.cancelled:
-                build.finish(BuildOutcome(False, SHUTDOWN_MESSAGE), final=False)
-                raise
+                build.finish(BuildOutcome(False, TAKEN_OVER_MESSAGE if build.lost else SHUTDOWN_MESSAGE), final=False)
+                if not build.lost:
+                    raise
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+            if build.lost:  # the builder is another replica's now: neither stopped nor recorded from here
+                self._forget(build)
+                return
             outcome = BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True)
             owner = True  # whatever was started goes
         except BinderError as e:

@@ -203,9 +203,9 @@ class BuildStore(abc.ABC):
         One process (not shared): always ours, nothing written."""
         return record.id
 
-    async def renew(self, owner: str, lease_seconds: float) -> int:
-        """The heartbeat: extend the lease of every claim of ``owner``; how many it holds."""
-        return 0
+    async def renew(self, owner: str, lease_seconds: float) -> set[str]:
+        """The heartbeat: extend the lease of every claim of ``owner``; the ids of its builds."""
+        return set()
 
     async def release(self, build_name: str, build_id: str) -> None:  # noqa: B027 - optional
         """The build ended: its name is free (only if ``build_id`` still holds it)."""

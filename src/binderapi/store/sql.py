@@ -520,14 +520,14 @@ class SQLBuildStore(BuildStore):
                 sa.select(holder).where(build_claims.c.build_name == record.build_name))).scalar()
         return taken or record.id
 
-    async def renew(self, owner: str, lease_seconds: float) -> int:
+    async def renew(self, owner: str, lease_seconds: float) -> set[str]:
         if not self.shared:
-            return 0
+            return set()
         async with self._begin("renewing the build leases") as connection:
             result = await connection.execute(
                 sa.update(build_claims).where(build_claims.c.owner == owner)
-                .values(lease_expires=self._db_now() + lease_seconds))
-        return result.rowcount
+                .values(lease_expires=self._db_now() + lease_seconds).returning(build_claims.c.build_id))
+            return set(result.scalars().all())
 
     async def release(self, build_name: str, build_id: str) -> None:
         if not self.shared:
