@@ -600,7 +600,8 @@ class BuildManager:
                 build.log.append(event.data, event.seq)
                 cursor = event.seq
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(build.wake.wait(), self.lease_seconds)
+                async with asyncio.timeout(self.lease_seconds):  # not wait_for: it can swallow a shutdown's cancel
+                    await build.wake.wait()
 
     def _remote_finished(self, build: Build, terminal: StoredEvent, data: dict[str, Any]) -> None:
         success = data.get("phase") == "ready"
@@ -754,7 +755,8 @@ class BuildManager:
         assert store is not None
         await store.notify(CANCEL_CHANNEL, build.id)
         try:
-            await asyncio.wait_for(asyncio.shield(build.outcome), 2 * self.lease_seconds)
+            async with asyncio.timeout(2 * self.lease_seconds):
+                await asyncio.shield(build.outcome)
         except TimeoutError:
             record = await self._cancel_elsewhere(build.id)
             if record is None:

@@ -219,6 +219,14 @@ def upgrade_schema(connection: Connection, revision: str = "head", *, store_name
         command.upgrade(config, revision)
 
 
+def _raise_if_cancelling() -> None:
+    """A driver that turned our task's cancellation into its own error (or a race that lost it)
+    must not keep a loop alive at shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SQLBuildStore(BuildStore):
     """:class:`BuildStore` on an SQLAlchemy async engine.
 
@@ -586,6 +594,7 @@ class SQLBuildStore(BuildStore):
             try:
                 connection = await asyncpg.connect(dsn, timeout=self.busy_timeout)
             except Exception as e:  # asyncpg's, OSError, TimeoutError: the server is away
+                _raise_if_cancelling()
                 if not failing:
                     log.warning("build store %s: listening for other replicas failed: %s; reconnecting",
                                 self.name, _reason(e))
@@ -604,7 +613,8 @@ class SQLBuildStore(BuildStore):
                 yield Notification("")
                 while True:
                     try:
-                        item = await asyncio.wait_for(queue.get(), LISTEN_CHECK_SECONDS)
+                        async with asyncio.timeout(LISTEN_CHECK_SECONDS):  # not wait_for: it can swallow a cancel
+                            item = await queue.get()
                     except TimeoutError:
                         await connection.fetchval("SELECT 1", timeout=self.busy_timeout)
                         continue
@@ -612,13 +622,15 @@ class SQLBuildStore(BuildStore):
                         raise ConnectionError("the listening connection was closed")
                     yield item
             except (Exception, TimeoutError) as e:
+                _raise_if_cancelling()
                 if not failing:
                     log.warning("build store %s: the connection listening for other replicas was lost: %s; "
                                 "reconnecting", self.name, _reason(e))
                 failing = True
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(connection.close(), 2)
+                    async with asyncio.timeout(2):
+                        await connection.close()
                 connection.terminate()
             await asyncio.sleep(pause)
             pause = min(pause * 2, longest)
