@@ -161,3 +161,73 @@ async def test_a_replica_that_lost_its_claim_lets_the_build_go(make_postgres_dat
         record = await store.get(build.id)
         assert record.owner == "another-replica" and not record.state.finished
         services.backend.hold.set()
+
+
+async def test_a_build_of_another_replica_is_followed_from_the_store(make_postgres_database: Callable[[], Awaitable[str]]) -> None:
+    """The follower's side alone: another process (here, a bare store) writes a build's events;
+    this replica streams them as they are notified, to the terminal event. A second build whose
+    owner stopped between writing its final record and its terminal event ends from the record."""
+    import json
+
+    from binderapi.store import StoredEvent
+    from fixtures.fake_backend import fake_settings
+    from test_inprocess import inprocess
+
+    url = await make_postgres_database()
+    settings = fake_settings({"BuildStore": {"url": url, "lease_seconds": 1}})
+    async with inprocess(settings) as (_, services), stores(url, 1) as (other,):
+        manager = services.builds
+        record = draft("remote-build", "another-replica")
+        assert await other.claim(record, 60) == record.id
+        events = [StoredEvent(seq, json.dumps({"phase": "building", "message": f"step {seq}\n", "build_id": record.id}))
+                  for seq in (1, 2, 3)]
+        await other.append(record.id, events[:1], "step 1\n")
+        seen: list[int] = []
+
+        async def follow() -> list[dict]:
+            found = []
+            async for event in manager.follow_events(record.id):
+                seen.append(event.seq)
+                found.append(json.loads(event.data))
+            return found
+
+        task = asyncio.create_task(follow())
+        for expected in (1, 2, 3):  # each event reaches the stream once written (and notified)
+            for _ in range(1000):
+                if seen and seen[-1] == expected:
+                    break
+                await asyncio.sleep(0.01)
+            assert seen[-1] == expected
+            if expected < 3:
+                await other.append(record.id, events[expected:expected + 1], f"step {expected + 1}\n")
+        assert manager.live(record.id).remote
+        record.state, record.message = BuildState.failed, "it broke"
+        await other.save([record])
+        terminal = {"phase": "failed", "message": "it broke\n", "build_id": record.id}
+        await other.append(record.id, [StoredEvent(4, json.dumps(terminal))])
+        found = await asyncio.wait_for(task, 30)
+        assert seen == [1, 2, 3, 4] and found[-1] == terminal
+        assert (await manager.read_log(record.id)).text() == "step 1\nstep 2\nstep 3\n"
+
+        # the owner wrote its final record, then stopped before the terminal event
+        lost = draft("remote-lost", "another-replica")
+        await other.claim(lost, 60)
+        first = {"phase": "building", "message": "step 1\n", "build_id": lost.id}
+        await other.append(lost.id, [StoredEvent(1, json.dumps(first))])
+        task = asyncio.create_task(follow_all(manager, lost.id))
+        for _ in range(1000):
+            if manager.live(lost.id) is not None:  # followed from the store now
+                break
+            await asyncio.sleep(0.01)
+        lost.state, lost.message = BuildState.cancelled, "The build was cancelled"
+        await other.save([lost])
+        found = await asyncio.wait_for(task, 30)
+        assert found[0] == first
+        assert found[-1] == {"phase": "failed", "message": "The build was cancelled\n", "cancelled": True,
+                             "build_id": lost.id}
+
+
+async def follow_all(manager, build_id: str) -> list[dict]:
+    import json
+
+    return [json.loads(e.data) async for e in manager.follow_events(build_id)]

@@ -575,6 +575,7 @@ class BuildManager:
         store = self.store
         assert store is not None and build.wake is not None
         cursor, dropped = build.log.total, 0
+        ended_since: float | None = None  # when the record first said it ended
         while True:
             build.wake.clear()
             try:
@@ -599,9 +600,27 @@ class BuildManager:
                     return
                 build.log.append(event.data, event.seq)
                 cursor = event.seq
+            if record is not None and record.state.finished:
+                ended_since = ended_since or time.monotonic()
+                if time.monotonic() - ended_since > self.lease_seconds:
+                    # its owner stopped between writing the record and the terminal event: the
+                    # record says how it ended
+                    data = self._terminal_from(record)
+                    self._remote_finished(build, StoredEvent(cursor + 1, event_json(data)), data)
+                    return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.lease_seconds):  # not wait_for: it can swallow a shutdown's cancel
                     await build.wake.wait()
+
+    @staticmethod
+    def _terminal_from(record: BuildRecord) -> dict[str, Any]:
+        if record.state is BuildState.built:
+            data: dict[str, Any] = {"phase": "ready", "message": "Done! Image built\n", "imageName": record.image_name}
+        else:
+            data = {"phase": "failed", "message": line(record.message or f"The build {record.state.value}")}
+            if record.state is BuildState.cancelled:
+                data["cancelled"] = True
+        return {**data, "build_id": record.id}
 
     def _remote_finished(self, build: Build, terminal: StoredEvent, data: dict[str, Any]) -> None:
         success = data.get("phase") == "ready"
