@@ -17,4 +17,5 @@ pytest_plugins = [
     "fixtures.kubeapi",  # the Kubernetes API test server: kube_api, kubeconfig, kube_settings()
     "fixtures.upstreams",  # fake GitHub/GitLab/Zenodo/... APIs, make_registry
     "fixtures.postgres",  # PostgreSQL from scripts/infra.sh: postgres_dsn, postgres_url, make_postgres_database
+    "fixtures.store",  # store_url (a fresh database per test, SQLite by default), store
 ]

@@ -213,6 +213,9 @@ async def test_restart_reattaches_a_running_build_and_fails_a_vanished_one(clien
         await svc.services.recorder.flush()
         failed = await svc.services.store.get(by_repo[gone].id)
         assert failed.state is BuildState.failed and failed.message == VANISHED_MESSAGE
+        replay = [json.loads(e.data) async for e in manager.follow_events(failed.id)]  # its stream ends, saying why
+        assert replay[-1] == {"phase": "failed", "message": VANISHED_MESSAGE + "\n", "build_id": failed.id}
+        assert [e["phase"] for e in replay[:-1]] and "failed" not in [e["phase"] for e in replay[:-1]]
         assert (await manager.record(build_id)).state is BuildState.built
 
 
@@ -232,9 +235,16 @@ async def test_a_store_that_is_down_leaves_classic_build_working(client, git_ser
                                    params=BUILD_ONLY)
         assert events[-1]["phase"] == "ready" and events[-1]["build_id"]
         health = await client.get(svc.url + "health")
-    assert health.status_code == 200 and health.json()["ok"] is True
-    (check,) = [c for c in health.json()["checks"] if c["service"] == "Build store"]
-    assert check["ok"] is False and check["_ignore_failure"] is True and "build store" in check["error"]
+        assert health.status_code == 200 and health.json()["ok"] is True
+        (check,) = [c for c in health.json()["checks"] if c["service"] == "Build store"]
+        assert check["ok"] is False and check["_ignore_failure"] is True and "build store" in check["error"]
+        # the store is tried again (every STORE_REOPEN_INTERVAL): once it can be opened, it is used
+        if damage == "unwritable":
+            (tmp_path / "a-file").unlink()
+        await svc.services._reopen_store()
+        await asyncio.sleep(1.1)  # a failed check is cached a second
+        (check,) = [c for c in (await client.get(svc.url + "health")).json()["checks"] if c["service"] == "Build store"]
+        assert (svc.services.store is not None) is (damage == "unwritable") is check["ok"]
 
 
 @pytest.mark.hub

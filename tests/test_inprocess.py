@@ -262,4 +262,4 @@ async def test_a_build_cancelled_before_its_task_ran_ends_cancelled():
         record = await asyncio.wait_for(services.builds.cancel(build.id), 10)
         assert record.state is BuildState.cancelled and "cancelled" in record.message
         assert build.log.terminal is not None and json.loads(build.log.terminal.data)["cancelled"] is True
-        assert services.builds.live(build.id) is None and not services.builds.queue and not services.builds.running
+        assert services.builds.running_build(job.name) is None and not services.builds.queue and not services.builds.running

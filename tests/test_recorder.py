@@ -1,5 +1,6 @@
 """The recorder: a build's events and log reach the (real, SQLite) store in a few batched writes,
-the log is capped to its head and tail, and a failing store is reported, never raised."""
+the log is capped to its head and tail, and a failing store is reported, never raised. ``store``
+is tests/fixtures/store.py's (a fresh database per test, per database the suite runs on)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,6 @@ import pytest
 
 from binderapi.recorder import Recorder
 from binderapi.store import BuildRecord, BuildState, StoredEvent, new_build_id
-from binderapi.store.sql import SQLBuildStore
-
-
-@pytest.fixture
-async def store(tmp_path):
-    store = SQLBuildStore(f"sqlite+aiosqlite:///{tmp_path / 'builds.sqlite3'}")
-    await store.open()
-    yield store
-    await store.close()
 
 
 def record() -> BuildRecord:

@@ -410,6 +410,22 @@ class BuildManager:
             record.state, record.message = BuildState.failed, VANISHED_MESSAGE
             record.queue_position, record.finished_at = None, _now()
             self.recorder.save(record)
+            await self._end_stream(record, {"phase": "failed", "message": line(VANISHED_MESSAGE)})
+
+    async def _end_stream(self, record: BuildRecord, terminal: dict[str, Any]) -> None:
+        """Give a build settled outside its task (gone at a restart, cancelled in another process)
+        the terminal event its stream ends with, after the events stored."""
+        store = self.store
+        if store is None:
+            return
+        last = 0
+        try:
+            async for event in self._replay(store, record.id, 0):
+                last = event.seq
+        except StoreError as e:
+            self.recorder.failed(str(e))
+            return
+        self.recorder.event(record.id, StoredEvent(last + 1, event_json({**terminal, "build_id": record.id})))
 
     async def _orphaned_records(self) -> dict[str, BuildRecord]:
         """The store's unfinished builds whose process is gone (ours, before a restart)."""
@@ -462,8 +478,12 @@ class BuildManager:
         return build if build is not None and not build.done else None
 
     async def ensure(self, job: BuildJob, record: BuildRecord) -> Build:
-        """Join the build of ``job.name``, or start one from ``record`` (a draft, ignored when joining).
-        With a shared store, the build another replica runs is joined (followed from the store)."""
+        """Join the running build of ``job.name``, or start one from ``record`` (a draft, ignored
+        when joining). A finished build is never joined: a forced rebuild must build again. With a
+        shared store, the build another replica runs is joined (followed from the store)."""
+        finished = self.builds.get(job.name)
+        if finished is not None and finished.done:
+            self._forget(finished, keep_id=SUCCESS_RETENTION_SECONDS)
         return await self._claimed(job, record)
 
     async def join(self, job: BuildJob, record: BuildRecord | None = None) -> BuildWatch:
@@ -809,6 +829,7 @@ class BuildManager:
         record.state, record.message = BuildState.cancelled, CANCELLED_MESSAGE
         record.queue_position, record.finished_at = None, _now()
         await self.store.save([record])
+        await self._end_stream(record, {"phase": "failed", "message": line(CANCELLED_MESSAGE), "cancelled": True})
         return record
 
     # -- a build's stream and log, from the store and from memory ---------------------------------
@@ -927,20 +948,19 @@ class BuildManager:
         self.builds[build.job.name] = build
         self.by_id[build.id] = build
         build.task = self.supervisor.spawn(self._run(build, attach, owner, skip_bytes), name=f"build {build.job.name}")
-        build.task.add_done_callback(lambda _: self._ended(build))
+        build.task.add_done_callback(lambda task: self._never_ran(build, task))
 
-    def _ended(self, build: Build) -> None:
-        """The build's task ended without finishing it: cancelled before it ever ran (a cancel or a
-        shutdown right after the start). Its watchers must not wait for ever."""
-        if build.done:
+    def _never_ran(self, build: Build, task: asyncio.Task[Any]) -> None:
+        """A build task cancelled before its first step (a cancel right after the build was
+        created, a shutdown) never runs ``_run``'s handlers: its outcome is settled here, or its
+        watchers and ``cancel()`` would wait forever. Nothing was started, so nothing is stopped."""
+        if not task.cancelled() or build.done:
             return
-        self._release_slot(build)
-        if build in self.queue:
-            self.queue.remove(build)
-            self._announce_positions()
-        message = CANCELLED_MESSAGE if build.cancelled else SHUTDOWN_MESSAGE
-        build.finish(BuildOutcome(False, message, cancelled=build.cancelled), final=build.cancelled)
-        self._forget(build)
+        if build.cancelled:
+            build.finish(BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True))
+        else:
+            build.finish(BuildOutcome(False, SHUTDOWN_MESSAGE), final=False)
+        self._forget(build, keep_id=SUCCESS_RETENTION_SECONDS)
 
     async def _run(self, build: Build, attach: bool, owner: bool, skip_bytes: int | None = None) -> None:
         """Run or follow one build. The owner (who created it, or adopted it after a restart)
@@ -1001,11 +1021,20 @@ class BuildManager:
         if outcome.success:
             asyncio.get_running_loop().call_later(SUCCESS_RETENTION_SECONDS, self._forget, build)
         else:
-            self._forget(build)
+            self._forget(build, keep_id=SUCCESS_RETENTION_SECONDS)
 
-    def _forget(self, build: Build) -> None:
+    def _forget(self, build: Build, keep_id: float = 0.0) -> None:
+        """Stop answering for ``build``: by name at once (the next request starts a new build), by
+        id after ``keep_id`` seconds, so its record is read from memory until the recorder has
+        written its end to the store (a read in between would find no build at all)."""
         if self.builds.get(build.job.name) is build:
             del self.builds[build.job.name]
+        if keep_id:
+            asyncio.get_running_loop().call_later(keep_id, self._forget_id, build)
+        else:
+            self._forget_id(build)
+
+    def _forget_id(self, build: Build) -> None:
         if self.by_id.get(build.id) is build:
             del self.by_id[build.id]
 

@@ -281,12 +281,22 @@ class Recorder:
 
     # -- health and closing -----------------------------------------------------------------------
     async def health(self) -> dict[str, object]:
-        """The soft ``/health`` check "Build store"."""
-        if self.error:
-            raise StoreError(self.error)
+        """The soft ``/health`` check "Build store": the last error while writes fail (a store that
+        answers again with nothing left to write is well again), else a round trip."""
         if self.store is None:
+            if self.error:
+                raise StoreError(self.error)
             return {"ok": True, "enabled": False}
-        await self.store.ping()
+        if self.error and (self._pending or self._log_changed):
+            raise StoreError(self.error)
+        try:
+            await self.store.ping()
+        except StoreError as e:
+            self.failed(str(e))
+            raise
+        if self.error:
+            log.info("The build store answers again")
+            self.error = ""
         return {"ok": True}
 
     async def close(self) -> None:

@@ -51,6 +51,8 @@ SWEEP_FIRST_DELAY = 60.0
 SWEEP_INTERVAL = 3600.0
 #: the build store's ``/health`` check, by the name a readiness probe selects it with (``?service=``)
 STORE_HEALTH_CHECK = "Build store"
+#: how often a store that could not be opened is tried again
+STORE_REOPEN_INTERVAL = 30.0
 
 
 #: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
@@ -234,7 +236,8 @@ class Services:
             if shared_store(section):
                 raise StartupError(f"BuildStore.url: {e}. Replicas sharing a PostgreSQL store do not start without it") from None
             log.error("The build store cannot be opened: %s. Serving /build without it; /api/v1 answers 503", e)
-            return Recorder(None, error=str(e) or type(e).__name__)
+            return Recorder(None, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval,
+                            error=str(e) or type(e).__name__)
         return Recorder(store, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval)
 
     async def _store_health(self) -> dict[str, object]:
@@ -246,6 +249,19 @@ class Services:
             return await self.recorder.health()
         await store.ping()
         return {"ok": True, **({"last_error": self.recorder.error} if self.recorder.error else {})}
+
+    async def _reopen_store(self) -> None:
+        """A store that could not be opened at start is tried again (a database that was still
+        starting); from then on builds are recorded. A failure is logged once per outage."""
+        if self.store is not None:
+            return
+        try:
+            store = await open_store(self.settings)
+        except StoreError as e:
+            self.recorder.failed(str(e) or type(e).__name__)
+            return
+        log.info("The build store is open now; builds are recorded from here on")
+        self.recorder.store, self.recorder.error = store, ""
 
     async def _sweep_builds(self) -> None:
         """One retention sweep (run again every :data:`SWEEP_INTERVAL` by the supervisor)."""
@@ -270,7 +286,10 @@ class Services:
                 raise StartupError(f"The build backend ({binderhub.build_class}) is unreachable: {e}. "
                                    "Fix it, or set BinderHub.builder_required: false to start anyway.") from None
             log.warning("The build backend is unreachable (%s); continuing because builder_required is false", e)
-        if self.store is not None and self.settings.BuildStore.retention_days > 0:
+        if self.settings.BuildStore.enabled and self.store is None:
+            self.supervisor.run_forever("build store reopen", self._reopen_store, restart_delay=STORE_REOPEN_INTERVAL,
+                                        first_delay=STORE_REOPEN_INTERVAL)
+        if self.settings.BuildStore.enabled and self.settings.BuildStore.retention_days > 0:
             self.supervisor.run_forever("build store sweep", self._sweep_builds, restart_delay=SWEEP_INTERVAL,
                                         first_delay=SWEEP_FIRST_DELAY)
         if binderhub.build_cleaner_class != "none":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,12 @@ DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 VERSION_TABLE = "binderapi_alembic_version"
 FINISHED = [state.value for state in BuildState if state.finished]
 UNFINISHED = [state.value for state in BuildState if not state.finished]
+
+
+#: One schema upgrade at a time per event loop: Alembic keeps its running migration in module
+#: globals (``alembic.context``), so two stores of one process migrating at once (on different
+#: databases, where no database lock orders them) would trample each other's.
+_UPGRADE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -316,8 +323,9 @@ class SQLBuildStore(BuildStore):
             await asyncio.to_thread(self._make_directory, self.url.database)
         self.engine = self._make_engine()
         try:
-            async with self._begin("migrating the schema") as connection:
-                await connection.run_sync(upgrade_schema, store_name=self.name)
+            async with _UPGRADE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+                async with self._begin("migrating the schema") as connection:
+                    await connection.run_sync(upgrade_schema, store_name=self.name)
         except BaseException:
             await self.close()
             raise
