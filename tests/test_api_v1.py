@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from fixtures.fake_backend import fake_settings
+from fixtures.hub import start_hub
 from fixtures.server import serve
 from fixtures.stack import BASE_IMAGE, docker_settings, git_spec, namespace_containers, unique
 from test_inprocess import backend_of, inprocess, until
@@ -349,3 +350,87 @@ async def test_e2e_cancelling_a_slow_build_removes_its_builder(git_server, tmp_p
     assert last["phase"] == "failed" and last.get("cancelled") is True and "cancelled" in last["message"]
     assert_problem(again, 409, "already finished")
     assert await namespace_containers() == []
+
+
+async def test_a_body_that_is_not_utf8_is_a_400_problem_not_a_500(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, _):
+        response = await http.post("api/v1/builds", content=b"\xff\xfe$\xcd\x89", headers={"content-type": "application/json"})
+    assert_problem(response, 400, "parsing the body")
+
+
+async def test_a_token_no_hub_could_have_issued_is_refused_without_asking_the_hub(tmp_path):
+    settings = fake_settings({"BuildStore": {"state_dir": str(tmp_path / "state")}}, operator_tokens=[OPERATOR],
+                             auth_enabled=True, hub_url="http://127.0.0.1:9/", hub_api_token="x")
+    async with inprocess(settings) as (http, _):
+        query = await http.delete("api/v1/builds/0123456789abcdef012345", params={"token": "t\u00c0ken"})
+        listing = await http.get("api/v1/builds", params={"token": "t\u00c0ken"})
+    assert_problem(query, 403, "operator rights")
+    assert_problem(listing, 403, "Invalid JupyterHub token")
+
+
+async def test_a_failing_store_is_a_503_problem_and_the_classic_build_still_works(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, services):
+        assert (await http.get("api/v1/builds")).status_code == 200
+        await services.store.close()  # every call raises StoreError from now on, as for a lost database
+        listing = await http.get("api/v1/builds")
+        one = await http.get("api/v1/builds/0123456789abcdef012345")
+        classic = await http.get("build/fake/corrupt/main", headers={"Accept": "text/event-stream"},
+                                 params={"build_only": "true"})
+    for response in (listing, one):
+        assert_problem(response, 503, "build store is unavailable")
+    assert '"phase":"ready"' in classic.text
+
+
+async def test_a_frontend_on_another_origin_may_create_and_cancel(tmp_path):
+    settings = fake_settings({"BuildStore": {"state_dir": str(tmp_path / "state")}}, cors_allow_origin="https://ui.example")
+    async with inprocess(settings) as (http, _):
+        preflight = await http.options("api/v1/builds", headers={
+            "Origin": "https://ui.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        created = await http.post("api/v1/builds", json={"spec": "fake/cors/main"}, headers={"Origin": "https://ui.example"})
+        classic = await http.options("build/fake/a/main", headers={"Origin": "https://ui.example",
+                                                                    "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "https://ui.example"
+    assert {"POST", "DELETE"} <= set(preflight.headers["access-control-allow-methods"].replace(" ", "").split(","))
+    assert "content-type" in preflight.headers["access-control-allow-headers"]
+    assert created.status_code == 201 and "location" in created.headers["access-control-expose-headers"]
+    assert classic.headers["access-control-allow-methods"] == "GET, HEAD, OPTIONS"  # the classic routes keep theirs
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+async def test_e2e_a_jupyterhub_admin_has_operator_rights_and_a_user_has_not(tmp_path):
+    """Auth mode against a real hub: the hub's own `admin` flag (in its `GET /user` answer) decides."""
+    admin, user = unique("v1admin"), unique("v1user")
+    extra = f"c.Authenticator.admin_users = {{{admin!r}}}"
+    async with start_hub(extra_config=extra, container_prefix=f"binderapi-v1-{unique('hub')}") as hub:
+        admin_token, user_token = await hub.user_token(admin), await hub.user_token(user)
+        settings = e2e_settings(tmp_path, hub_url=hub.url, hub_api_token=hub.api_token, auth_enabled=True)
+        async with serve(settings) as svc, httpx.AsyncClient(base_url=svc.url, timeout=60) as client:
+            missing = "api/v1/builds/0123456789abcdef012345"
+            as_user = await client.delete(missing, headers={"Authorization": f"Bearer {user_token}"})
+            as_admin = await client.delete(missing, headers={"Authorization": f"Bearer {admin_token}"})
+            user_reads = await client.get("api/v1/builds", headers={"Authorization": f"token {user_token}"})
+            anonymous_reads = await client.get("api/v1/builds")
+    assert_problem(as_user, 403, "operator rights", "JupyterHub admin")
+    assert_problem(as_admin, 404, "No build")  # allowed: there is just no such build
+    assert user_reads.status_code == 200
+    assert_problem(anonymous_reads, 403, "Authentication required")
+
+
+async def test_following_a_running_builds_events_and_log_until_it_ends(tmp_path):
+    async with inprocess(settings_for(tmp_path)) as (http, services):
+        backend = backend_of(services)
+        backend.hold = asyncio.Event()
+        created = (await http.post("api/v1/builds", json={"spec": "fake/follow/main"})).json()
+        await until(lambda: any(len(b.lines) == 4 for b in backend.builds.values()))  # its output is written
+        events = asyncio.ensure_future(http.get(f"api/v1/builds/{created['id']}/events", headers={"Last-Event-ID": "1"}))
+        log = asyncio.ensure_future(http.get(f"api/v1/builds/{created['id']}/logs", params={"follow": "true"}))
+        await asyncio.sleep(0.2)  # both are waiting on the running build
+        assert not events.done() and not log.done()
+        backend.hold.set()
+        events_text, log_text = (await events).text, (await log).text
+        whole = await http.get(f"api/v1/builds/{created['id']}/events")
+    frames = sse(events_text)
+    assert frames == sse(whole.text)[1:] and frames[-1][1]["phase"] == "ready"
+    assert "Step 1/3" in log_text and "Successfully tagged" in log_text

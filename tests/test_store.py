@@ -5,6 +5,7 @@ two stores on one database, and a clear StoreError for every way the database ca
 from __future__ import annotations
 
 import asyncio
+import stat
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -296,6 +297,7 @@ async def test_open_store_uses_the_state_dir_and_makes_it(tmp_path):
     try:
         await store.ping()
         assert (state_dir / "builds.sqlite3").is_file()
+        assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700  # build logs are not for every local user
         async with store.engine.connect() as connection:
             assert await connection.scalar(sa.text("PRAGMA journal_mode")) == "wal"
             assert await connection.scalar(sa.text("PRAGMA foreign_keys")) == 1
@@ -373,6 +375,8 @@ async def test_an_unwritable_directory_is_a_store_error(tmp_path):
     ("not a url", "is not a database URL"),
     ("mysql+aiomysql://u:hunter2@127.0.0.1/db", "unsupported database 'mysql'"),
     ("sqlite+pysqlite:////tmp/x.db", "driver 'pysqlite' is not async"),
+    ("sqlite+aiosqlite://", "in-memory SQLite database is private to one connection"),
+    ("sqlite:///:memory:", "in-memory SQLite database is private to one connection"),
 ])
 def test_a_bad_url_is_a_store_error(url, match):
     with pytest.raises(StoreError, match=match) as failure:
@@ -388,15 +392,21 @@ async def test_an_unreachable_database_is_a_store_error_without_its_password():
     assert "hunter2" not in message
 
 
-async def test_a_closed_store_is_a_store_error(store_url):
+async def test_a_closed_store_is_a_store_error_and_holds_no_connections(store_url):
     store = SQLBuildStore(store_url)
     with pytest.raises(StoreError, match="not open"):
         await store.ping()
+    before = _threads()
     await store.open()
-    await store.ping()
+    await asyncio.gather(*(store.ping() for _ in range(10)))  # several pooled connections
     await store.close()
     with pytest.raises(StoreError, match="not open"):
         await store.save([record(1)])
+    for _ in range(100):  # SQLite's driver runs a thread per connection: all have ended
+        if not (_threads() - before):
+            break
+        await asyncio.sleep(0.01)
+    assert not (_threads() - before)
 
 
 async def test_a_file_broken_after_open_is_a_store_error(tmp_path):

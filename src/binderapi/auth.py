@@ -309,6 +309,8 @@ class HubAuth:
     async def user_for_token(self, token: str) -> HubUser:
         """The hub user or service owning ``token``; :class:`ForbiddenError` if the hub does not
         know it, or it lacks the scope granting access to binderapi."""
+        if not token.isascii() or not token.isprintable():  # no hub token is; nor can it be sent in a header
+            raise InvalidHubToken("Invalid JupyterHub token: log in to JupyterHub and use a current API token")
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache.get(key)
         if cached and cached[1] > time.monotonic():

@@ -100,6 +100,7 @@ class CORSMiddleware:
         self.app = app
         self.allow_origin = allow_origin.encode()
         self.versions_path = base_url + "versions"
+        self.api_v1_path = base_url + "api/v1/"
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = self.allow_origin or (b"*" if scope["path"] == self.versions_path else b"")
@@ -114,8 +115,11 @@ class CORSMiddleware:
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         extra = self._headers(scope)
+        if scope["path"].startswith(self.api_v1_path):  # a frontend reads where a new build is
+            extra.append((b"access-control-expose-headers", b"location, retry-after"))
         if scope["method"] == "OPTIONS":
-            return self._preflight(send, extra)
+            methods = b"GET, HEAD, OPTIONS, POST, DELETE" if scope["path"].startswith(self.api_v1_path) else b"GET, HEAD, OPTIONS"
+            return self._preflight(send, extra, methods)
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -126,7 +130,7 @@ class CORSMiddleware:
         return self.app(scope, receive, send_with_cors)
 
     @staticmethod
-    async def _preflight(send: Send, extra: list[tuple[bytes, bytes]]) -> None:
+    async def _preflight(send: Send, extra: list[tuple[bytes, bytes]], methods: bytes) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [
-            *extra, (b"access-control-allow-methods", b"GET, HEAD, OPTIONS"), (b"content-length", b"0")]})
+            *extra, (b"access-control-allow-methods", methods), (b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})

@@ -200,11 +200,12 @@ class BuildPipeline:
         async for event in self._launch(request, repo, labels):
             yield event
 
-    async def _build(self, request: BuildRequest, repo: ResolvedRepo) -> AsyncIterator[Event | bytes]:
+    async def job(self, request: BuildRequest, repo: ResolvedRepo) -> BuildJob:
+        """What the backend runs to build ``repo``'s image (``/build`` and ``POST /api/v1/builds``)."""
         services = self.services
         executor = services.executor_settings
         git_config = await repo.provider.build_git_config()
-        job = BuildJob(
+        return BuildJob(
             name=repo.build_name,
             image_name=repo.image_name,
             repo_url=repo.repo_url,
@@ -215,6 +216,10 @@ class BuildPipeline:
             provider=repo.provider.name,
             git_config=tuple(git_config),
         )
+
+    async def _build(self, request: BuildRequest, repo: ResolvedRepo) -> AsyncIterator[Event | bytes]:
+        services = self.services
+        job = await self.job(request, repo)
         builds = services.builds
         resumed = await builds.resumable(request.resume_build) if request.resume_build else None
         if resumed is not None and builds.builds.get(job.name) is resumed:

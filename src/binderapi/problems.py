@@ -22,6 +22,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -144,6 +145,8 @@ def as_problem(error: Exception) -> ProblemError:
         return store_unavailable(error)
     if isinstance(error, BinderError):
         return from_binder_error(error)
+    if isinstance(error, HTTPException):  # FastAPI's own, e.g. 400 for a body it cannot read
+        return ProblemError(error.status_code, str(error.detail), headers=error.headers)
     incident = uuid.uuid4().hex[:12]
     log.error("Unexpected error in /api/v1 (incident %s)", incident, exc_info=error)
     return ProblemError(500, f"Internal Server Error (incident {incident}); the operator's log has the details.")

@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..auth import is_operator, operator_token_matches
 from ..errors import ForbiddenError, SpecError
-from ..executors.base import BuildJob
-from ..pipeline import BuildPipeline, BuildRequest, ResolvedRepo, format_appendix
+from ..pipeline import BuildPipeline, BuildRequest, ResolvedRepo
 from ..problems import ProblemError, ProblemRoute, problem_responses, store_unavailable
 from ..services import Services, ServicesDep
 from ..store.base import (
@@ -98,19 +97,19 @@ class BuildResource(BaseModel):
                   "logs": f"/api/v1/builds/{BUILD_ID_EXAMPLE}/logs"},
     }]})
 
-    id: str = Field(description="The build's id: sortable, newest last.")
+    id: str = Field(description="The build's id: ids sort by creation time.")
     spec: str = Field(description="`<prefix>/<spec>`, as in a `/build` URL.")
     provider: str = Field(description="The repository provider's name, e.g. `GitHub`.")
     repo_url: str
     resolved_ref: str = Field(description="The immutable ref (commit, DOI version...) the spec resolved to.")
     image_name: str
     state: BuildState = Field(description="`queued` and `building` may change; `built`, `failed` and `cancelled` are final.")
-    queue_position: int | None = Field(description="1 = next to start, while `queued`; else null.")
+    queue_position: int | None = Field(None, description="1 = next to start, while `queued`; else null.")
     cached: bool = Field(description="The image already existed: nothing was built.")
     message: str = Field(description="Why the build failed or was cancelled; empty otherwise.")
     created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: datetime | None = Field(None, description="When the builder started; null while queued.")
+    finished_at: datetime | None = Field(None, description="When the build ended; null until it does.")
     log_bytes: int = Field(description="Bytes of builder output seen, including any dropped past `BuildStore.max_log_bytes`.")
     links: Links
 
@@ -122,7 +121,7 @@ class BuildList(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [], "next": None}]})
 
     items: list[BuildResource]
-    next: str | None = Field(description="Pass as `cursor` to get the next page; null when there is none.")
+    next: str | None = Field(None, description="Pass as `cursor` to get the next page; null when there is none.")
 
 
 class ImageStatus(BaseModel):
@@ -135,7 +134,7 @@ class ImageStatus(BaseModel):
     image_name: str
     resolved_ref: str
     exists: bool = Field(description="The image is in the registry (or the local engine without a registry).")
-    build_id: str | None = Field(description="The build of this image running now, if any.")
+    build_id: str | None = Field(None, description="The build of this image running now, if any; else null.")
 
 
 class CreateBuild(BaseModel):
@@ -156,7 +155,8 @@ class CreateBuild(BaseModel):
 
 
 def require_store(services: Services) -> BuildStore:
-    store = getattr(services, "store", None)
+    """The build store, or a 503 problem: disabled (``BuildStore.enabled``), or not open (yet)."""
+    store = services.store
     if store is None:
         raise store_unavailable()
     return store
@@ -270,18 +270,6 @@ async def cached_record(store: BuildStore, repo: ResolvedRepo, prefix: str, spec
     return record
 
 
-async def build_job(services: Services, request: BuildRequest, repo: ResolvedRepo, build_id: str) -> BuildJob:
-    """The backend's job for ``repo``, as the classic pipeline makes it (``BuildPipeline._build``)."""
-    executor = services.executor_settings
-    return BuildJob(
-        name=repo.build_name, image_name=repo.image_name, repo_url=repo.repo_url, ref=repo.ref,
-        git_credentials=repo.provider.git_credentials,
-        appendix=format_appendix(executor.appendix, request, repo),
-        push=services.settings.BinderHub.use_registry and bool(executor.push_secret),
-        provider=repo.provider.name, git_config=tuple(await repo.provider.build_git_config()), build_id=build_id,
-    )
-
-
 def last_event_id(header: str | None, query: int | None) -> int:
     """Where to resume: ``?last_event_id=`` or the ``Last-Event-ID`` header (an integer, or the
     classic stream's ``<build_id>.<seq>``); anything else starts from the beginning."""
@@ -362,8 +350,8 @@ async def create_build(
     if not body.force and await services.images.image_exists(repo.image_name):
         return answer(resource(await cached_record(store, repo, prefix, spec), settings.base_url), 200, headers)
     draft = draft_record(repo, prefix, spec)
-    job = await build_job(services, build_request(request, services, prefix, spec, build_token=has_token), repo, draft.id)
-    build = await services.builds.ensure(job, draft)
+    job = await BuildPipeline(services).job(build_request(request, services, prefix, spec, build_token=has_token), repo)
+    build = await services.builds.ensure(job, draft)  # the job takes the draft's id (Build)
     created = build.record.id == draft.id
     path = f"{settings.base_url}api/v1/builds/{build.record.id}"
     return answer(resource(build.record, settings.base_url), 201 if created else 200,

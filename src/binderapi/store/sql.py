@@ -164,6 +164,9 @@ def normalize_url(url: str | URL) -> URL:
     if driver and driver != DRIVERS[backend]:
         raise StoreError(f"build store: {parsed.render_as_string(hide_password=True)}: driver {driver!r} is not "
                          f"async; use {backend}+{DRIVERS[backend]}://")
+    if backend == "sqlite" and (parsed.database or ":memory:") == ":memory:":
+        raise StoreError(f"build store {parsed.render_as_string(hide_password=True)}: an in-memory SQLite "
+                         "database is private to one connection; name a file (sqlite+aiosqlite:///<path>)")
     return parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
 
 
@@ -319,7 +322,7 @@ class SQLBuildStore(BuildStore):
     async def open(self) -> None:
         if self.engine is not None:
             return
-        if self.dialect == "sqlite" and self.url.database and self.url.database != ":memory:":
+        if self.dialect == "sqlite":
             await asyncio.to_thread(self._make_directory, self.url.database)
         self.engine = self._make_engine()
         try:
@@ -332,9 +335,11 @@ class SQLBuildStore(BuildStore):
         log.debug("build store %s open, schema current", self.name)
 
     def _make_directory(self, database: str) -> None:
+        """The database file's directory, made private (0700) if it is new: build logs may hold
+        whatever a repository's build printed."""
         directory = Path(database).expanduser().parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"build store {self.name}: cannot create its directory {directory}: "
                              f"{e.strerror or e}") from e
