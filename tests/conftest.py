@@ -8,7 +8,7 @@ a plugin module only if it imports that module itself, before anyone else does.
 
 pytest_plugins = [
     "fixtures.server",  # serve(), make_settings(), read_events(), free_port(), client
-    "fixtures.markers",  # the docker and hub markers, enforced
+    "fixtures.markers",  # the docker, hub and postgres markers, enforced
     "fixtures.stack",  # the Docker backend: docker_settings(), no_leaked_build_containers
     "fixtures.engineproxy",  # engine_proxy: an engine a test can cut
     "fixtures.registries",  # real registries: open_registry, basic_registry, token_registry, ...
@@ -16,6 +16,6 @@ pytest_plugins = [
     "fixtures.hub",  # jupyterhub: JupyterHub with DockerSpawner
     "fixtures.kubeapi",  # the Kubernetes API test server: kube_api, kubeconfig, kube_settings()
     "fixtures.upstreams",  # fake GitHub/GitLab/Zenodo/... APIs, make_registry
-    "fixtures.postgres",  # PostgreSQL from scripts/infra.sh: postgres_dsn, postgres_url, make_postgres_database
-    "fixtures.store",  # store_url (a fresh database per test, SQLite by default), store
+    "fixtures.store",  # store_url (a fresh database per test: SQLite, PostgreSQL), store
+    "fixtures.postgres",  # PostgreSQL from scripts/infra.sh: postgres_dsn, postgres_url, postgres_database
 ]

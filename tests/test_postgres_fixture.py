@@ -1,11 +1,14 @@
 """The PostgreSQL fixtures (tests/fixtures/postgres.py) against the server ``scripts/infra.sh``
-starts: fresh, empty databases per module, per test and per call, each dropped after; and, without any
-server, a missing PostgreSQL is a skip with its reason outside CI but a failure in CI."""
+starts: fresh, empty databases per module, per test and per call, each dropped after, and those a
+killed session left dropped by a later one; and, without any server, a missing PostgreSQL is a skip
+with its reason outside CI but a failure in CI."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,19 +16,21 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from fixtures.postgres import _raw
+from fixtures.postgres import PREFIX, STALE_AFTER, _drop_stale, _raw
 from fixtures.server import free_port
 
 pytest_plugins = ["pytester"]
 
 TESTS = Path(__file__).resolve().parent
-ARGS = ("-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+ARGS = ("-p", "no:cacheprovider", "-p", "asyncio", "-o", "asyncio_mode=auto",
         "-o", "asyncio_default_fixture_loop_scope=session", "-o", "asyncio_default_test_loop_scope=session")
 
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A small suite of its own, in a subprocess, with tests/fixtures importable."""
+    """A small suite of its own, in a subprocess, with tests/fixtures importable (and no plugin
+    but pytest-asyncio: loading them all takes seconds)."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
     pytester.makeconftest('pytest_plugins = ["fixtures.postgres"]')
     return pytester
@@ -87,3 +92,20 @@ def test_without_a_server_a_test_skips_outside_ci_and_fails_in_ci(
     result = suite.runpytest_subprocess("-rs", *ARGS)
     result.assert_outcomes(**{outcome: 1})
     result.stdout.fnmatch_lines(["*PostgreSQL is not available: cannot connect to*run scripts/infra.sh up*"])
+
+
+@pytest.mark.postgres
+async def test_databases_a_killed_session_left_are_dropped_once_stale(postgres_dsn: str) -> None:
+    stale = f"{PREFIX}{int(time.time()) - STALE_AFTER - 60:x}_{secrets.token_hex(4)}"
+    young = f"{PREFIX}{int(time.time()) - 60:x}_{secrets.token_hex(4)}"  # maybe another session's
+    conn = await asyncpg.connect(_raw(postgres_dsn))
+    try:
+        for name in (stale, young):
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        await _drop_stale(conn)
+        left = {row[0] for row in await conn.fetch("SELECT datname FROM pg_database")}
+        assert stale not in left and young in left
+    finally:
+        for name in (stale, young):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
