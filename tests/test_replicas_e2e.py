@@ -215,6 +215,8 @@ async def test_two_replicas_share_one_build_its_events_logs_and_cancel(
         doomed_id = created.json()["id"]
         on_a, on_b = a.url + f"api/v1/builds/{doomed_id}", b.url + f"api/v1/builds/{doomed_id}"
         await until(lambda: log_has(http, on_b, "tick 1"))
+        prefix, _, doomed_spec = git_spec(git_server.daemon_url(doomed), "main").partition("/")
+        status_on_b = (await http.get(b.url + f"api/v1/images/{prefix}/{doomed_spec}")).json()
         watching = [asyncio.create_task(events(http, url)) for url in (on_a, on_b)]
         classic_doomed = asyncio.create_task(http.get(a.url + "build/" + git_spec(git_server.daemon_url(doomed), "main"),
                                                       params={"build_only": "true"}, headers=EVENT_STREAM))
@@ -249,6 +251,7 @@ async def test_two_replicas_share_one_build_its_events_logs_and_cancel(
     assert doomed_streams[0] == doomed_streams[1]
     assert classic_doomed_frames[-1][1]["phase"] == "failed" and "cancelled" in classic_doomed_frames[-1][1]["message"]
     assert again.status_code == 409
+    assert status_on_b["build_id"] == doomed_id and status_on_b["exists"] is False  # B itself follows nothing yet
     assert await namespace_containers() == []
 
 

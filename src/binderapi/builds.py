@@ -477,6 +477,19 @@ class BuildManager:
         build = self.builds.get(build_name)
         return build if build is not None and not build.done else None
 
+    async def running_build_id(self, build_name: str, image_name: str) -> str | None:
+        """The id of the unfinished build of ``build_name``: this process's, or (shared store)
+        another replica's, from the store (one indexed read; StoreError if it fails)."""
+        build = self.running_build(build_name)
+        if build is not None:
+            return build.id
+        if not self.shared or self.store is None:
+            return None
+        record = await self.store.latest_for_image(image_name, cached=False)
+        if record is None or record.state.finished or record.build_name != build_name:
+            return None
+        return record.id
+
     async def ensure(self, job: BuildJob, record: BuildRecord) -> Build:
         """Join the running build of ``job.name``, or start one from ``record`` (a draft, ignored
         when joining). A finished build is never joined: a forced rebuild must build again. With a
