@@ -171,6 +171,10 @@ async def log_has(http: httpx.AsyncClient, url: str, text: str) -> bool:
     return text in (await http.get(url + "/logs")).text
 
 
+async def log_longer(http: httpx.AsyncClient, url: str, length: int) -> bool:
+    return len((await http.get(url + "/logs")).text) > length
+
+
 def seqs(stream: list[tuple[int, dict[str, Any]]]) -> list[int]:
     return [seq for seq, _ in stream]
 
@@ -217,6 +221,29 @@ async def test_two_replicas_share_one_build_its_events_logs_and_cancel(
         await until(lambda: log_has(http, on_b, "tick 1"))
         prefix, _, doomed_spec = git_spec(git_server.daemon_url(doomed), "main").partition("/")
         status_on_b = (await http.get(b.url + f"api/v1/images/{prefix}/{doomed_spec}")).json()
+        # an EventSource whose connection to A (the owner) dropped reconnects through B, which follows
+        # nothing yet, with Last-Event-ID
+        text = ""
+        async with http.stream("GET", a.url + "build/" + git_spec(git_server.daemon_url(doomed), "main"),
+                               params={"build_only": "true"}, headers=EVENT_STREAM) as response:
+            async for chunk in response.aiter_text():
+                text += chunk
+                if len(frames(text)) >= 3 and text.endswith("\n\n"):
+                    break
+        dropped_at = frames(text)[-1][0]
+        joined = asyncio.Event()
+
+        async def resume() -> tuple[httpx.Headers, str]:
+            async with http.stream("GET", b.url + "build/" + git_spec(git_server.daemon_url(doomed), "main"),
+                                   params={"build_only": "true"},
+                                   headers={**EVENT_STREAM, "Last-Event-ID": dropped_at}) as response:
+                joined.set()  # the answer starts once B joined the build
+                return response.headers, (await response.aread()).decode()
+
+        resumed = asyncio.create_task(resume())
+        await asyncio.wait_for(joined.wait(), BOUND)
+        resumed_at = len((await http.get(on_b + "/logs")).text)
+        await until(lambda: log_longer(http, on_b, resumed_at + 20))  # more output came meanwhile
         watching = [asyncio.create_task(events(http, url)) for url in (on_a, on_b)]
         classic_doomed = asyncio.create_task(http.get(a.url + "build/" + git_spec(git_server.daemon_url(doomed), "main"),
                                                       params={"build_only": "true"}, headers=EVENT_STREAM))
@@ -224,6 +251,7 @@ async def test_two_replicas_share_one_build_its_events_logs_and_cancel(
         cancelled = await http.delete(on_b, headers=AS_OPERATOR)
         doomed_streams = await asyncio.gather(*watching)
         classic_doomed_frames = frames((await classic_doomed).text)
+        resumed_headers, resumed_text = await resumed
         again = await http.delete(on_a, headers=AS_OPERATOR)
 
     # one builder for the shared build, one for the cancelled one
@@ -251,6 +279,14 @@ async def test_two_replicas_share_one_build_its_events_logs_and_cancel(
     assert doomed_streams[0] == doomed_streams[1]
     assert classic_doomed_frames[-1][1]["phase"] == "failed" and "cancelled" in classic_doomed_frames[-1][1]["message"]
     assert again.status_code == 409
+    resumed_frames = frames(resumed_text)
+    assert resumed_headers["x-build-id"] == doomed_id
+    seq_dropped = int(dropped_at.split(".")[1])
+    resumed_ids = [frame_id for frame_id, _ in resumed_frames if frame_id]
+    assert resumed_ids, resumed_frames  # build events came through B after the one the client had
+    assert resumed_ids == [f"{doomed_id}.{seq}" for seq in range(seq_dropped + 1, seq_dropped + 1 + len(resumed_ids))]
+    assert all("Waiting for build to start" not in e.get("message", "") for _, e in resumed_frames)
+    assert resumed_frames[-1][1]["phase"] == "failed" and "cancelled" in resumed_frames[-1][1]["message"]
     assert status_on_b["build_id"] == doomed_id and status_on_b["exists"] is False  # B itself follows nothing yet
     assert await namespace_containers() == []
 

@@ -202,6 +202,7 @@ class Build:
         #: run by another replica and followed here from the shared store (never written from here)
         self.remote = False
         self.wake: asyncio.Event | None = None  # set when the store says a remote build changed
+        self.caught_up: asyncio.Event | None = None  # set once a remote build's log has what the store had
         self.log_chars = 0  # of a remote build: the characters of the stored log's head fed to ``log``
         self.claimed = False  # run here under a claim in the shared store (its heartbeat renews it)
         self.lost = False  # its claim was adopted by another replica (this one could not renew it)
@@ -580,19 +581,25 @@ class BuildManager:
         """The build ``build_id`` as followed here from the store (another replica runs it);
         None if the store has no such build. Raises StoreError."""
         build = self.by_id.get(build_id) or self.remote.get(build_id)
-        if build is not None:
-            return build
-        store = self.store
-        assert store is not None
-        record = await store.get(build_id)
-        build = self.by_id.get(build_id) or self.remote.get(build_id)  # joined while we read
-        if build is not None or record is None:
-            return build
+        if build is None:
+            store = self.store
+            assert store is not None
+            record = await store.get(build_id)
+            build = self.by_id.get(build_id) or self.remote.get(build_id)  # joined while we read
+            if build is None and record is not None:
+                build = self._new_remote(record, job)
+        if build is not None and build.caught_up is not None:
+            # its log holds what the store had when it was asked for: a client resuming after an
+            # event id, or joining at the log's tail, starts where it should
+            await build.caught_up.wait()
+        return build
+
+    def _new_remote(self, record: BuildRecord, job: BuildJob | None) -> Build:
         if job is None or job.name != record.build_name:
             job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
                            ref=record.resolved_ref, provider=record.provider, build_id=record.id)
         build = Build(job, record)  # not recorded here: its owner records it
-        build.remote, build.wake = True, asyncio.Event()
+        build.remote, build.wake, build.caught_up = True, asyncio.Event(), asyncio.Event()
         self.remote[build.id] = build
         self.by_id[build.id] = build
         if self._joinable(job.name) is None:
@@ -606,11 +613,17 @@ class BuildManager:
         output, its record, each time the store notifies a change (or every lease, should a
         notification be lost), until its terminal event."""
         store = self.store
-        assert store is not None and build.wake is not None
+        assert store is not None and build.wake is not None and build.caught_up is not None
+        try:
+            await self._feed_remote(store, build, build.wake, build.caught_up)
+        finally:
+            build.caught_up.set()
+
+    async def _feed_remote(self, store: BuildStore, build: Build, wake: asyncio.Event, caught_up: asyncio.Event) -> None:
         cursor, dropped = build.log.total, 0
         ended_since: float | None = None  # when the record first said it ended
         while True:
-            build.wake.clear()
+            wake.clear()
             try:
                 record = await store.get(build.id)
                 events = [event async for event in self._replay(store, build.id, cursor)]
@@ -641,9 +654,10 @@ class BuildManager:
                     data = self._terminal_from(record)
                     self._remote_finished(build, StoredEvent(cursor + 1, event_json(data)), data)
                     return
+            caught_up.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.lease_seconds):  # not wait_for: it can swallow a shutdown's cancel
-                    await build.wake.wait()
+                    await wake.wait()
 
     @staticmethod
     def _terminal_from(record: BuildRecord) -> dict[str, Any]:
