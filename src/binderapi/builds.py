@@ -564,11 +564,16 @@ class BuildManager:
         assert store is not None
         record = record or draft_record(job)
         record.owner = self.owner
-        claimed = False
+        claimed, build = False, None
         try:
-            holder = await store.claim(record, self.lease_seconds)
-            claimed = holder == record.id
-            build = None if claimed else await self._remote(holder, job)
+            for attempt in range(2):
+                holder = await store.claim(record, self.lease_seconds)
+                claimed = holder == record.id
+                build = None if claimed else await self._remote(holder, job)
+                if build is None or not build.done or build.outcome.result().success or attempt:
+                    break
+                # a build that failed here a moment ago, its end not written yet: write it, claim again
+                await self.recorder.flush()
         except StoreError as e:  # the store is away: the container or pod name still guards
             self.recorder.failed(str(e))
             build = None
