@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -28,9 +30,12 @@ from .events import WaitingEvent, builder_line_to_event, event_json, frame, line
 from .executors.base import BuildBackend, BuildExistsError, BuildJob
 from .recorder import Recorder
 from .store.base import (
+    BUILDS_CHANNEL,
+    CANCEL_CHANNEL,
     BuildRecord,
     BuildState,
     BuildStore,
+    Claim,
     StoredEvent,
     StoredLog,
     StoreError,
@@ -56,6 +61,12 @@ POLL_SECONDS = 1.0
 CANCELLED_MESSAGE = "The build was cancelled by an operator; open the link again to start a new build."
 VANISHED_MESSAGE = "The builder of this build was gone when binderapi restarted; start it again."
 SHUTDOWN_MESSAGE = "binderapi is shutting down; the build continues and a retry will rejoin it"
+TAKEN_OVER_MESSAGE = ("Another binderapi replica took this build over (this one lost the build store for a while); "
+                      "open the link again to follow it there.")
+ORPHANED_MESSAGE = ("The binderapi replica running this build stopped ({owner}) and its builder was gone; "
+                    "start the build again.")
+#: the phases of a build resource's terminal event (only the terminal event has them in its stream)
+TERMINAL_PHASES = ("ready", "failed")
 
 
 class BuildFinishedError(Exception):
@@ -188,6 +199,13 @@ class Build:
         self.cancelled = False  # cancel() asked for it
         self.task: asyncio.Task[Any] | None = None
         self.finishing = False  # past the point where a cancel can stop it
+        #: run by another replica and followed here from the shared store (never written from here)
+        self.remote = False
+        self.wake: asyncio.Event | None = None  # set when the store says a remote build changed
+        self.caught_up: asyncio.Event | None = None  # set once a remote build's log has what the store had
+        self.log_chars = 0  # of a remote build: the characters of the stored log's head fed to ``log``
+        self.claimed = False  # run here under a claim in the shared store (its heartbeat renews it)
+        self.lost = False  # its claim was adopted by another replica (this one could not renew it)
 
     @property
     def done(self) -> bool:
@@ -326,6 +344,7 @@ class BuildManager:
         max_age: float,
         image_exists: Callable[[str], Awaitable[bool]] | None = None,
         recorder: Recorder | None = None,
+        lease_seconds: float = 15.0,
     ) -> None:
         self.backend = backend
         self.supervisor = supervisor
@@ -339,16 +358,35 @@ class BuildManager:
         self.queue: deque[Build] = deque()
         self.running: set[str] = set()
         self.owner = process_owner()
+        #: replicas: how long a claim on a build outlives its owner's last heartbeat
+        self.lease_seconds = lease_seconds
+        self.remote: dict[str, Build] = {}  # builds of other replicas followed here, by id
+        self._joining: dict[str, asyncio.Future[Build]] = {}  # claims in flight, by build name
+        #: since when heartbeats succeed (monotonic): builds are adopted only after a full lease of
+        #: them, so after an outage every replica has renewed its own leases first
+        self._renewing_since: float | None = -math.inf
 
     @property
     def store(self) -> BuildStore | None:
         return self.recorder.store
 
+    @property
+    def shared(self) -> bool:
+        """Replicas share the store: it decides who builds what (claims), and builds run by
+        another replica are followed from it."""
+        store = self.recorder.store
+        return store is not None and store.shared
+
     # -- public -----------------------------------------------------------------------------------
     async def start(self) -> None:
         """After a restart: re-attach builds that outlived a previous process under their ids, so
         their clients can rejoin and their records go on; a recorded build whose builder is gone
-        is marked failed."""
+        is marked failed. With a shared store, builds are adopted by leases instead (a replica
+        cannot tell from here whether another one runs a build): the heartbeat starts, and with it
+        the adoption of builds whose owner stopped, this process's previous life included."""
+        if self.shared:
+            self._start_replica()
+            return
         records = await self._orphaned_records()
         for info in await self.backend.list_builds():
             if info.name in self.builds:
@@ -440,13 +478,41 @@ class BuildManager:
         build = self.builds.get(build_name)
         return build if build is not None and not build.done else None
 
+    async def running_build_id(self, build_name: str, image_name: str) -> str | None:
+        """The id of the unfinished build of ``build_name``: this process's, or (shared store)
+        another replica's, from the store (one indexed read; StoreError if it fails)."""
+        build = self.running_build(build_name)
+        if build is not None:
+            return build.id
+        if not self.shared or self.store is None:
+            return None
+        record = await self.store.latest_for_image(image_name, cached=False)
+        if record is None or record.state.finished or record.build_name != build_name:
+            return None
+        return record.id
+
     async def ensure(self, job: BuildJob, record: BuildRecord) -> Build:
         """Join the running build of ``job.name``, or start one from ``record`` (a draft, ignored
-        when joining). A finished build is never joined: a forced rebuild must build again."""
+        when joining). A finished build is never joined: a forced rebuild must build again. With a
+        shared store, the build another replica runs is joined (followed from the store)."""
         finished = self.builds.get(job.name)
         if finished is not None and finished.done:
             self._forget(finished, keep_id=SUCCESS_RETENTION_SECONDS)
-        return self._join(job, record)
+        return await self._claimed(job, record)
+
+    async def join(self, job: BuildJob, record: BuildRecord | None = None) -> BuildWatch:
+        """:meth:`watch` for every replica: the build of ``job.name`` wherever it runs."""
+        return BuildWatch(await self._claimed(job, record), self.log_tail_lines)
+
+    async def resumable(self, build_id: str) -> Build | None:
+        """The build ``build_id`` as :meth:`live`, or (shared store) one another replica runs, to
+        resume a client's stream; None if unknown."""
+        build = self.by_id.get(build_id)
+        if build is None and self.shared:
+            with contextlib.suppress(StoreError):
+                if not await self._ended_in_store(build_id):
+                    build = await self._remote(build_id)
+        return build
 
     def watch(self, job: BuildJob, record: BuildRecord | None = None, after_seq: int | None = None) -> BuildWatch:
         """Join the build of ``job.name``, starting it if nobody is building it; from the events
@@ -454,14 +520,270 @@ class BuildManager:
         return BuildWatch(self._join(job, record), self.log_tail_lines, after_seq)
 
     def _join(self, job: BuildJob, record: BuildRecord | None) -> Build:
-        build = self.builds.get(job.name)
-        if build is None or (build.done and not build.outcome.result().success):
+        build = self._joinable(job.name)
+        if build is None:
             record = record or draft_record(job)
             record.owner = self.owner
             build = Build(job, record, self.recorder)
             self.recorder.save(record)
             self._launch(build, attach=False, owner=False)
         return build
+
+    def _joinable(self, name: str) -> Build | None:
+        """The build of ``name`` a request joins: running, or built lately (a failed one is retried)."""
+        build = self.builds.get(name)
+        if build is None or (build.done and not build.outcome.result().success):
+            return None
+        return build
+
+    # -- replicas ---------------------------------------------------------------------------------
+    async def _claimed(self, job: BuildJob, record: BuildRecord | None) -> Build:
+        """The build of ``job.name``: joined here, or claimed in the shared store (one claim per
+        name in flight in this process), then run here or followed from the replica that holds it."""
+        build = self._joinable(job.name)
+        if build is not None or not self.shared:
+            return build or self._join(job, record)
+        pending = self._joining.get(job.name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Build] = asyncio.get_running_loop().create_future()
+        self._joining[job.name] = future
+        try:
+            build = await self._claim(job, record)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._joining[job.name]
+        future.set_result(build)
+        return build
+
+    async def _claim(self, job: BuildJob, record: BuildRecord | None) -> Build:
+        store = self.store
+        assert store is not None
+        record = record or draft_record(job)
+        record.owner = self.owner
+        claimed, build = False, None
+        try:
+            for attempt in range(2):
+                holder = await store.claim(record, self.lease_seconds)
+                claimed = holder == record.id
+                build = None if claimed else await self._remote(holder, job)
+                if build is None or not build.done or build.outcome.result().success or attempt:
+                    break
+                # a build that failed here a moment ago, its end not written yet: write it, claim again
+                await self.recorder.flush()
+        except StoreError as e:  # the store is away: the container or pod name still guards
+            self.recorder.failed(str(e))
+            build = None
+        if build is None:
+            build = self._join(job, record)
+            build.claimed = claimed and build.id == record.id
+        return build
+
+    async def _remote(self, build_id: str, job: BuildJob | None = None) -> Build | None:
+        """The build ``build_id`` as followed here from the store (another replica runs it);
+        None if the store has no such build. Raises StoreError."""
+        build = self.by_id.get(build_id) or self.remote.get(build_id)
+        if build is None:
+            store = self.store
+            assert store is not None
+            record = await store.get(build_id)
+            build = self.by_id.get(build_id) or self.remote.get(build_id)  # joined while we read
+            if build is None and record is not None:
+                build = self._new_remote(record, job)
+        if build is not None and build.caught_up is not None:
+            # its log holds what the store had when it was asked for: a client resuming after an
+            # event id, or joining at the log's tail, starts where it should
+            await build.caught_up.wait()
+        return build
+
+    def _new_remote(self, record: BuildRecord, job: BuildJob | None) -> Build:
+        if job is None or job.name != record.build_name:
+            job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
+                           ref=record.resolved_ref, provider=record.provider, build_id=record.id)
+        build = Build(job, record)  # not recorded here: its owner records it
+        build.remote, build.wake, build.caught_up = True, asyncio.Event(), asyncio.Event()
+        self.remote[build.id] = build
+        self.by_id[build.id] = build
+        if self._joinable(job.name) is None:
+            self.builds[job.name] = build
+        build.task = self.supervisor.spawn(self._follow_remote(build), name=f"remote build {job.name}")
+        build.task.add_done_callback(lambda _: self._remote_ended(build))
+        return build
+
+    async def _follow_remote(self, build: Build) -> None:
+        """Feed a remote build's log from the store: its events (the same seq as everywhere), its
+        output, its record, each time the store notifies a change (or every lease, should a
+        notification be lost), until its terminal event."""
+        store = self.store
+        assert store is not None and build.wake is not None and build.caught_up is not None
+        try:
+            await self._feed_remote(store, build, build.wake, build.caught_up)
+        finally:
+            build.caught_up.set()
+
+    async def _feed_remote(self, store: BuildStore, build: Build, wake: asyncio.Event, caught_up: asyncio.Event) -> None:
+        cursor, dropped = build.log.total, 0
+        ended_since: float | None = None  # when the record first said it ended
+        while True:
+            wake.clear()
+            try:
+                record = await store.get(build.id)
+                events = [event async for event in self._replay(store, build.id, cursor)]
+                stored_log = await store.read_log_from(build.id, build.log_chars)
+            except StoreError:
+                record, events, stored_log = None, [], None  # the next notification or poll tries again
+            if record is not None:
+                build.record = record
+            if stored_log is not None:
+                if stored_log.head:
+                    build.log.add_output(stored_log.head)
+                    build.log_chars += len(stored_log.head)
+                dropped = stored_log.dropped_bytes
+            for event in events:
+                data = json.loads(event.data)
+                if data.get("phase") in TERMINAL_PHASES:
+                    if dropped and stored_log is not None:
+                        build.log.add_output(StoredLog("", stored_log.tail, dropped).text())
+                    self._remote_finished(build, event, data)
+                    return
+                build.log.append(event.data, event.seq)
+                cursor = event.seq
+            if record is not None and record.state.finished:
+                ended_since = ended_since or time.monotonic()
+                if time.monotonic() - ended_since > self.lease_seconds:
+                    # its owner stopped between writing the record and the terminal event: the
+                    # record says how it ended
+                    data = self._terminal_from(record)
+                    self._remote_finished(build, StoredEvent(cursor + 1, event_json(data)), data)
+                    return
+            caught_up.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease_seconds):  # not wait_for: it can swallow a shutdown's cancel
+                    await wake.wait()
+
+    @staticmethod
+    def _terminal_from(record: BuildRecord) -> dict[str, Any]:
+        if record.state is BuildState.built:
+            data: dict[str, Any] = {"phase": "ready", "message": "Done! Image built\n", "imageName": record.image_name}
+        else:
+            data = {"phase": "failed", "message": line(record.message or f"The build {record.state.value}")}
+            if record.state is BuildState.cancelled:
+                data["cancelled"] = True
+        return {**data, "build_id": record.id}
+
+    def _remote_finished(self, build: Build, terminal: StoredEvent, data: dict[str, Any]) -> None:
+        success = data.get("phase") == "ready"
+        message = str(data.get("message") or "").removesuffix("\n")
+        if not build.outcome.done():
+            build.outcome.set_result(BuildOutcome(success, "" if success else message, data.get("status_code"),
+                                                  bool(data.get("cancelled"))))
+        build.log.end(terminal.data)
+
+    def _remote_ended(self, build: Build) -> None:
+        """A remote build's follower ended: at its terminal event, or cut short by a shutdown."""
+        if self.remote.get(build.id) is build:
+            del self.remote[build.id]
+        if not build.done:
+            build.outcome.set_result(BuildOutcome(False, SHUTDOWN_MESSAGE))
+            build.log.close()
+        if build.outcome.result().success:
+            asyncio.get_running_loop().call_later(SUCCESS_RETENTION_SECONDS, self._forget, build)
+        else:
+            self._forget(build)
+
+    def _start_replica(self) -> None:
+        self.supervisor.run_forever("build notifications", self._listen, restart_delay=1.0)
+        self.supervisor.run_forever("build leases", self._heartbeat, restart_delay=self.lease_seconds / 3)
+
+    async def _listen(self) -> None:
+        """Wake the followers of remote builds on the store's notifications (all of them after a
+        reconnect: what was notified meanwhile was lost), and cancel what another replica asks."""
+        store = self.store
+        assert store is not None
+        async for note in store.listen([BUILDS_CHANNEL, CANCEL_CHANNEL]):
+            if note.channel == BUILDS_CHANNEL:
+                build = self.remote.get(note.payload)
+                if build is not None and build.wake is not None:
+                    build.wake.set()
+            elif note.channel == CANCEL_CHANNEL:
+                build = self.by_id.get(note.payload)
+                if build is not None and not build.remote and not build.done:
+                    self.supervisor.spawn(self._cancel_quietly(build.id), name=f"cancel {build.id}")
+            else:
+                for build in list(self.remote.values()):
+                    if build.wake is not None:
+                        build.wake.set()
+
+    async def _cancel_quietly(self, build_id: str) -> None:
+        with contextlib.suppress(BuildFinishedError):
+            await self.cancel(build_id)
+
+    async def _heartbeat(self) -> None:
+        """One round: renew this process's leases, then adopt the builds of replicas whose lease
+        ran out (they stopped): re-attached if their builder still exists, else failed."""
+        store = self.store
+        assert store is not None
+        try:
+            claimed = [b for b in self.by_id.values() if b.claimed and not b.done]  # their claims are committed
+            held = await store.renew(self.owner, self.lease_seconds)
+            for build in claimed:
+                if build.id not in held and not build.done and build.task is not None:
+                    # split brain: this process could not renew for a lease, and another adopted the
+                    # build (it follows the builder now); stop following it here, leave the builder
+                    log.warning("Build %s was taken over by another replica (this one could not reach the "
+                                "build store for longer than BuildStore.lease_seconds); leaving it to it", build.id)
+                    build.lost = True
+                    build.task.cancel()
+            now = time.monotonic()
+            if self._renewing_since is None:
+                self._renewing_since = now
+            if now - self._renewing_since < self.lease_seconds:
+                return
+            for claim in await store.expired_claims():
+                if claim.owner != self.owner and await store.adopt(claim, self.owner, self.lease_seconds):
+                    await self._adopt(claim)
+        except StoreError as e:
+            self._renewing_since = None
+            self.recorder.failed(str(e))
+
+    async def _adopt(self, claim: Claim) -> None:
+        """A build whose replica stopped is now ours: follow its builder to the end if it is still
+        there (running, or exited with a status to read), else fail it, so that every stream on
+        it, on any replica, gets an outcome."""
+        store = self.store
+        assert store is not None
+        record = await store.get(claim.build_id)
+        if record is None or record.state.finished:
+            await store.release(claim.build_name, claim.build_id)
+            return
+        job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
+                       ref=record.resolved_ref, provider=record.provider, build_id=record.id)
+        build = Build(job, record, self.recorder)
+        skip = await self._restore(build)
+        info = await self.backend.inspect(record.build_name)
+        if info is not None and info.build_id == record.id:
+            log.warning("Adopting build %s (%s) of the stopped replica %s: following its builder", record.id,
+                        record.build_name, claim.owner)
+            build.claimed = True
+            self._launch(build, attach=True, owner=True, skip_bytes=skip)
+            return
+        log.warning("Build %s (%s) of the stopped replica %s has no builder left: marking it failed", record.id,
+                    record.build_name, claim.owner)
+        build.finish(BuildOutcome(False, ORPHANED_MESSAGE.format(owner=claim.owner)))
+        await store.release(claim.build_name, claim.build_id)
+
+    async def _release(self, build: Build) -> None:
+        """The build ended here: its name is free for the next claim (a finished build's claim
+        is free anyway; this only tidies)."""
+        store = self.store
+        if store is not None and store.shared:
+            try:
+                await store.release(build.job.name, build.id)
+            except StoreError as e:
+                self.recorder.failed(str(e))
 
     async def record(self, build_id: str) -> BuildRecord | None:
         """The build's record: live if this process runs it, else the store's (StoreError if it fails)."""
@@ -475,14 +797,42 @@ class BuildManager:
         watcher gets a ``failed`` event saying so. None if unknown; :class:`BuildFinishedError` if
         it already ended."""
         build = self.by_id.get(build_id)
+        if build is None and self.shared and self.store is not None:
+            record = await self.store.get(build_id)
+            if record is None:
+                return None
+            if record.state.finished:
+                raise BuildFinishedError(record)
+            build = await self._remote(build_id)
         if build is None:
             return await self._cancel_elsewhere(build_id)
         if build.done:
             raise BuildFinishedError(build.record)
+        if build.remote:
+            return await self._cancel_remote(build)
         if not build.finishing and build.task is not None:
             build.cancelled = True
             build.task.cancel()
         await asyncio.shield(build.outcome)
+        if not build.outcome.result().cancelled:
+            raise BuildFinishedError(build.record)
+        return build.record
+
+    async def _cancel_remote(self, build: Build) -> BuildRecord:
+        """Ask the replica that runs the build to cancel it (NOTIFY), and wait for its outcome; a
+        replica that does not answer within two leases is bypassed (its builder stopped here, the
+        build settled in the store)."""
+        store = self.store
+        assert store is not None
+        await store.notify(CANCEL_CHANNEL, build.id)
+        try:
+            async with asyncio.timeout(2 * self.lease_seconds):
+                await asyncio.shield(build.outcome)
+        except TimeoutError:
+            record = await self._cancel_elsewhere(build.id)
+            if record is None:
+                raise BuildFinishedError(build.record) from None
+            return record
         if not build.outcome.result().cancelled:
             raise BuildFinishedError(build.record)
         return build.record
@@ -499,6 +849,15 @@ class BuildManager:
         info = await self.backend.inspect(record.build_name)
         if info is not None and info.build_id == build_id:
             await self.backend.stop(record.build_name)
+        if self.shared:  # its stream ends with the cancellation, for followers on every replica
+            job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
+                           ref=record.resolved_ref, provider=record.provider, build_id=record.id)
+            build = Build(job, record, self.recorder)
+            await self._restore(build)
+            build.finish(BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True))
+            await self.recorder.flush()
+            await self._release(build)
+            return record
         record.state, record.message = BuildState.cancelled, CANCELLED_MESSAGE
         record.queue_position, record.finished_at = None, _now()
         await self.store.save([record])
@@ -522,6 +881,8 @@ class BuildManager:
                     raise
         if build is None:
             build = self.by_id.get(build_id)
+        if build is None and self.shared and not await self._ended_in_store(build_id):
+            build = await self._remote(build_id)
         if build is None:
             if store is not None:
                 async for event in self._poll(store, build_id, cursor):
@@ -537,6 +898,12 @@ class BuildManager:
                 if log_.terminal is not None and log_.terminal.seq > cursor:
                     yield log_.terminal
                 return
+
+    async def _ended_in_store(self, build_id: str) -> bool:
+        store = self.store
+        assert store is not None
+        record = await store.get(build_id)
+        return record is None or record.state.finished
 
     @staticmethod
     async def _replay(store: BuildStore, build_id: str, after: int) -> AsyncIterator[StoredEvent]:
@@ -570,6 +937,25 @@ class BuildManager:
     async def follow_log(self, build_id: str) -> AsyncIterator[str]:
         """The log so far, then new output until the build ends."""
         build = self.by_id.get(build_id)
+        if build is None and self.shared and not await self._ended_in_store(build_id):
+            build = await self._remote(build_id)
+        if build is not None and build.remote:
+            # what its follower fed so far, as the store has it (memory keeps only the newest
+            # chunks), then what it feeds next
+            log_ = build.log
+            cursor, fed = log_.output_total, build.log_chars
+            if fed:
+                stored = await self.store.read_log(build_id) if self.store is not None else None
+                if stored is not None and stored.head[:fed]:
+                    yield stored.head[:fed]
+            while True:
+                lines, cursor = log_.output_after(cursor)
+                if lines:
+                    yield "".join(lines)
+                if log_.closed and cursor >= log_.output_total:
+                    return
+                if cursor >= log_.output_total:
+                    await log_.changed()
         held = self.recorder.log_snapshot(build_id)
         if build is None or held is None:
             stored = await self.read_log(build_id)
@@ -634,11 +1020,15 @@ class BuildManager:
                 outcome = await self._follow(build, replay_tail=self.log_tail_lines if attach else None)
         except asyncio.CancelledError:
             if not build.cancelled:
-                build.finish(BuildOutcome(False, SHUTDOWN_MESSAGE), final=False)
-                raise
+                build.finish(BuildOutcome(False, TAKEN_OVER_MESSAGE if build.lost else SHUTDOWN_MESSAGE), final=False)
+                if not build.lost:
+                    raise
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+            if build.lost:  # the builder is another replica's now: neither stopped nor recorded from here
+                self._forget(build)
+                return
             outcome = BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True)
             owner = True  # whatever was started goes
         except BinderError as e:
@@ -658,6 +1048,8 @@ class BuildManager:
             metrics.count_build(status, provider=build.job.provider, repo=build.job.repo_url)
         log.info("Build %s of %s: %s %s", name, build.job.image_name, status, outcome.message)
         build.finish(outcome)
+        if self.shared:
+            await self._release(build)
         if outcome.success:
             asyncio.get_running_loop().call_later(SUCCESS_RETENTION_SECONDS, self._forget, build)
         else:

@@ -221,13 +221,13 @@ class BuildPipeline:
         services = self.services
         job = await self.job(request, repo)
         builds = services.builds
-        resumed = builds.live(request.resume_build) if request.resume_build else None
+        resumed = await builds.resumable(request.resume_build) if request.resume_build else None
         if resumed is not None and builds.builds.get(job.name) is resumed:
-            # the same URL reconnecting while its build runs: the rest of that build's events
+            # the same URL reconnecting while its build runs (here or on another replica): the rest of its events
             watch = builds.watch(job, after_seq=request.resume_seq)
         else:
             resumed = None
-            watch = builds.watch(job, draft_record(job, f"{request.prefix}/{request.spec}"))
+            watch = await builds.join(job, draft_record(job, f"{request.prefix}/{request.spec}"))
         build_id = request.build_id = watch.build_id
         request.announce(build_id)
         if resumed is None:

@@ -49,10 +49,10 @@ USER_AGENT = f"binderapi/{__version__}"
 #: the retention sweep of the build store: first this long after start, then every hour
 SWEEP_FIRST_DELAY = 60.0
 SWEEP_INTERVAL = 3600.0
-#: how often a store that could not be opened is tried again
-STORE_REOPEN_INTERVAL = 30.0
 #: the build store's ``/health`` check, by the name a readiness probe selects it with (``?service=``)
 STORE_HEALTH_CHECK = "Build store"
+#: how often a store that could not be opened is tried again
+STORE_REOPEN_INTERVAL = 30.0
 
 
 #: an error message that already starts by naming its setting (``Launcher.pre_launch_hook: ...``,
@@ -179,6 +179,7 @@ class Services:
                     max_age=kind.cleaner_settings.max_age,
                     image_exists=images.image_exists,
                     recorder=recorder,
+                    lease_seconds=settings.BuildStore.lease_seconds,
                 )
             with steps.step("BinderHub.launch_quota_class"):
                 quota = kind.launch_quota(launch_quota_class(binderhub.launch_quota_class), supervisor)
@@ -239,6 +240,16 @@ class Services:
                             error=str(e) or type(e).__name__)
         return Recorder(store, max_log_bytes=int(section.max_log_bytes), flush_interval=section.flush_interval)
 
+    async def _store_health(self) -> dict[str, object]:
+        """The "Build store" check: the recorder's view for one process's store; for a shared one a
+        live ping decides (hard: readiness), so a replica is back in service as soon as the
+        database answers, whatever write failed before."""
+        store = self.store
+        if store is None or not store.shared:
+            return await self.recorder.health()
+        await store.ping()
+        return {"ok": True, **({"last_error": self.recorder.error} if self.recorder.error else {})}
+
     async def _reopen_store(self) -> None:
         """A store that could not be opened at start is tried again (a database that was still
         starting); from then on builds are recorded. A failure is logged once per outage."""
@@ -251,16 +262,6 @@ class Services:
             return
         log.info("The build store is open now; builds are recorded from here on")
         self.recorder.store, self.recorder.error = store, ""
-
-    async def _store_health(self) -> dict[str, object]:
-        """The "Build store" check: the recorder's view for one process's store; for a shared one a
-        live ping decides (hard: readiness), so a replica is back in service as soon as the
-        database answers, whatever write failed before."""
-        store = self.store
-        if store is None or not store.shared:
-            return await self.recorder.health()
-        await store.ping()
-        return {"ok": True, **({"last_error": self.recorder.error} if self.recorder.error else {})}
 
     async def _sweep_builds(self) -> None:
         """One retention sweep (run again every :data:`SWEEP_INTERVAL` by the supervisor)."""

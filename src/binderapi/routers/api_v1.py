@@ -526,7 +526,7 @@ async def get_image_status(
         raise ProblemError(400, "A spec is needed after the provider's prefix, as in a /build URL")
     await check_reader(request, services)  # the resolve below refuses a banned spec
     repo = await BuildPipeline(services).resolve(build_request(request, services, prefix, spec))
-    running = services.builds.running_build(repo.build_name)
+    running = await services.builds.running_build_id(repo.build_name, repo.image_name)
     exists = await services.images.image_exists(repo.image_name)
     return answer(ImageStatus(image_name=repo.image_name, resolved_ref=repo.ref, exists=exists,
-                              build_id=running.record.id if running is not None else None), 200)
+                              build_id=running), 200)

@@ -515,6 +515,7 @@ class BuildStore(Section):
     retention_days: float = Field(30, ge=0, description="Days a finished build (its record, events and log) is kept; a periodic sweep deletes older ones. 0 keeps them forever.")
     max_log_bytes: ByteSize = Field(1024**2, ge=1024, description="Builder output kept per build, e.g. `1M`. Past it, the first and the last half are kept with a marker line between them saying how much was left out.")
     flush_interval: float = Field(0.25, gt=0, description="Seconds between batched writes of running builds' events and logs to the store (a finished build is written at once).")
+    lease_seconds: float = Field(15, ge=1, description="Replicas sharing a PostgreSQL store: how long a replica's claim on a build outlives its last heartbeat (sent every third of it). A replica that stops mid-build is noticed by another within about this long, which then follows the builder to its end, or marks the build failed if the builder is gone. Unused with SQLite.")
 
 # BinderHub's established environment variables, read as defaults (below the config file).
 LEGACY_ENV: dict[str, tuple[str, str]] = {

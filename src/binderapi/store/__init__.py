@@ -10,10 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import (
+    BUILDS_CHANNEL,
+    CANCEL_CHANNEL,
     BuildFilter,
     BuildRecord,
     BuildState,
     BuildStore,
+    Claim,
+    Notification,
     StoredEvent,
     StoredLog,
     StoreError,
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from ..settings.models import BuildStore as BuildStoreSettings
 
 __all__ = [
+    "BUILDS_CHANNEL", "CANCEL_CHANNEL", "Claim", "Notification",
     "BuildFilter", "BuildRecord", "BuildState", "BuildStore", "StoreError", "StoredEvent", "StoredLog",
     "default_state_dir", "new_build_id", "open_store", "process_owner", "shared_store", "store_url", "sweep",
 ]

@@ -16,6 +16,7 @@ import enum
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -85,6 +86,31 @@ class StoredLog:
         return self.head + marker + self.tail
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who builds ``build_name`` now (a shared store's ``build_claims`` row): the build ``build_id``,
+    run by the process ``owner`` while its lease lasts (renewed by its heartbeat)."""
+
+    build_name: str
+    build_id: str
+    owner: str
+
+
+#: NOTIFY channels of a shared store: a build's record, events or log changed (payload: its id);
+#: a build's owner is asked to cancel it (payload: its id)
+BUILDS_CHANNEL = "binderapi_builds"
+CANCEL_CHANNEL = "binderapi_cancel"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message of :meth:`BuildStore.listen`; ``channel`` "" means (re)connected: anything
+    notified while not listening is lost, so a listener catches up from the store."""
+
+    channel: str
+    payload: str = ""
+
+
 class StoreError(Exception):
     """The store is unreachable, full, corrupt or refused a write."""
 
@@ -152,6 +178,11 @@ class BuildStore(abc.ABC):
     @abc.abstractmethod
     async def read_log(self, build_id: str) -> StoredLog | None: ...
 
+    async def read_log_from(self, build_id: str, offset: int) -> StoredLog | None:
+        """The log with its head from character ``offset`` on (what a follower has not read yet)."""
+        stored = await self.read_log(build_id)
+        return None if stored is None else StoredLog(stored.head[offset:], stored.tail, stored.dropped_bytes)
+
     # -- the rate limit's counters (shared stores) -----------------------------------------------
     async def hit(self, key: str, now: float, period_seconds: int) -> tuple[int, float]:
         """Count one request of ``key`` (a client bucket) at ``now`` (epoch seconds), atomically
@@ -162,6 +193,38 @@ class BuildStore(abc.ABC):
     async def delete_hits_before(self, now: float) -> int:
         """Delete the counters of windows ended by ``now``; how many."""
         raise StoreError(f"{type(self).__name__} keeps no rate-limit counters")
+
+    # -- replicas: who builds what, and push between them (shared stores) ---------------------------
+    async def claim(self, record: BuildRecord, lease_seconds: float) -> str:
+        """In one transaction: the id of the build that owns ``record.build_name`` now. Ours
+        (``record.id``, and ``record`` is saved in the same transaction, so every replica sees it
+        at once) if the name was free or its build finished; else the holder's. A holder whose
+        lease expired with its build unfinished is not taken over here: :meth:`adopt` does that.
+        One process (not shared): always ours, nothing written."""
+        return record.id
+
+    async def renew(self, owner: str, lease_seconds: float) -> set[str]:
+        """The heartbeat: extend the lease of every claim of ``owner``; the ids of its builds."""
+        return set()
+
+    async def release(self, build_name: str, build_id: str) -> None:  # noqa: B027 - optional
+        """The build ended: its name is free (only if ``build_id`` still holds it)."""
+
+    async def expired_claims(self) -> list[Claim]:
+        """Claims whose lease ran out while their build is unfinished: their owner stopped."""
+        return []
+
+    async def adopt(self, claim: Claim, owner: str, lease_seconds: float) -> bool:
+        """Take over an expired claim (exactly one survivor wins); True if ``owner`` got it."""
+        return False
+
+    async def notify(self, channel: str, payload: str) -> None:  # noqa: B027 - optional
+        """Tell every listening process (PostgreSQL ``NOTIFY``); nothing for one process."""
+
+    def listen(self, channels: list[str]) -> AsyncIterator[Notification]:
+        """Notifications on ``channels`` for as long as the caller iterates, reconnecting (with
+        a ``Notification("")`` after each (re)connect) when the connection is lost."""
+        raise StoreError(f"{type(self).__name__} has no notifications")
 
     # -- retention --------------------------------------------------------------------------------
     @abc.abstractmethod

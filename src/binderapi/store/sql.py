@@ -27,10 +27,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .base import (
+    BUILDS_CHANNEL,
     BuildFilter,
     BuildRecord,
     BuildState,
     BuildStore,
+    Claim,
+    Notification,
     StoredEvent,
     StoredLog,
     StoreError,
@@ -125,6 +128,25 @@ rate_limits = sa.Table(
     sa.Index("ix_rate_limits_window_end", "window_end"),
 )
 
+#: which replica builds which image (:meth:`SQLBuildStore.claim`): one row per build name, held
+#: by one build and its owner's lease (epoch seconds of the database's clock, so replicas' clocks
+#: never need to agree)
+build_claims = sa.Table(
+    "build_claims", metadata,
+    sa.Column("build_name", sa.Text, primary_key=True),
+    sa.Column("build_id", sa.String(32), nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("lease_expires", sa.Float, nullable=False),
+    sa.Index("ix_build_claims_owner", "owner"),
+    sa.Index("ix_build_claims_lease_expires", "lease_expires"),
+)
+
+#: how often a quiet LISTEN connection is checked with a round trip (a half-open connection sends
+#: no error; a closed one is noticed at once)
+LISTEN_CHECK_SECONDS = 10.0
+#: the pause before reconnecting a lost LISTEN connection: from the first value, doubling, to the second
+LISTEN_BACKOFF = (0.5, 10.0)
+
 RECORD_FIELDS = [column.name for column in builds.columns]
 
 
@@ -205,6 +227,14 @@ def upgrade_schema(connection: Connection, revision: str = "head", *, store_name
                 f"(its newest is {script.get_current_head()}); run the binderapi version that migrated "
                 f"it (or a later one), or set BuildStore.url to another database")
         command.upgrade(config, revision)
+
+
+def _raise_if_cancelling() -> None:
+    """A driver that turned our task's cancellation into its own error (or a race that lost it)
+    must not keep a loop alive at shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class SQLBuildStore(BuildStore):
@@ -342,6 +372,7 @@ class SQLBuildStore(BuildStore):
         )
         async with self._begin(f"saving {len(records)} build(s)") as connection:
             await connection.execute(statement, rows)
+            await self._changed(connection, *{record.id for record in records})
 
     @staticmethod
     def _record(row: sa.Row[Any]) -> BuildRecord:
@@ -401,6 +432,8 @@ class SQLBuildStore(BuildStore):
                     changes |= {"tail": insert.excluded.tail, "dropped_bytes": insert.excluded.dropped_bytes}
                 await connection.execute(
                     insert.on_conflict_do_update(index_elements=[build_logs.c.build_id], set_=changes))
+            if events or log_head or log_tail is not None:
+                await self._changed(connection, build_id)
 
     async def events_after(self, build_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
         statement = (sa.select(build_events.c.seq, build_events.c.data)
@@ -413,6 +446,19 @@ class SQLBuildStore(BuildStore):
     async def read_log(self, build_id: str) -> StoredLog | None:
         """The build's log; an empty one for a build without output yet, None for no such build."""
         statement = (sa.select(builds.c.id, build_logs.c.head, build_logs.c.tail, build_logs.c.dropped_bytes)
+                     .select_from(builds.outerjoin(build_logs, build_logs.c.build_id == builds.c.id))
+                     .where(builds.c.id == build_id))
+        async with self._begin(f"reading the log of build {build_id}") as connection:
+            row = (await connection.execute(statement)).first()
+        if row is None:
+            return None
+        return StoredLog(head=row.head or "", tail=row.tail or "", dropped_bytes=row.dropped_bytes or 0)
+
+    async def read_log_from(self, build_id: str, offset: int) -> StoredLog | None:
+        """The head's new part is cut in the database: a follower reads only what is new (the
+        tail, which only a log past its cap has, is read whole)."""
+        statement = (sa.select(builds.c.id, sa.func.substr(build_logs.c.head, offset + 1).label("head"),
+                               build_logs.c.tail, build_logs.c.dropped_bytes)
                      .select_from(builds.outerjoin(build_logs, build_logs.c.build_id == builds.c.id))
                      .where(builds.c.id == build_id))
         async with self._begin(f"reading the log of build {build_id}") as connection:
@@ -441,6 +487,167 @@ class SQLBuildStore(BuildStore):
             result = await connection.execute(sa.delete(rate_limits).where(rate_limits.c.window_end <= now))
         return result.rowcount
 
+    # -- replicas: claims, leases and notifications -------------------------------------------------
+    def _db_now(self) -> Any:
+        """The database's clock in epoch seconds (one clock for every replica)."""
+        if self.dialect == "sqlite":
+            return (sa.func.julianday("now") - 2440587.5) * 86400.0
+        return sa.cast(sa.func.extract("epoch", sa.func.now()), sa.Float)
+
+    async def _changed(self, connection: AsyncConnection, *build_ids: str) -> None:
+        """NOTIFY in the writing transaction: sent when it commits, so a listener that reads on it
+        sees what was written (and nothing is sent for a write that failed)."""
+        if not self.shared:
+            return
+        for build_id in build_ids:
+            await connection.execute(sa.select(sa.func.pg_notify(BUILDS_CHANNEL, build_id)))
+
+    async def claim(self, record: BuildRecord, lease_seconds: float) -> str:
+        """One upsert decides (the name's row is locked while it does): a new row or a free one
+        (its build finished, or was deleted) becomes ours, with ``record`` saved beside it."""
+        if not self.shared:
+            return record.id
+        now = self._db_now()
+        insert = self._insert(build_claims).values(build_name=record.build_name, build_id=record.id,
+                                                   owner=record.owner, lease_expires=now + lease_seconds)
+        holder = build_claims.c.build_id
+        # the subqueries read the statement's snapshot, which may predate a concurrent winner's
+        # commit: "its record is missing" alone would let a second claimant in, so a holder without
+        # a record (deleted) frees the name only once its lease ran out, which a fresh claim's has not
+        free = sa.or_(
+            holder == insert.excluded.build_id,
+            sa.exists().where(builds.c.id == holder, builds.c.state.in_(FINISHED)),
+            sa.and_(build_claims.c.lease_expires < now,
+                    ~sa.exists().where(builds.c.id == holder, builds.c.state.in_(UNFINISHED))),
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=[build_claims.c.build_name],
+            set_={"build_id": insert.excluded.build_id, "owner": insert.excluded.owner,
+                  "lease_expires": insert.excluded.lease_expires},
+            where=free,
+        ).returning(build_claims.c.build_id)
+        async with self._begin(f"claiming build {record.build_name}") as connection:
+            won = (await connection.execute(statement)).scalar()
+            if won == record.id:
+                row = {name: getattr(record, name) for name in RECORD_FIELDS}
+                row["state"] = BuildState(row["state"]).value
+                upsert = self._insert(builds).values(row)
+                await connection.execute(upsert.on_conflict_do_update(
+                    index_elements=[builds.c.id],
+                    set_={name: upsert.excluded[name] for name in RECORD_FIELDS if name != "id"}))
+                await self._changed(connection, record.id)
+                return record.id
+            taken = (await connection.execute(
+                sa.select(holder).where(build_claims.c.build_name == record.build_name))).scalar()
+        return taken or record.id
+
+    async def renew(self, owner: str, lease_seconds: float) -> set[str]:
+        if not self.shared:
+            return set()
+        async with self._begin("renewing the build leases") as connection:
+            result = await connection.execute(
+                sa.update(build_claims).where(build_claims.c.owner == owner)
+                .values(lease_expires=self._db_now() + lease_seconds).returning(build_claims.c.build_id))
+            return set(result.scalars().all())
+
+    async def release(self, build_name: str, build_id: str) -> None:
+        if not self.shared:
+            return
+        async with self._begin(f"releasing build {build_name}") as connection:
+            await connection.execute(sa.delete(build_claims).where(
+                build_claims.c.build_name == build_name, build_claims.c.build_id == build_id))
+
+    async def expired_claims(self) -> list[Claim]:
+        if not self.shared:
+            return []
+        statement = (sa.select(build_claims.c.build_name, build_claims.c.build_id, build_claims.c.owner)
+                     .select_from(build_claims.join(builds, builds.c.id == build_claims.c.build_id))
+                     .where(build_claims.c.lease_expires < self._db_now(), builds.c.state.in_(UNFINISHED))
+                     .order_by(build_claims.c.build_id))
+        async with self._begin("listing expired build leases") as connection:
+            rows = (await connection.execute(statement)).all()
+        return [Claim(row.build_name, row.build_id, row.owner) for row in rows]
+
+    async def adopt(self, claim: Claim, owner: str, lease_seconds: float) -> bool:
+        if not self.shared:
+            return False
+        now = self._db_now()
+        async with self._begin(f"adopting build {claim.build_id}") as connection:
+            result = await connection.execute(
+                sa.update(build_claims)
+                .where(build_claims.c.build_name == claim.build_name, build_claims.c.build_id == claim.build_id,
+                       build_claims.c.owner == claim.owner, build_claims.c.lease_expires < now)
+                .values(owner=owner, lease_expires=now + lease_seconds))
+            if result.rowcount != 1:
+                return False
+            await connection.execute(sa.update(builds).where(builds.c.id == claim.build_id).values(owner=owner))
+        return True
+
+    async def notify(self, channel: str, payload: str) -> None:
+        if not self.shared:
+            return
+        async with self._begin(f"notifying {channel}") as connection:
+            await connection.execute(sa.select(sa.func.pg_notify(channel, payload)))
+
+    async def listen(self, channels: list[str]) -> AsyncIterator[Notification]:  # type: ignore[override]
+        """LISTEN on a connection of its own (asyncpg, outside the pool: it is held for good).
+        Lost (a server restart, ``pg_terminate_backend``, a network cut, noticed by the driver or
+        by a check every :data:`LISTEN_CHECK_SECONDS`), it is reconnected with a growing pause,
+        and each (re)connect yields ``Notification("")`` so the caller catches up from the store."""
+        if not self.shared:
+            raise StoreError(f"build store {self.name}: one process's store has no notifications")
+        import asyncpg
+
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        first, longest = LISTEN_BACKOFF
+        pause, failing = first, False
+        while True:
+            queue: asyncio.Queue[Notification | None] = asyncio.Queue()
+            put = queue.put_nowait
+            try:
+                connection = await asyncpg.connect(dsn, timeout=self.busy_timeout)
+            except Exception as e:  # asyncpg's, OSError, TimeoutError: the server is away
+                _raise_if_cancelling()
+                if not failing:
+                    log.warning("build store %s: listening for other replicas failed: %s; reconnecting",
+                                self.name, _reason(e))
+                failing = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                continue
+            try:
+                connection.add_termination_listener(lambda _conn, put=put: put(None))
+                for channel in channels:
+                    await connection.add_listener(
+                        channel, lambda _conn, _pid, channel, payload, put=put: put(Notification(channel, payload)))
+                if failing:
+                    log.info("build store %s: listening for other replicas again", self.name)
+                pause, failing = first, False
+                yield Notification("")
+                while True:
+                    try:
+                        async with asyncio.timeout(LISTEN_CHECK_SECONDS):  # not wait_for: it can swallow a cancel
+                            item = await queue.get()
+                    except TimeoutError:
+                        await connection.fetchval("SELECT 1", timeout=self.busy_timeout)
+                        continue
+                    if item is None:
+                        raise ConnectionError("the listening connection was closed")
+                    yield item
+            except (Exception, TimeoutError) as e:
+                _raise_if_cancelling()
+                if not failing:
+                    log.warning("build store %s: the connection listening for other replicas was lost: %s; "
+                                "reconnecting", self.name, _reason(e))
+                failing = True
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2):
+                        await connection.close()
+                connection.terminate()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, longest)
+
     # -- retention -----------------------------------------------------------------------------------
     async def delete_finished_before(self, cutoff: datetime, *, batch: int = 500) -> int:
         """Deletes in batches of ``batch`` builds (events and logs go with them by the foreign
@@ -453,6 +660,7 @@ class SQLBuildStore(BuildStore):
                     .where(builds.c.state.in_(FINISHED), builds.c.created_at < cutoff)
                     .order_by(builds.c.id).limit(batch))).scalars().all()
                 if ids:
+                    await connection.execute(sa.delete(build_claims).where(build_claims.c.build_id.in_(ids)))
                     await connection.execute(sa.delete(builds).where(builds.c.id.in_(ids)))
             deleted += len(ids)
             if len(ids) < batch:
