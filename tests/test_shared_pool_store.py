@@ -1,0 +1,121 @@
+"""The store's part of the warm pool and the launch quota shared by replicas (issue 13, item 6):
+two stores on one database, as two replicas have, racing for the same rows. Each runs on SQLite
+(the one-process default) and on the real PostgreSQL of ``scripts/infra.sh``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from binderapi.store.base import WarmImageRow, WarmServerRow
+from binderapi.store.sql import SQLBuildStore
+
+MakeDatabase = Callable[[], Awaitable[str]]
+NOW = 1_000_000.0
+IMAGE = "127.0.0.1:5000/binder-repo:abc"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> MakeDatabase:
+    if request.param == "postgresql":
+        return request.getfixturevalue("make_postgres_database")
+
+    async def sqlite_file() -> str:
+        return f"sqlite+aiosqlite:///{tmp_path / 'builds.sqlite3'}"
+
+    return sqlite_file
+
+
+@contextlib.asynccontextmanager
+async def two_stores(database: MakeDatabase) -> AsyncIterator[tuple[SQLBuildStore, SQLBuildStore]]:
+    url = await database()
+    a, b = SQLBuildStore(url), SQLBuildStore(url)
+    try:
+        await a.open()
+        await b.open()
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def ready_server(store: SQLBuildStore, owner: str, n: int, *, ready_at: float = NOW, lease: float = 60) -> WarmServerRow:
+    row_id = await store.warm_claim_start(IMAGE, 1000, owner, NOW, lease)
+    assert row_id
+    row = WarmServerRow(id=row_id, image=IMAGE, state="ready", owner=owner, lease_expires=NOW + lease,
+                        username=f"user-{n}", url=f"http://hub/user/user-{n}/", token=f"token-{n}", ready_at=ready_at)
+    assert await store.warm_ready(row)
+    return row
+
+
+async def test_concurrent_takes_hand_each_server_out_once(database: MakeDatabase) -> None:
+    async with two_stores(database) as (a, b):
+        made = {(await ready_server(a if n % 2 else b, "A" if n % 2 else "B", n)).id for n in range(6)}
+        launch = WarmImageRow(IMAGE, 1, NOW, "{}", 0)
+        taken = await asyncio.gather(*(store.warm_take(IMAGE, launch) for _ in range(10) for store in (a, b)))
+        got = [row for row in taken if row is not None]
+        assert len(got) == 6 and {row.id for row in got} == made  # each once, none twice
+        assert {row.token for row in got} == {f"token-{n}" for n in range(6)}
+        assert await a.warm_servers() == []
+        (image,) = await b.warm_images()
+        assert image.launches == 20  # every launch counted, hit or miss
+
+
+async def test_concurrent_claims_keep_the_pool_size(database: MakeDatabase) -> None:
+    async with two_stores(database) as (a, b):
+        claims = await asyncio.gather(*(store.warm_claim_start(IMAGE, 3, name, NOW, 60)
+                                        for _ in range(8) for store, name in ((a, "A"), (b, "B"))))
+        assert len([c for c in claims if c]) == 3
+        assert len(await a.warm_servers()) == 3
+        assert await b.warm_claim_start(IMAGE, 3, "B", NOW, 60) is None
+        assert await b.warm_claim_start("other:tag", 3, "B", NOW, 60)  # counted per image
+
+
+async def test_a_dead_owners_rows_are_adopted_or_dropped(database: MakeDatabase) -> None:
+    async with two_stores(database) as (a, b):
+        ready = await ready_server(a, "A", 1, lease=10)
+        starting = await a.warm_claim_start(IMAGE, 10, "A", NOW, 10)
+        alive = await ready_server(b, "B", 2, lease=100)
+        # A stops renewing; after its lease, B (and a third survivor racing it) take over
+        results = await asyncio.gather(b.warm_adopt("B", NOW + 20, 60), a.warm_adopt("C", NOW + 20, 60))
+        adopted = [row for got, _ in results for row in got]
+        dropped = [row for _, got in results for row in got]
+        assert [row.id for row in adopted] == [ready.id]  # once, by one of them
+        assert [row.id for row in dropped] == [starting]
+        assert {row.id for row in await a.warm_servers()} == {ready.id, alive.id}
+        # the starting row is gone: a late "ready" from its dead owner is refused
+        late = WarmServerRow(id=starting, image=IMAGE, state="ready", owner="A", lease_expires=NOW + 60,
+                             username="late", url="u", token="t", ready_at=NOW)
+        assert not await a.warm_ready(late)
+        renewed = await b.warm_renew("B", NOW + 30, 60)
+        assert {row.lease_expires for row in renewed} == {NOW + 90}
+
+
+async def test_taking_only_old_servers_and_deleting_once(database: MakeDatabase) -> None:
+    async with two_stores(database) as (a, b):
+        old = await ready_server(a, "A", 1, ready_at=NOW - 100)
+        new = await ready_server(a, "A", 2, ready_at=NOW)
+        assert (await b.warm_take(IMAGE, ready_before=NOW - 50)).id == old.id
+        assert await b.warm_take(IMAGE, ready_before=NOW - 50) is None
+        deletes = await asyncio.gather(a.warm_delete(new.id), b.warm_delete(new.id))
+        assert [row.id for row in deletes if row] == [new.id]
+
+
+async def test_launch_slots_never_exceed_the_quota(database: MakeDatabase) -> None:
+    async with two_stores(database) as (a, b):
+        # 1 server running, total quota 4: 3 slots, whoever asks and however concurrently
+        answers = await asyncio.gather(*(store.hold_launch_slot(f"{name}{i}", name, "repo", 1, 0, 4, 0, NOW, NOW + 60)
+                                         for i in range(6) for store, name in ((a, "A"), (b, "B"))))
+        assert sorted(answers, key=str) == [None] * 3 + ["total_quota"] * 9
+        # the per-repository quota counts slots of that repository only
+        assert await a.hold_launch_slot("r1", "A", "other", 0, 0, None, 1, NOW, NOW + 60) is None
+        assert await b.hold_launch_slot("r2", "B", "other", 0, 0, None, 1, NOW, NOW + 60) == "repo_quota"
+        assert await b.hold_launch_slot("r3", "B", "third", 0, 0, None, 1, NOW, NOW + 60) is None
+        await a.release_launch_slot("r1")
+        assert await b.hold_launch_slot("r2", "B", "other", 0, 0, None, 1, NOW, NOW + 60) is None
+        # slots of a replica that died expire
+        assert await a.hold_launch_slot("late", "A", "repo", 1, 0, 4, 0, NOW + 61, NOW + 120) is None
