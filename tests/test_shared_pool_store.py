@@ -119,3 +119,13 @@ async def test_launch_slots_never_exceed_the_quota(database: MakeDatabase) -> No
         assert await b.hold_launch_slot("r2", "B", "other", 0, 0, None, 1, NOW, NOW + 60) is None
         # slots of a replica that died expire
         assert await a.hold_launch_slot("late", "A", "repo", 1, 0, 4, 0, NOW + 61, NOW + 120) is None
+
+
+async def test_concurrent_trims_remove_the_excess_once(database: MakeDatabase) -> None:
+    async with two_stores(database) as (a, b):
+        for n in range(5):
+            await ready_server(a, "A", n, ready_at=NOW + n)
+        trimmed = await asyncio.gather(a.warm_trim(IMAGE, 2), b.warm_trim(IMAGE, 2), a.warm_trim(IMAGE, 2))
+        removed = [row.username for rows in trimmed for row in rows]
+        assert sorted(removed) == ["user-2", "user-3", "user-4"]  # the newest, once each
+        assert [row.username for row in await b.warm_servers()] == ["user-0", "user-1"]

@@ -220,6 +220,12 @@ class BuildStore(abc.ABC):
         same transaction records a launch of ``image`` (:meth:`warm_images`)."""
         raise StoreError(f"{type(self).__name__} keeps no warm pool")
 
+    async def warm_trim(self, image: str, keep: int) -> list[WarmServerRow]:
+        """Delete ready rows of ``image`` (newest first) while it has more than ``keep`` rows in
+        all; the rows deleted. Atomic across processes, so replicas shrinking a pool at once
+        remove the excess once, not once each."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
     async def warm_servers(self) -> list[WarmServerRow]:
         """Every row, oldest first."""
         raise StoreError(f"{type(self).__name__} keeps no warm pool")

@@ -540,6 +540,21 @@ class SQLBuildStore(BuildStore):
             row = (await connection.execute(statement)).first()
         return self._warm_row(row) if row else None
 
+    async def warm_trim(self, image: str, keep: int) -> list[WarmServerRow]:
+        async with self._begin(f"shrinking the warm pool of {image}") as connection:
+            await self._lock(connection, WARM_POOL_LOCK_KEY)
+            count = (await connection.execute(
+                sa.select(sa.func.count()).select_from(warm_servers).where(warm_servers.c.image == image))).scalar_one()
+            if count <= keep:
+                return []
+            excess = (sa.select(warm_servers.c.id)
+                      .where(warm_servers.c.image == image, warm_servers.c.state == "ready")
+                      .order_by(warm_servers.c.ready_at.desc(), warm_servers.c.id.desc()).limit(count - keep))
+            rows = (await connection.execute(
+                sa.delete(warm_servers).where(warm_servers.c.id.in_(excess.scalar_subquery()))
+                .returning(*warm_servers.c))).all()
+        return [self._warm_row(row) for row in rows]
+
     async def warm_servers(self) -> list[WarmServerRow]:
         statement = sa.select(warm_servers).order_by(warm_servers.c.ready_at, warm_servers.c.id)
         async with self._begin("listing warm servers") as connection:
