@@ -129,3 +129,35 @@ async def test_concurrent_trims_remove_the_excess_once(database: MakeDatabase) -
         removed = [row.username for rows in trimmed for row in rows]
         assert sorted(removed) == ["user-2", "user-3", "user-4"]  # the newest, once each
         assert [row.username for row in await b.warm_servers()] == ["user-0", "user-1"]
+
+
+async def test_two_quotas_on_one_store_hold_the_last_slot_once(database: MakeDatabase, caplog) -> None:
+    """Two replicas' quotas, each counting the same running server, asked at once for the last
+    two slots of ``total_quota: 3``: two are held, whichever replica asked; a slot given back is
+    room again; with the store gone a replica falls back to its own count (said once)."""
+    from binderapi.errors import QuotaExceededError
+    from binderapi.quota import CountingQuota
+    from fixtures.server import make_settings
+
+    settings = make_settings({"LaunchQuota": {"total_quota": 3}})
+    async with two_stores(database) as stores:
+        quotas = [CountingQuota(settings) for _ in stores]
+        for quota, store in zip(quotas, stores, strict=True):
+            quota.store = store
+            quota.added("running", IMAGE)
+        answers = await asyncio.gather(*(quota.admit(IMAGE, {}, "repo") for _ in range(3) for quota in quotas),
+                                       return_exceptions=True)
+        slots = [a for a in answers if not isinstance(a, BaseException)]
+        assert len(slots) == 2 and all(isinstance(a, QuotaExceededError) for a in answers if a not in slots)
+        with pytest.raises(QuotaExceededError, match="Too many users"):
+            await quotas[0].admit(IMAGE, {}, "repo")
+        quotas[0].release_slot(slots[0])
+        quotas[0].release_slot(slots[0])  # once only
+        await quotas[0].settle()
+        assert await quotas[1].admit(IMAGE, {}, "repo")
+        await stores[0].close()
+        fallback = await quotas[0].admit(IMAGE, {}, "repo")  # its own count: 1 running
+        assert fallback is not None and not fallback.store_id and quotas[0].reserved
+        assert "counting this replica's launches only" in caplog.text
+        quotas[0].release_slot(fallback)
+        assert not quotas[0].reserved
