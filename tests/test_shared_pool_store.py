@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -101,6 +102,7 @@ async def test_taking_only_old_servers_and_deleting_once(database: MakeDatabase)
         new = await ready_server(a, "A", 2, ready_at=NOW)
         assert (await b.warm_take(IMAGE, ready_before=NOW - 50)).id == old.id
         assert await b.warm_take(IMAGE, ready_before=NOW - 50) is None
+        assert await a.warm_delete(new.id, state="starting") is None  # it is ready: kept
         deletes = await asyncio.gather(a.warm_delete(new.id), b.warm_delete(new.id))
         assert [row.id for row in deletes if row] == [new.id]
 
@@ -161,3 +163,20 @@ async def test_two_quotas_on_one_store_hold_the_last_slot_once(database: MakeDat
         assert "counting this replica's launches only" in caplog.text
         quotas[0].release_slot(fallback)
         assert not quotas[0].reserved
+
+
+async def test_a_pass_frees_its_own_dead_starts_only(database: MakeDatabase) -> None:
+    """A ``starting`` row of this replica whose launch no longer runs (it ended by an unexpected
+    error) would count against the pool's size for ever: the next pass deletes it. Another live
+    replica's start, and a row that turned ready, are left alone."""
+    from binderapi.warmpool import WarmPool
+    from fixtures.server import make_settings
+
+    async with two_stores(database) as (a, b):
+        pool = WarmPool(make_settings({"WarmPool": {"enabled": True}}), None, None, None, None, store=a)  # type: ignore[arg-type]
+        now = time.time()
+        dead = await a.warm_claim_start(IMAGE, 10, pool.owner, now, 600)
+        other = await b.warm_claim_start(IMAGE, 10, "other:1:1", now, 600)
+        await pool.maintain()
+        assert {row.id for row in await b.warm_servers()} == {other}
+        assert dead not in {row.id for row in await b.warm_servers()}

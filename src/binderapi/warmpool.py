@@ -159,6 +159,7 @@ class WarmPool:
         self.lease = LEASE_PASSES * self.interval + LEASE_MARGIN
         self.rows: list[WarmServerRow] = []  # the shared pool as last read (health, ready_users)
         self.adopted = 0  # ready servers taken over from replicas whose lease ran out
+        self._starting_rows: set[str] = set()  # this replica's "starting" rows whose launch runs
 
     # -- the launch path -------------------------------------------------------------------------
 
@@ -495,6 +496,9 @@ class WarmPool:
         self.adopted += len(adopted)
         self._merge_images(await store.warm_images())
         rows = await store.warm_servers()
+        for row in rows:  # a start of ours that ended without its row (an unexpected error): free it
+            if row.owner == self.owner and row.state == "starting" and row.id not in self._starting_rows:
+                await store.warm_delete(row.id, state="starting")  # (not one that turned ready meanwhile)
         mine = [row for row in rows if row.owner == self.owner and row.state == "ready"]
         for row in mine:
             reason = await self._row_lost(row) or ("age" if now - (row.ready_at or now) > self.config.max_server_age else "")
@@ -503,8 +507,8 @@ class WarmPool:
                     log.warning("Warm server %s of %s is gone; replacing it", row.username, row.image)
                 self._retire(self._warm_of(row), self.pools.get(row.image) or self._pool_of(row), reason)
         targets = self.targets()
-        for image in {row.image for row in rows}:
-            for row in await store.warm_trim(image, targets.get(image, 0)):
+        for image in {row.image for row in rows} & set(targets):  # (another replica's own images: its call)
+            for row in await store.warm_trim(image, targets[image]):
                 self._retire(self._warm_of(row), self.pools.get(row.image) or self._pool_of(row), "idle")
         self.rows = await store.warm_servers()
         for pool in self.pools.values():
@@ -537,14 +541,17 @@ class WarmPool:
                 row_id = await self.store.warm_claim_start(pool.image, target, self.owner, time.time(), self.lease)
                 if row_id is None:
                     break
+                self._starting_rows.add(row_id)
                 slot = await self.quota.acquire(pool.image, pool.repo_quota)
                 if not self._room(pool, slot.blocked or ""):
+                    self._starting_rows.discard(row_id)
                     await self._delete_row(row_id)
                     break
                 in_flight += 1
                 task = self.supervisor.spawn(self._start_one(pool, row_id), f"warm pool: start {pool.image}")
                 pool.starts.add(task)
-                task.add_done_callback(lambda task, pool=pool, slot=slot: self._start_ended(pool, task, slot))
+                task.add_done_callback(lambda task, pool=pool, slot=slot, row_id=row_id: (
+                    self._starting_rows.discard(row_id), self._start_ended(pool, task, slot)))
                 self._publish(pool)
 
     # -- hub-side marks and removal --------------------------------------------------------------

@@ -208,9 +208,9 @@ class BuildStore(abc.ABC):
         took this replica for dead and dropped it: the caller removes the server)."""
         raise StoreError(f"{type(self).__name__} keeps no warm pool")
 
-    async def warm_delete(self, row_id: str) -> WarmServerRow | None:
-        """Delete one row (a failed start, or a server the pool removes); the row, or None if
-        another replica deleted or took it first."""
+    async def warm_delete(self, row_id: str, *, state: str | None = None) -> WarmServerRow | None:
+        """Delete one row (a failed start, or a server the pool removes), only while in ``state`` if
+        given; the row, or None if another replica deleted or took it first (or its state differs)."""
         raise StoreError(f"{type(self).__name__} keeps no warm pool")
 
     async def warm_take(self, image: str, launch: WarmImageRow | None = None,

@@ -509,8 +509,10 @@ class SQLBuildStore(BuildStore):
             result = await connection.execute(statement)
         return result.rowcount == 1
 
-    async def warm_delete(self, row_id: str) -> WarmServerRow | None:
+    async def warm_delete(self, row_id: str, *, state: str | None = None) -> WarmServerRow | None:
         statement = sa.delete(warm_servers).where(warm_servers.c.id == row_id).returning(*warm_servers.c)
+        if state is not None:
+            statement = statement.where(warm_servers.c.state == state)
         async with self._begin("deleting a warm server") as connection:
             row = (await connection.execute(statement)).first()
         return self._warm_row(row) if row else None
