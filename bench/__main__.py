@@ -10,14 +10,16 @@ import platform
 import sys
 from pathlib import Path
 
-from . import api, cached, fanout, idle, launch, profile, quota, workers, wrk
+from . import api, cached, fanout, idle, launch, profile, quota, replicas, workers, wrk
 from .config import FULL, QUICK, Sizes
 from .report import Report, Row
 from .stack import Stack, raise_nofile, say
 
-WORKLOADS = ("cached", "wrk", "workers", "fresh", "launch", "fanout", "idle", "api", "replay", "quota", "profile")
+WORKLOADS = ("cached", "wrk", "workers", "fresh", "launch", "fanout", "idle", "api", "replay", "quota", "profile",
+             "fanout-replicas", "idle-replicas")
 NEEDS_HUB = {"launch"}
-NEEDS_STACK = set(WORKLOADS) - {"quota"}
+NEEDS_REPLICAS = {"fanout-replicas", "idle-replicas"}  # a stack of their own: two processes on PostgreSQL
+NEEDS_STACK = set(WORKLOADS) - {"quota"} - NEEDS_REPLICAS
 
 
 def machine() -> dict[str, str | int | float]:
@@ -46,6 +48,17 @@ async def main(args: argparse.Namespace) -> int:
                 say(f"stack: binderapi {stack.api_url} (pid {stack.api_pid}), hub {stack.hub_url or '-'}, "
                     f"git {stack.git.url('')}, build store {'on' if stack.store else 'off'}")
                 await run_stack_workloads(stack, report, chosen, sizes)
+        if set(chosen) & NEEDS_REPLICAS:
+            if args.binderapi_url:
+                raise RuntimeError("the replica workloads start their own two binderapi processes (no --binderapi-url)")
+            async with Stack.start(hub_url=args.hub_url, hub_admin_token=args.hub_token, keepalive_interval=args.keepalive,
+                                   cache_ttl=args.cache_ttl, need_hub=False, replicas=2) as stack:
+                say(f"stack: binderapi replicas {' '.join(stack.api_urls)} (pids {stack.api_pids}), "
+                    f"PostgreSQL database {stack.database}")
+                if "fanout-replicas" in chosen:
+                    await replicas.fanout(stack, report, sizes.replica_fanout_clients)
+                if "idle-replicas" in chosen:
+                    await replicas.idle(stack, report, sizes.replica_idle_streams, sizes.idle_hold_seconds)
         if "quota" in chosen:
             await quota.run(report, sizes.quota_levels, sizes.quota_checks, sizes.quota_list_checks)
         report.add(Row("machine", "end", {"load_1_5_15": machine()["load_1_5_15"]}))

@@ -25,12 +25,15 @@ class Sizes:
     quota_checks: int = 10000
     quota_list_checks: int = 20
     profile_seconds: int = 20
+    replica_fanout_clients: int = 50  # split across two replicas
+    replica_idle_streams: int = 10000  # split across two replicas
 
 
 FULL = Sizes()
 QUICK = Sizes(cached_requests=200, api_requests=200, replay_levels=[200], wrk_seconds=5, workers_seconds=5, workers_rounds=1, launch_samples=2,
               fanout_levels=[10], idle_levels=[500], idle_hold_seconds=12,
-              quota_levels=[10, 1000], quota_checks=1000, quota_list_checks=10, profile_seconds=5)
+              quota_levels=[10, 1000], quota_checks=1000, quota_list_checks=10, profile_seconds=5,
+              replica_idle_streams=1000)
 #: what tests/test_bench_smoke.py runs against the test fixtures
 SMOKE = Sizes(cached_levels=[1, 10], cached_requests=20, api_levels=[1, 10], api_requests=20, replay_levels=[20], replay_settle_seconds=0, fanout_levels=[], idle_levels=[20], idle_hold_seconds=2,
               quota_levels=[10, 100], quota_checks=50, quota_list_checks=3)

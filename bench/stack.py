@@ -4,6 +4,10 @@ started the way ``scripts/demo.py`` does on the infrastructure of ``scripts/infr
 already running binderapi and hub given by URL; the git daemon is always the bench's own, because
 workloads make commits to bust the cache.
 
+With ``replicas`` > 1 it starts that many binderapi processes on one PostgreSQL database (a fresh
+one on the server ``scripts/infra.sh`` runs, dropped at exit), each on its own port, as replicas
+behind a load balancer are: the workloads split their clients across ``api_urls``.
+
 Everything it starts is stopped by PID at exit; builder containers carry the bench's namespace
 label and hub containers its name prefix, and both are removed.
 """
@@ -32,6 +36,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+#: the DSN of the PostgreSQL server scripts/infra.sh starts (its role may CREATE DATABASE)
+POSTGRES_DSN_FILE = Path(os.environ.get("BINDERAPI_INFRA_DIR") or Path.home() / ".cache/binderapi-infra") / "postgres.dsn"
 CHP = Path.home() / ".cache/binderapi-infra/chp/node_modules/.bin/configurable-http-proxy"
 HUB_CONFIG = ROOT / "deploy/jupyterhub/jupyterhub_config_docker.py"
 REGISTRY = os.environ.get("REGISTRY_ADDR", "127.0.0.1:5000")
@@ -129,14 +135,19 @@ class Stack:
     processes: list[tuple[str, asyncio.subprocess.Process]] = field(default_factory=list)
     state: Path | None = None
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=60))
+    api_urls: list[str] = field(default_factory=list)  # every replica's base URL (the first is api_url)
+    api_pids: list[int] = field(default_factory=list)
+    database: str = ""  # the PostgreSQL database the replicas share (dropped at exit)
+    admin_dsn: Any = None  # the infra server's URL, to drop it
 
     # -- URLs ------------------------------------------------------------------------------------
     def spec(self, repo: str, ref: str = "main") -> str:
         """``git/<url-escaped repository URL>/<ref>``: the spec of a /build URL and of ``POST /api/v1/builds``."""
         return f"git/{quote(self.git.url(repo), safe='')}/{ref}"
 
-    def build_url(self, repo: str, ref: str = "main", build_only: bool = True) -> str:
-        return f"{self.api_url}build/{self.spec(repo, ref)}" + ("?build_only=true" if build_only else "")
+    def build_url(self, repo: str, ref: str = "main", build_only: bool = True, replica: int = 0) -> str:
+        base = self.api_urls[replica % len(self.api_urls)] if self.api_urls else self.api_url
+        return f"{base}build/{self.spec(repo, ref)}" + ("?build_only=true" if build_only else "")
 
     async def hub_api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.http.request(method, f"{self.hub_url}hub/api/{path}",
@@ -153,16 +164,17 @@ class Stack:
                     sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         return sums
 
-    def process_status(self) -> dict[str, float]:
-        """RSS (MB), threads and open descriptors of the binderapi process, from /proc."""
-        if self.api_pid is None:
+    def process_status(self, pid: int | None = None) -> dict[str, float]:
+        """RSS (MB), threads and open descriptors of the binderapi process (or replica ``pid``), from /proc."""
+        pid = pid or self.api_pid
+        if pid is None:
             return {}
         fields = {}
-        for line in Path(f"/proc/{self.api_pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             fields[key] = value.strip()
         return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1), "threads": int(fields["Threads"]),
-                "fds": len(os.listdir(f"/proc/{self.api_pid}/fd"))}
+                "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
     async def builder_containers(self) -> list[dict[str, Any]]:
         async with aiodocker.Docker() as docker:
@@ -174,9 +186,10 @@ class Stack:
     async def start(cls, *, api_url: str | None = None, api_pid: int | None = None, hub_url: str | None = None,
                     hub_admin_token: str | None = None, build_namespace: str | None = None,
                     keepalive_interval: float = 5.0, cache_ttl: float = 60.0, slow_build_seconds: int = 1800,
-                    need_hub: bool = True, owns_builds: bool = False, store: bool = True):
+                    need_hub: bool = True, owns_builds: bool = False, store: bool = True, replicas: int = 1):
         """Start what is not given; stop and remove it all on exit. A binderapi given by URL keeps
-        its builder containers unless ``owns_builds`` (the slow build is left running on purpose)."""
+        its builder containers unless ``owns_builds`` (the slow build is left running on purpose).
+        ``replicas`` > 1: that many binderapi processes sharing a fresh PostgreSQL database."""
         state = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="binderapi-bench-"))
         run_id = secrets.token_hex(3)
         stack = cls(api_url="", hub_url=hub_url or "", hub_admin_token=hub_admin_token or secrets.token_hex(32),
@@ -191,6 +204,10 @@ class Stack:
                 await stack._start_hub(service_token)
             if api_url:
                 stack.api_url = api_url.rstrip("/") + "/"
+            elif replicas > 1:
+                database_url = await stack._create_database()
+                for replica in range(replicas):
+                    await stack._start_binderapi(service_token, run_id, store_url=database_url, name=f"binderapi-{replica + 1}")
             else:
                 await stack._start_binderapi(service_token, run_id)
             yield stack
@@ -265,10 +282,40 @@ class Stack:
         self.hub_url = f"http://127.0.0.1:{public}/"
         await self._wait_http("jupyterhub", self.hub_url + "hub/api/")
 
-    async def _start_binderapi(self, service_token: str, run_id: str) -> None:
+    async def _create_database(self) -> str:
+        """A fresh database on the infra PostgreSQL server; its SQLAlchemy URL."""
+        import asyncpg
+        from sqlalchemy.engine import make_url
+
+        try:
+            dsn = make_url((await asyncio.to_thread(POSTGRES_DSN_FILE.read_text)).strip())
+        except OSError as e:
+            raise RuntimeError(f"replicas need PostgreSQL: no DSN in {POSTGRES_DSN_FILE} ({e.strerror}); "
+                               "run scripts/infra.sh up") from None
+        self.database = f"binderapi_bench_{secrets.token_hex(4)}"
+        admin = await asyncpg.connect(dsn.set(drivername="postgresql").render_as_string(hide_password=False))
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await admin.close()
+        self.admin_dsn = dsn
+        return dsn.set(database=self.database).render_as_string(hide_password=False)
+
+    async def _drop_database(self) -> None:
+        import asyncpg
+
+        dsn = self.admin_dsn.set(drivername="postgresql").render_as_string(hide_password=False)
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    async def _start_binderapi(self, service_token: str, run_id: str, store_url: str = "",
+                               name: str = "binderapi") -> None:
         assert self.state is not None
         port = free_port()
-        config = self.state / "binderapi.json"
+        config = self.state / f"{name}.json"
         config.write_text(json.dumps({
             "BinderHub": {
                 "hub_url": self.hub_url, "hub_api_token": service_token, "image_prefix": f"{REGISTRY}/binder-bench-{run_id}-",
@@ -284,15 +331,18 @@ class Stack:
             "RepoProvider": {"denied_networks": ["0.0.0.0/8", "::/128", "169.254.0.0/16", "fe80::/10",
                                                  "100.100.100.200/32", "fd00:ec2::254/128"]},
             "RateLimiter": {"limit": 0},
-            # the build store (issue 12) on by default, its SQLite file in the bench's own directory
-            "BuildStore": {"enabled": self.store, "state_dir": str(self.state / "store")},
+            # the build store (issue 12) on by default: the replicas' shared PostgreSQL, else SQLite in the bench's directory
+            "BuildStore": ({"url": store_url} if store_url else {"enabled": self.store, "state_dir": str(self.state / "store")}),
         }, indent=2))
-        proc = await self._spawn("binderapi", str(VENV_BIN / "binderapi"), "--config-file", str(config),
+        proc = await self._spawn(name, str(VENV_BIN / "binderapi"), "--config-file", str(config),
                                  "--ip", "127.0.0.1", "--port", str(port))
-        self.api_pid = proc.pid
+        url = f"http://127.0.0.1:{port}/"
+        if not self.api_urls:
+            self.api_pid, self.api_url = proc.pid, url
+        self.api_urls.append(url)
+        self.api_pids.append(proc.pid)
         self.owns_builds = True
-        self.api_url = f"http://127.0.0.1:{port}/"
-        await self._wait_http("binderapi", self.api_url + "versions")
+        await self._wait_http(name, url + "versions")
 
     async def close(self) -> None:
         for name, proc in reversed(self.processes):
@@ -316,5 +366,8 @@ class Stack:
                     with contextlib.suppress(Exception):
                         await container.delete(force=True)
         await self.http.aclose()
+        if self.database:
+            with contextlib.suppress(Exception):
+                await self._drop_database()
         if self.state is not None:
             await asyncio.to_thread(shutil.rmtree, self.state, ignore_errors=True)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .eventlog import EventLog
     from .launcher import Launcher
     from .providers import ProviderRegistry, RepoProvider
-    from .quota import LaunchQuota
+    from .quota import LaunchQuota, QuotaSlot
     from .registry import ImageStore
     from .settings import Settings
     from .warmpool import WarmPool
@@ -249,6 +249,14 @@ class BuildPipeline:
             metrics.count_launch(e.quota_kind, **labels)
             raise
 
+    async def _admit_quota(self, repo: ResolvedRepo, repo_config: dict[str, Any],
+                           labels: dict[str, str]) -> QuotaSlot | None:
+        try:
+            return await self.services.quota.admit(repo.image_name, repo_config, repo.repo_url)
+        except QuotaExceededError as e:
+            metrics.count_launch(e.quota_kind, **labels)
+            raise
+
     async def _launch(self, request: BuildRequest, repo: ResolvedRepo, labels: dict[str, str]) -> AsyncIterator[Event]:
         services = self.services
         repo_config = repo.provider.repo_config(services.settings.BinderHub)
@@ -263,10 +271,11 @@ class BuildPipeline:
             username=request.username,
         )
         started = time.perf_counter()
-        # A warm server already holds its quota slot: only a spawn is checked against the quota.
-        server = services.warm_pool.take(launch, repo_config.get("quota") or 0) if services.warm_pool else None
-        if server is None:
-            await self._check_quota(repo, repo_config, labels)
+        # A warm server already holds its quota slot: only a spawn is checked against the quota,
+        # and holds a slot until it has ended (so concurrent launches, here or on another replica,
+        # cannot all take the last one).
+        server = await services.warm_pool.take(launch, repo_config.get("quota") or 0) if services.warm_pool else None
+        slot = None if server is not None else await self._admit_quota(repo, repo_config, labels)
         metrics.LAUNCHES_INPROGRESS.inc()
         try:
             if server is not None:
@@ -283,6 +292,7 @@ class BuildPipeline:
             raise
         finally:
             metrics.LAUNCHES_INPROGRESS.dec()
+            services.quota.release_slot(slot)
         metrics.LAUNCH_TIME.labels(status="success", retries=server.retries).observe(time.perf_counter() - started)
         metrics.count_launch("success", **labels)
         services.event_log.emit_launch(

@@ -183,6 +183,8 @@ class Services:
                 )
             with steps.step("BinderHub.launch_quota_class"):
                 quota = kind.launch_quota(launch_quota_class(binderhub.launch_quota_class), supervisor)
+                if recorder.store is not None and recorder.store.shared:
+                    quota.store = recorder.store  # replicas hold launch slots there
             steps.close_on_failure(quota.close)
             hub = HubAPI.from_settings(settings, http)
             with steps.step("Launcher"):
@@ -216,7 +218,9 @@ class Services:
                     with steps.step("WarmPool"):
                         from .warmpool import WarmPool
 
-                        services.warm_pool = WarmPool(settings, services.launcher, hub, services.quota, supervisor)
+                        store = services.store
+                        services.warm_pool = WarmPool(settings, services.launcher, hub, services.quota, supervisor,
+                                                      store=store if store is not None and store.shared else None)
             await services._start_background(steps)
             services._register_health_checks()
         return services
@@ -344,6 +348,7 @@ class Services:
             await self.warm_pool.close()  # first: removing its servers needs the hub client
         await self.supervisor.close()
         await self.launcher.close()  # ends launches and finishes hub clean-ups, before the hub client closes
+        await self.quota.settle()  # launch slots given back to the store before it closes
 
     async def close(self) -> None:
         await self.stop()

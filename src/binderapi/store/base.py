@@ -124,6 +124,37 @@ class BuildFilter:
     limit: int = 50
 
 
+@dataclass(frozen=True)
+class WarmServerRow:
+    """A server the warm pool started, as replicas sharing the store see it (:mod:`binderapi.warmpool`).
+    ``state`` is ``starting`` (a replica is launching it: only ``id``, ``image``, ``owner`` are
+    set) or ``ready`` (every field set). A handed-over server has no row: taking one deletes it."""
+
+    id: str
+    image: str
+    state: str  # "starting" | "ready"
+    owner: str  # the replica that started or adopted it (process_owner())
+    lease_expires: float  # epoch seconds; the owner renews it, a survivor adopts rows past it
+    username: str = ""
+    server_name: str = ""
+    url: str = ""
+    token: str = ""  # opens the server; leaves the store with the row when the server is handed over
+    ready_at: float | None = None  # epoch seconds
+    marked_at: float | None = None  # the hub last_activity mark posted (epoch seconds), if any
+
+
+@dataclass(frozen=True)
+class WarmImageRow:
+    """What every replica's warm pool knows of an image: how often and when it was last launched,
+    and what its next warm servers carry (the last launch's request, JSON, client address removed)."""
+
+    image: str
+    launches: int
+    last_launch: float  # epoch seconds
+    template: str  # JSON object of LaunchRequest fields
+    repo_quota: int
+
+
 class BuildStore(abc.ABC):
     """The store. Implementations raise :class:`StoreError` (never a driver's own error)."""
 
@@ -225,6 +256,65 @@ class BuildStore(abc.ABC):
         """Notifications on ``channels`` for as long as the caller iterates, reconnecting (with
         a ``Notification("")`` after each (re)connect) when the connection is lost."""
         raise StoreError(f"{type(self).__name__} has no notifications")
+
+    # -- the warm pool, shared by replicas (shared stores) ----------------------------------------
+    # Rows of servers the pools started; every change is one statement or one locked transaction,
+    # so a server is handed out once and the pool's size is counted over all replicas.
+    async def warm_claim_start(self, image: str, target: int, owner: str, now: float, lease: float) -> str | None:
+        """If ``image`` has fewer than ``target`` rows (starting or ready, any owner), add a
+        ``starting`` row owned by ``owner`` and return its id, else None; atomically across
+        processes, so two replicas short of one server start one, not two."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_ready(self, row: WarmServerRow) -> bool:
+        """Turn the ``starting`` row ``row.id`` into ``row`` (ready); False if it is gone (a survivor
+        took this replica for dead and dropped it: the caller removes the server)."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_delete(self, row_id: str, *, state: str | None = None) -> WarmServerRow | None:
+        """Delete one row (a failed start, or a server the pool removes), only while in ``state`` if
+        given; the row, or None if another replica deleted or took it first (or its state differs)."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_take(self, image: str, launch: WarmImageRow | None = None,
+                        ready_before: float | None = None) -> WarmServerRow | None:
+        """Take a ready server of ``image`` (the oldest; only those ready before ``ready_before``
+        if given) by deleting its row: never the same row for two callers. With ``launch``, the
+        same transaction records a launch of ``image`` (:meth:`warm_images`)."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_trim(self, image: str, keep: int) -> list[WarmServerRow]:
+        """Delete ready rows of ``image`` (newest first) while it has more than ``keep`` rows in
+        all; the rows deleted. Atomic across processes, so replicas shrinking a pool at once
+        remove the excess once, not once each."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_servers(self) -> list[WarmServerRow]:
+        """Every row, oldest first."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_images(self) -> list[WarmImageRow]:
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_renew(self, owner: str, now: float, lease: float) -> list[WarmServerRow]:
+        """The owner's heartbeat: extend the lease of its rows; its rows, after renewing."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    async def warm_adopt(self, owner: str, now: float, lease: float) -> tuple[list[WarmServerRow], list[WarmServerRow]]:
+        """Rows whose lease ended (their replica died): ready ones become ``owner``'s (adopted),
+        starting ones are deleted (their launch died with the replica). ``(adopted, deleted)``."""
+        raise StoreError(f"{type(self).__name__} keeps no warm pool")
+
+    # -- launch quota slots (shared stores) -------------------------------------------------------
+    async def hold_launch_slot(self, slot_id: str, owner: str, repo: str, running_total: int, running_repo: int,
+                               total_quota: int | None, repo_quota: int, now: float, expires_at: float) -> str | None:
+        """Hold a launch slot unless ``running_* +`` the slots every process holds (unexpired) reach
+        a quota: ``"total_quota"`` or ``"repo_quota"`` if one would be exceeded, else None (held
+        until :meth:`release_launch_slot` or ``expires_at``). Atomic across processes."""
+        raise StoreError(f"{type(self).__name__} keeps no launch slots")
+
+    async def release_launch_slot(self, slot_id: str) -> None:
+        raise StoreError(f"{type(self).__name__} keeps no launch slots")
 
     # -- retention --------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -37,6 +37,9 @@ from .base import (
     StoredEvent,
     StoredLog,
     StoreError,
+    WarmImageRow,
+    WarmServerRow,
+    new_build_id,
 )
 
 log = logging.getLogger(__name__)
@@ -146,6 +149,48 @@ build_claims = sa.Table(
 LISTEN_CHECK_SECONDS = 10.0
 #: the pause before reconnecting a lost LISTEN connection: from the first value, doubling, to the second
 LISTEN_BACKOFF = (0.5, 10.0)
+
+#: the warm pool's servers when replicas share the store (:mod:`binderapi.warmpool`): one row per
+#: server a pool started, deleted when it is handed over or removed
+warm_servers = sa.Table(
+    "warm_servers", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("image", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # starting | ready
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("lease_expires", sa.Float, nullable=False),  # epoch seconds
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("server_name", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("ready_at", sa.Float, nullable=True),
+    sa.Column("marked_at", sa.Float, nullable=True),
+    sa.Index("ix_warm_servers_image_state", "image", "state"),
+)
+
+#: what every replica's pool knows of an image's launches (top_n, idle shrinking, what servers carry)
+warm_images = sa.Table(
+    "warm_images", metadata,
+    sa.Column("image", sa.Text, primary_key=True),
+    sa.Column("launches", sa.Integer, nullable=False),
+    sa.Column("last_launch", sa.Float, nullable=False),
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("repo_quota", sa.Integer, nullable=False),
+)
+
+#: launch quota slots held by launches (and warm starts) in progress, on every replica
+launch_slots = sa.Table(
+    "launch_slots", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("repo", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_launch_slots_repo", "repo"),
+)
+
+#: PostgreSQL advisory lock keys of the short transactions that count then insert
+WARM_POOL_LOCK_KEY = 0x62696E77726D  # "binwrm"
+LAUNCH_SLOT_LOCK_KEY = 0x62696E736C74  # "binslt"
 
 RECORD_FIELDS = [column.name for column in builds.columns]
 
@@ -647,6 +692,142 @@ class SQLBuildStore(BuildStore):
                 connection.terminate()
             await asyncio.sleep(pause)
             pause = min(pause * 2, longest)
+
+    # -- the warm pool --------------------------------------------------------------------------------
+    async def _lock(self, connection: AsyncConnection, key: int) -> None:
+        """Serialise a count-then-insert transaction across processes: PostgreSQL's advisory lock,
+        released at commit; SQLite's write lock (``BEGIN IMMEDIATE``), the only one it has."""
+        if self.dialect == "sqlite":
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            await connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    @staticmethod
+    def _warm_row(row: sa.Row[Any]) -> WarmServerRow:
+        return WarmServerRow(**row._asdict())
+
+    async def warm_claim_start(self, image: str, target: int, owner: str, now: float, lease: float) -> str | None:
+        async with self._begin(f"claiming a warm start of {image}") as connection:
+            await self._lock(connection, WARM_POOL_LOCK_KEY)
+            count = (await connection.execute(
+                sa.select(sa.func.count()).select_from(warm_servers).where(warm_servers.c.image == image))).scalar_one()
+            if count >= target:
+                return None
+            row_id = new_build_id()
+            await connection.execute(sa.insert(warm_servers).values(
+                id=row_id, image=image, state="starting", owner=owner, lease_expires=now + lease,
+                username="", server_name="", url="", token=""))
+        return row_id
+
+    async def warm_ready(self, row: WarmServerRow) -> bool:
+        statement = (sa.update(warm_servers)
+                     .where(warm_servers.c.id == row.id, warm_servers.c.state == "starting")
+                     .values(state="ready", owner=row.owner, lease_expires=row.lease_expires, username=row.username,
+                             server_name=row.server_name, url=row.url, token=row.token, ready_at=row.ready_at,
+                             marked_at=row.marked_at))
+        async with self._begin(f"recording the warm server {row.username}") as connection:
+            result = await connection.execute(statement)
+        return result.rowcount == 1
+
+    async def warm_delete(self, row_id: str, *, state: str | None = None) -> WarmServerRow | None:
+        statement = sa.delete(warm_servers).where(warm_servers.c.id == row_id).returning(*warm_servers.c)
+        if state is not None:
+            statement = statement.where(warm_servers.c.state == state)
+        async with self._begin("deleting a warm server") as connection:
+            row = (await connection.execute(statement)).first()
+        return self._warm_row(row) if row else None
+
+    async def warm_take(self, image: str, launch: WarmImageRow | None = None,
+                        ready_before: float | None = None) -> WarmServerRow | None:
+        """``DELETE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING``: on
+        PostgreSQL concurrent takers lock different rows (a locked one is skipped, not waited
+        for); SQLite runs one writer at a time (and drops the ``FOR UPDATE``)."""
+        pick = (sa.select(warm_servers.c.id)
+                .where(warm_servers.c.image == image, warm_servers.c.state == "ready")
+                .order_by(warm_servers.c.ready_at, warm_servers.c.id).limit(1)
+                .with_for_update(skip_locked=True))
+        if ready_before is not None:
+            pick = pick.where(warm_servers.c.ready_at < ready_before)
+        statement = (sa.delete(warm_servers).where(warm_servers.c.id == pick.scalar_subquery())
+                     .returning(*warm_servers.c))
+        async with self._begin(f"taking a warm server of {image}") as connection:
+            if launch is not None:
+                insert = self._insert(warm_images).values(
+                    image=image, launches=1, last_launch=launch.last_launch, template=launch.template,
+                    repo_quota=launch.repo_quota)
+                await connection.execute(insert.on_conflict_do_update(
+                    index_elements=[warm_images.c.image],
+                    set_={"launches": warm_images.c.launches + 1, "last_launch": insert.excluded.last_launch,
+                          "template": insert.excluded.template, "repo_quota": insert.excluded.repo_quota}))
+            row = (await connection.execute(statement)).first()
+        return self._warm_row(row) if row else None
+
+    async def warm_trim(self, image: str, keep: int) -> list[WarmServerRow]:
+        async with self._begin(f"shrinking the warm pool of {image}") as connection:
+            await self._lock(connection, WARM_POOL_LOCK_KEY)
+            count = (await connection.execute(
+                sa.select(sa.func.count()).select_from(warm_servers).where(warm_servers.c.image == image))).scalar_one()
+            if count <= keep:
+                return []
+            excess = (sa.select(warm_servers.c.id)
+                      .where(warm_servers.c.image == image, warm_servers.c.state == "ready")
+                      .order_by(warm_servers.c.ready_at.desc(), warm_servers.c.id.desc()).limit(count - keep))
+            rows = (await connection.execute(
+                sa.delete(warm_servers).where(warm_servers.c.id.in_(excess.scalar_subquery()))
+                .returning(*warm_servers.c))).all()
+        return [self._warm_row(row) for row in rows]
+
+    async def warm_servers(self) -> list[WarmServerRow]:
+        statement = sa.select(warm_servers).order_by(warm_servers.c.ready_at, warm_servers.c.id)
+        async with self._begin("listing warm servers") as connection:
+            rows = (await connection.execute(statement)).all()
+        return [self._warm_row(row) for row in rows]
+
+    async def warm_images(self) -> list[WarmImageRow]:
+        async with self._begin("listing warm pool images") as connection:
+            rows = (await connection.execute(sa.select(warm_images))).all()
+        return [WarmImageRow(**row._asdict()) for row in rows]
+
+    async def warm_renew(self, owner: str, now: float, lease: float) -> list[WarmServerRow]:
+        statement = (sa.update(warm_servers).where(warm_servers.c.owner == owner)
+                     .values(lease_expires=now + lease).returning(*warm_servers.c))
+        async with self._begin("renewing the warm pool's lease") as connection:
+            rows = (await connection.execute(statement)).all()
+        return [self._warm_row(row) for row in rows]
+
+    async def warm_adopt(self, owner: str, now: float, lease: float) -> tuple[list[WarmServerRow], list[WarmServerRow]]:
+        """Both statements re-check the lease on rows another survivor changed meanwhile
+        (PostgreSQL's READ COMMITTED re-evaluates the ``WHERE``), so a row is adopted once."""
+        expired = warm_servers.c.lease_expires < now
+        adopt = (sa.update(warm_servers).where(expired, warm_servers.c.state == "ready")
+                 .values(owner=owner, lease_expires=now + lease).returning(*warm_servers.c))
+        drop = (sa.delete(warm_servers).where(expired, warm_servers.c.state == "starting")
+                .returning(*warm_servers.c))
+        async with self._begin("adopting warm servers of stopped replicas") as connection:
+            adopted = (await connection.execute(adopt)).all()
+            dropped = (await connection.execute(drop)).all()
+        return [self._warm_row(row) for row in adopted], [self._warm_row(row) for row in dropped]
+
+    # -- launch quota slots ------------------------------------------------------------------------------
+    async def hold_launch_slot(self, slot_id: str, owner: str, repo: str, running_total: int, running_repo: int,
+                               total_quota: int | None, repo_quota: int, now: float, expires_at: float) -> str | None:
+        async with self._begin("holding a launch quota slot") as connection:
+            await self._lock(connection, LAUNCH_SLOT_LOCK_KEY)
+            await connection.execute(sa.delete(launch_slots).where(launch_slots.c.expires_at <= now))
+            held = (await connection.execute(
+                sa.select(sa.func.count(), sa.func.count().filter(launch_slots.c.repo == repo))
+                .select_from(launch_slots))).one()
+            if total_quota is not None and running_total + held[0] >= total_quota:
+                return "total_quota"
+            if repo_quota and running_repo + held[1] >= repo_quota:
+                return "repo_quota"
+            await connection.execute(sa.insert(launch_slots).values(
+                id=slot_id, owner=owner, repo=repo, expires_at=expires_at))
+        return None
+
+    async def release_launch_slot(self, slot_id: str) -> None:
+        async with self._begin("releasing a launch quota slot") as connection:
+            await connection.execute(sa.delete(launch_slots).where(launch_slots.c.id == slot_id))
 
     # -- retention -----------------------------------------------------------------------------------
     async def delete_finished_before(self, cutoff: datetime, *, batch: int = 500) -> int:
