@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,7 +29,7 @@ from binderapi.store import (
     store_url,
     sweep,
 )
-from binderapi.store.sql import VERSION_TABLE, SQLBuildStore, metadata, normalize_url
+from binderapi.store.sql import SCHEMA_HEAD, VERSION_TABLE, SQLBuildStore, metadata, normalize_url
 from fixtures.server import make_settings
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -221,6 +223,35 @@ async def test_migrations_are_applied_on_open_and_a_second_open_is_a_no_op(store
             await connection.run_sync(check)
     finally:
         await again.close()
+
+
+#: A restart: opens the store on an existing database, says which heavy modules it imported.
+OPEN_AND_LIST_MODULES = """
+import asyncio, sys
+from binderapi.store.sql import SQLBuildStore
+
+async def main():
+    store = SQLBuildStore(sys.argv[1])
+    await store.open()
+    await store.close()
+
+asyncio.run(main())
+print(" ".join(sorted(m for m in ("alembic", "sqlalchemy.dialects.postgresql") if m in sys.modules)))
+"""
+
+
+def test_schema_head_is_alembics_head():
+    assert SCHEMA_HEAD == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+async def test_a_current_schema_is_opened_without_alembic(store, store_url):
+    """Alembic stays in memory once imported (7 MB), the PostgreSQL dialect too (3 MB): a restart
+    on a current schema needs neither, and an SQLite store never needs the PostgreSQL dialect."""
+    opened = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", OPEN_AND_LIST_MODULES, store_url],
+        capture_output=True, text=True, timeout=60, check=True)
+    expected = "sqlalchemy.dialects.postgresql" if store.dialect == "postgresql" else ""
+    assert opened.stdout.strip() == expected
 
 
 def _alembic_config():

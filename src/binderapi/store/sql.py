@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -43,6 +43,9 @@ DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 #: Alembic's version table, named so a database shared with JupyterHub (which has its own
 #: ``alembic_version``) keeps both apart.
 VERSION_TABLE = "binderapi_alembic_version"
+#: The newest revision in ``migrations/versions`` (a test checks it against Alembic's head): a
+#: database already there is opened without importing Alembic, which would stay in memory (7 MB).
+SCHEMA_HEAD = "0001"
 FINISHED = [state.value for state in BuildState if state.finished]
 UNFINISHED = [state.value for state in BuildState if not state.finished]
 
@@ -169,6 +172,16 @@ def migration_lock(connection: Connection) -> Iterator[None]:
     yield
 
 
+def schema_is_current(connection: Connection) -> bool:
+    """Whether the schema is at :data:`SCHEMA_HEAD`, by a plain read of the version table (no
+    lock, no Alembic). Alembic writes the version in the transaction of the migration, so a head
+    seen here is a complete schema; anything else goes through :func:`upgrade_schema`."""
+    if not sa.inspect(connection).has_table(VERSION_TABLE):
+        return False
+    heads = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return heads == [SCHEMA_HEAD]
+
+
 def upgrade_schema(connection: Connection, revision: str = "head", *, store_name: str = "") -> None:
     """Bring the schema to ``revision`` with Alembic, on this (sync-facing) connection: call it
     through ``AsyncConnection.run_sync``, in a transaction the caller commits.
@@ -281,9 +294,12 @@ class SQLBuildStore(BuildStore):
             await asyncio.to_thread(self._make_directory, self.url.database)
         self.engine = self._make_engine()
         try:
-            async with _UPGRADE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
-                async with self._begin("migrating the schema") as connection:
-                    await connection.run_sync(upgrade_schema, store_name=self.name)
+            async with self._begin("reading the schema version") as connection:
+                current = await connection.run_sync(schema_is_current)
+            if not current:
+                async with _UPGRADE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+                    async with self._begin("migrating the schema") as connection:
+                        await connection.run_sync(upgrade_schema, store_name=self.name)
         except BaseException:
             await self.close()
             raise
@@ -312,7 +328,12 @@ class SQLBuildStore(BuildStore):
     # -- builds --------------------------------------------------------------------------------------
     def _insert(self, table: sa.Table) -> Any:
         """``INSERT`` with ``ON CONFLICT`` support, as both dialects spell it."""
-        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        # only for PostgreSQL: 3 MB an SQLite store never needs
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
 
     async def save(self, records: list[BuildRecord]) -> None:
         if not records:
