@@ -175,29 +175,52 @@ def migration_lock(connection: Connection) -> Iterator[None]:
 def schema_is_current(connection: Connection) -> bool:
     """Whether the schema is at :data:`SCHEMA_HEAD`, by a plain read of the version table (no
     lock, no Alembic). Alembic writes the version in the transaction of the migration, so a head
-    seen here is a complete schema; anything else goes through :func:`upgrade_schema`."""
+    seen here is a complete schema; anything else goes through :func:`upgrade_schema`, under the
+    migration lock."""
     if not sa.inspect(connection).has_table(VERSION_TABLE):
         return False
     heads = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
     return heads == [SCHEMA_HEAD]
 
 
-def upgrade_schema(connection: Connection, revision: str = "head", *, store_name: str = "") -> None:
+def create_schema(connection: Connection) -> None:
+    """A database without our tables gets the model's schema and the version table at head in one
+    go, Alembic's own recipe for a new database (``create_all``, then stamp), without importing
+    Alembic (7 MB that would stay loaded). test_store checks that the migrations make this schema."""
+    metadata.create_all(connection)
+    version = sa.Table(VERSION_TABLE, sa.MetaData(),  # as Alembic makes its version table
+                       sa.Column("version_num", sa.String(32), nullable=False),
+                       sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"))
+    version.create(connection)
+    connection.execute(version.insert().values(version_num=SCHEMA_HEAD))
+
+
+def upgrade_schema(connection: Connection, revision: str = "head", *, store_name: str = "",
+                   create: bool = True) -> None:
     """Bring the schema to ``revision`` with Alembic, on this (sync-facing) connection: call it
-    through ``AsyncConnection.run_sync``, in a transaction the caller commits.
+    through ``AsyncConnection.run_sync``, in a transaction the caller commits. Under the lock, a
+    schema found at head is left alone and a new database is made by :func:`create_schema` (unless
+    ``create`` is false); Alembic is imported only for a schema to migrate.
 
     A database whose schema is at a revision these migrations do not know was migrated by a newer
     binderapi: it is refused with a :class:`StoreError` rather than used (or "downgraded") blindly.
     """
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", "binderapi.store:migrations")
-    config.attributes["connection"] = connection
     with migration_lock(connection):
+        if revision == "head":
+            if schema_is_current(connection):
+                return  # another process migrated it while this one waited for the lock
+            if create and not set(sa.inspect(connection).get_table_names()) & {*metadata.tables, VERSION_TABLE}:
+                create_schema(connection)
+                return
+
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", "binderapi.store:migrations")
+        config.attributes["connection"] = connection
         script = ScriptDirectory.from_config(config)
         known = {rev.revision for rev in script.walk_revisions()}
         current = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads()
