@@ -18,11 +18,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from fixtures.fake_backend import fake_settings
+from fixtures.fake_backend import PUSHED, fake_settings
 from fixtures.hub import start_hub
 from fixtures.server import serve
 from fixtures.stack import BASE_IMAGE, docker_settings, git_spec, namespace_containers, unique
-from test_inprocess import backend_of, inprocess, until
+from test_inprocess import backend_of, events_of, inprocess, until
 
 PROBLEM = "application/problem+json"
 OPERATOR = "op-" + "s3cret" * 4
@@ -434,3 +434,50 @@ async def test_following_a_running_builds_events_and_log_until_it_ends(tmp_path)
     frames = sse(events_text)
     assert frames == sse(whole.text)[1:] and frames[-1][1]["phase"] == "ready"
     assert "Step 1/3" in log_text and "Successfully tagged" in log_text
+
+
+# -- specs a generated client percent-encodes ------------------------------------------------------
+
+SHA = "1479e0252b2e648bb755ee913292b79495931717"
+
+
+async def test_specs_as_a_build_url_writes_them_and_as_a_generated_client_sends_them(
+        tmp_path, git_server, fake_github, fake_gitlab, fake_ckan):
+    """One rule on ``/build`` and ``/api/v1/images``: the spec as sent, else (refused by its
+    provider, no literal ``/``) decoded once. A generated client percent-encodes the whole path
+    parameter: ``gh/org%2Frepo%2Fref``, and a ``gl``/``git``/``ckan`` spec doubly encoded. Both
+    forms name the same image; a CKAN URL (one percent-encoded segment) is never decoded twice."""
+    fake_github.set_ref("org/repo", "HEAD", SHA)
+    fake_gitlab.set_ref("group/project", "HEAD", SHA)
+    fake_ckan.packages["sample-dataset-1"] = "2021-06-30T13:20:02.654396"
+    git_server.create_repo("encoded", {"README.md": "hi\n"})
+    settings = settings_for(tmp_path, repo_providers={
+        "gh": "GitHubRepoProvider", "gl": "GitLabRepoProvider", "git": "GitRepoProvider", "ckan": "CKANProvider"})
+    settings = settings.model_copy(update={
+        "GitHubRepoProvider": settings.GitHubRepoProvider.model_copy(update={"api_base_path": fake_github.url}),
+        "GitLabRepoProvider": settings.GitLabRepoProvider.model_copy(update={"api_base_url": fake_gitlab.url + "/api/v4"}),
+    })
+    specs = {  # as a /build URL writes them
+        "gh": "org/repo/HEAD",
+        "gl": "group%2Fproject/HEAD",
+        "git": git_spec(git_server.daemon_url("encoded"), "main").partition("/")[2],
+        "ckan": quote(f"{fake_ckan.url}/dataset/sample-dataset-1", safe=""),
+    }
+    async with inprocess(settings) as (http, _services):
+        for prefix, spec in specs.items():
+            sent = quote(spec, safe="")  # what a generated client sends for the path parameter
+            statuses = [await http.get(f"api/v1/images/{prefix}/{form}") for form in (spec, sent)]
+            for status in statuses:
+                assert status.status_code == 200, (prefix, status.text)
+            assert statuses[0].json() == statuses[1].json(), prefix
+            PUSHED.add(statuses[0].json()["image_name"])  # built: /build answers from the registry
+            streams = [await http.get(f"build/{prefix}/{form}", params={"build_only": "true"},
+                                      headers={"Accept": "text/event-stream"}) for form in (spec, sent)]
+            last = [events_of(stream)[-1] for stream in streams]
+            assert [event["phase"] for event in last] == ["ready", "ready"], (prefix, last)
+            assert last[0]["imageName"] == last[1]["imageName"] == statuses[0].json()["image_name"], prefix
+        # a spec refused in both forms keeps the error of the form it was sent in
+        refused = await http.get("build/gh/" + quote("org/repo", safe=""), params={"build_only": "true"},
+                                 headers={"Accept": "text/event-stream"})
+        assert events_of(refused)[-1]["phase"] == "failed"
+        assert 'provided: "org%2Frepo"' in events_of(refused)[-1]["message"]

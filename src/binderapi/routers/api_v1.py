@@ -19,7 +19,6 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import unquote
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -46,7 +45,9 @@ from .build import (
     HUB_LOGIN,
     HUB_TOKEN,
     HUB_TOKEN_QUERY,
+    SPEC_DESCRIPTION,
     check_policy,
+    raw_spec,
 )
 
 log = logging.getLogger(__name__)
@@ -279,18 +280,6 @@ def last_event_id(header: str | None, query: int | None) -> int:
     return int(text) if text.isdigit() and len(text) < 19 else 0
 
 
-def raw_image_spec(request: Request, prefix: str, base_url: str) -> str:
-    """The spec of ``/api/v1/images/<prefix>/<spec>`` as sent: with a literal ``/`` it is taken as a
-    ``/build`` URL writes it (``%2F`` inside a git URL survives); without one it is percent-decoded
-    once, as generated SDKs encode a path parameter's slashes (``org%2Frepo%2Fref``)."""
-    route = base_url + "api/v1/images/"
-    raw = (request.scope.get("raw_path") or request.url.path.encode()).decode("utf-8", "replace")
-    raw_prefix, _, spec = raw.split("/", route.count("/"))[-1].partition("/")
-    if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
-        return request.url.path.split("/", route.count("/"))[-1].partition("/")[2]
-    return spec if "/" in spec else unquote(spec)
-
-
 # -- routes -----------------------------------------------------------------------------------------
 
 EVENTS_EXAMPLE = "".join(f"id: {seq}\ndata: {event}\n\n" for seq, event in enumerate((
@@ -501,9 +490,6 @@ async def cancel_build(request: Request, services: ServicesDep, build_id: Annota
     return answer(resource(record, services.settings.BinderHub.base_url), 200)
 
 
-_SPEC_DESCRIPTION = ("The provider's spec, as in a `/build` URL (e.g. `<owner>/<repo>/<ref>` for `gh`). Sent "
-                     "without a literal `/` (`org%2Frepo%2Fref`, as generated clients encode it), it is "
-                     "percent-decoded once.")
 
 
 @router.get(
@@ -513,7 +499,7 @@ _SPEC_DESCRIPTION = ("The provider's spec, as in a `/build` URL (e.g. `<owner>/<
     "Nothing is ever built, and no rate limit is counted.",
     responses={200: {"description": "The image's status."}, **problem_responses(400, 403, 404, 422, 500, 502, 503)},
     openapi_extra={"security": READ_SECURITY, "parameters": [{
-        "name": "spec", "in": "path", "required": True, "description": _SPEC_DESCRIPTION,
+        "name": "spec", "in": "path", "required": True, "description": SPEC_DESCRIPTION,
         "schema": {"type": "string", "title": "Spec", "examples": ["binder-examples/requirements/HEAD"]}}]},
 )
 async def get_image_status(
@@ -521,7 +507,7 @@ async def get_image_status(
     prefix: Annotated[str, Path(description="The provider, e.g. `gh`, `gl`, `git`, `zenodo`.", examples=["gh"])],
 ) -> Response:
     settings = services.settings.BinderHub
-    spec = raw_image_spec(request, prefix, settings.base_url).rstrip("/")
+    spec = services.providers.path_spec(prefix, raw_spec(request, prefix, settings.base_url, "api/v1/images/")).rstrip("/")
     if not spec:
         raise ProblemError(400, "A spec is needed after the provider's prefix, as in a /build URL")
     await check_reader(request, services)  # the resolve below refuses a banned spec
