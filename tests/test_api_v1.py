@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from binderapi.store import sweep
 from fixtures.fake_backend import PUSHED, fake_settings
 from fixtures.hub import start_hub
 from fixtures.server import serve
@@ -152,6 +154,45 @@ async def test_a_forced_rebuild_by_an_operator_builds_again(tmp_path):
     assert cached_again.json()["id"] == cached.json()["id"]  # one cached record per image, not one per request
     assert forced.status_code == 201 and forced.json()["id"] not in (first.json()["id"], cached.json()["id"])
     assert len(started) == 2 and len(set(started)) == 1  # the same image built twice
+
+
+async def test_a_cached_post_after_the_first_asks_the_store_nothing(tmp_path):
+    """The cached record is remembered per image (routers/api_v1.py::CachedRecords): the first
+    cached POST reads (and saves) it, the next ones answer without a store round trip."""
+    asked: list[str] = []
+    async with inprocess(settings_for(tmp_path)) as (http, services):
+        first = await http.post("api/v1/builds", json={"spec": "fake/memo/main"})
+        await until_state(http, first.json()["id"], "built")
+
+        def count(_conn, _cursor, statement, *_args):
+            if "WHERE builds.image_name = " in statement:  # latest_for_image: the cached answer's read
+                asked.append(statement)
+
+        sa.event.listen(services.store.engine.sync_engine, "before_cursor_execute", count)
+        cached = [await http.post("api/v1/builds", json={"spec": "fake/memo/main"}) for _ in range(5)]
+        read = await http.get(f"api/v1/builds/{cached[0].json()['id']}")
+    assert [response.status_code for response in cached] == [200] * 5
+    assert len({response.json()["id"] for response in cached}) == 1 and cached[0].json()["cached"] is True
+    assert read.status_code == 200 and read.json()["cached"] is True  # saved in the store, not only remembered
+    assert len(asked) == 1, asked
+
+
+async def test_a_remembered_cached_record_the_sweep_deleted_is_made_again(tmp_path):
+    """The store stays the source of truth: past ``retention_days`` the sweep may have deleted the
+    remembered record, so it is looked up again (and made again), never handed out stale."""
+    settings = fake_settings({"BuildStore": {"state_dir": str(tmp_path / "state"), "retention_days": 1 / 86400}},
+                             operator_tokens=[OPERATOR])
+    async with inprocess(settings) as (http, services):
+        first = await http.post("api/v1/builds", json={"spec": "fake/swept/main"})
+        await until_state(http, first.json()["id"], "built")
+        before = (await http.post("api/v1/builds", json={"spec": "fake/swept/main"})).json()
+        await asyncio.sleep(1.1)  # older than the retention of one second
+        swept = await sweep(services.store, services.settings.BuildStore.retention_days)
+        after = (await http.post("api/v1/builds", json={"spec": "fake/swept/main"})).json()
+        gone = await http.get(f"api/v1/builds/{before['id']}")
+        read = await http.get(f"api/v1/builds/{after['id']}")
+    assert swept >= 1 and gone.status_code == 404
+    assert after["cached"] is True and after["id"] != before["id"] and read.status_code == 200
 
 
 async def until_state(http: httpx.AsyncClient, build_id: str, state: str) -> dict[str, Any]:
