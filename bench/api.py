@@ -1,7 +1,7 @@
 """The ``/api/v1`` workloads (issue 12), each against a baseline measured in the same run.
 
 ``api``: ``POST /api/v1/builds`` for an image that already exists (the answer is the ``built``,
-``cached: true`` resource: one store read, no build), at 1 and 50 clients, against the cached
+``cached: true`` resource: remembered per image after the first, no store read, no build), at 1 and 50 clients, against the cached
 classic ``build_only`` stream of :mod:`bench.cached` at the same concurrency, measured just before.
 
 ``replay``: K concurrent ``GET /api/v1/builds/{id}/events`` streams of one finished build, each

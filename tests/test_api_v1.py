@@ -17,12 +17,14 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from fixtures.fake_backend import fake_settings
+from binderapi.store import sweep
+from fixtures.fake_backend import PUSHED, fake_settings
 from fixtures.hub import start_hub
 from fixtures.server import serve
 from fixtures.stack import BASE_IMAGE, docker_settings, git_spec, namespace_containers, unique
-from test_inprocess import backend_of, inprocess, until
+from test_inprocess import backend_of, events_of, inprocess, until
 
 PROBLEM = "application/problem+json"
 OPERATOR = "op-" + "s3cret" * 4
@@ -152,6 +154,45 @@ async def test_a_forced_rebuild_by_an_operator_builds_again(tmp_path):
     assert cached_again.json()["id"] == cached.json()["id"]  # one cached record per image, not one per request
     assert forced.status_code == 201 and forced.json()["id"] not in (first.json()["id"], cached.json()["id"])
     assert len(started) == 2 and len(set(started)) == 1  # the same image built twice
+
+
+async def test_a_cached_post_after_the_first_asks_the_store_nothing(tmp_path):
+    """The cached record is remembered per image (routers/api_v1.py::CachedRecords): the first
+    cached POST reads (and saves) it, the next ones answer without a store round trip."""
+    asked: list[str] = []
+    async with inprocess(settings_for(tmp_path)) as (http, services):
+        first = await http.post("api/v1/builds", json={"spec": "fake/memo/main"})
+        await until_state(http, first.json()["id"], "built")
+
+        def count(_conn, _cursor, statement, *_args):
+            if "WHERE builds.image_name = " in statement:  # latest_for_image: the cached answer's read
+                asked.append(statement)
+
+        sa.event.listen(services.store.engine.sync_engine, "before_cursor_execute", count)
+        cached = [await http.post("api/v1/builds", json={"spec": "fake/memo/main"}) for _ in range(5)]
+        read = await http.get(f"api/v1/builds/{cached[0].json()['id']}")
+    assert [response.status_code for response in cached] == [200] * 5
+    assert len({response.json()["id"] for response in cached}) == 1 and cached[0].json()["cached"] is True
+    assert read.status_code == 200 and read.json()["cached"] is True  # saved in the store, not only remembered
+    assert len(asked) == 1, asked
+
+
+async def test_a_remembered_cached_record_the_sweep_deleted_is_made_again(tmp_path):
+    """The store stays the source of truth: past ``retention_days`` the sweep may have deleted the
+    remembered record, so it is looked up again (and made again), never handed out stale."""
+    settings = fake_settings({"BuildStore": {"state_dir": str(tmp_path / "state"), "retention_days": 1 / 86400}},
+                             operator_tokens=[OPERATOR])
+    async with inprocess(settings) as (http, services):
+        first = await http.post("api/v1/builds", json={"spec": "fake/swept/main"})
+        await until_state(http, first.json()["id"], "built")
+        before = (await http.post("api/v1/builds", json={"spec": "fake/swept/main"})).json()
+        await asyncio.sleep(1.1)  # older than the retention of one second
+        swept = await sweep(services.store, services.settings.BuildStore.retention_days)
+        after = (await http.post("api/v1/builds", json={"spec": "fake/swept/main"})).json()
+        gone = await http.get(f"api/v1/builds/{before['id']}")
+        read = await http.get(f"api/v1/builds/{after['id']}")
+    assert swept >= 1 and gone.status_code == 404
+    assert after["cached"] is True and after["id"] != before["id"] and read.status_code == 200
 
 
 async def until_state(http: httpx.AsyncClient, build_id: str, state: str) -> dict[str, Any]:
@@ -434,3 +475,50 @@ async def test_following_a_running_builds_events_and_log_until_it_ends(tmp_path)
     frames = sse(events_text)
     assert frames == sse(whole.text)[1:] and frames[-1][1]["phase"] == "ready"
     assert "Step 1/3" in log_text and "Successfully tagged" in log_text
+
+
+# -- specs a generated client percent-encodes ------------------------------------------------------
+
+SHA = "1479e0252b2e648bb755ee913292b79495931717"
+
+
+async def test_specs_as_a_build_url_writes_them_and_as_a_generated_client_sends_them(
+        tmp_path, git_server, fake_github, fake_gitlab, fake_ckan):
+    """One rule on ``/build`` and ``/api/v1/images``: the spec as sent, else (refused by its
+    provider, no literal ``/``) decoded once. A generated client percent-encodes the whole path
+    parameter: ``gh/org%2Frepo%2Fref``, and a ``gl``/``git``/``ckan`` spec doubly encoded. Both
+    forms name the same image; a CKAN URL (one percent-encoded segment) is never decoded twice."""
+    fake_github.set_ref("org/repo", "HEAD", SHA)
+    fake_gitlab.set_ref("group/project", "HEAD", SHA)
+    fake_ckan.packages["sample-dataset-1"] = "2021-06-30T13:20:02.654396"
+    git_server.create_repo("encoded", {"README.md": "hi\n"})
+    settings = settings_for(tmp_path, repo_providers={
+        "gh": "GitHubRepoProvider", "gl": "GitLabRepoProvider", "git": "GitRepoProvider", "ckan": "CKANProvider"})
+    settings = settings.model_copy(update={
+        "GitHubRepoProvider": settings.GitHubRepoProvider.model_copy(update={"api_base_path": fake_github.url}),
+        "GitLabRepoProvider": settings.GitLabRepoProvider.model_copy(update={"api_base_url": fake_gitlab.url + "/api/v4"}),
+    })
+    specs = {  # as a /build URL writes them
+        "gh": "org/repo/HEAD",
+        "gl": "group%2Fproject/HEAD",
+        "git": git_spec(git_server.daemon_url("encoded"), "main").partition("/")[2],
+        "ckan": quote(f"{fake_ckan.url}/dataset/sample-dataset-1", safe=""),
+    }
+    async with inprocess(settings) as (http, _services):
+        for prefix, spec in specs.items():
+            sent = quote(spec, safe="")  # what a generated client sends for the path parameter
+            statuses = [await http.get(f"api/v1/images/{prefix}/{form}") for form in (spec, sent)]
+            for status in statuses:
+                assert status.status_code == 200, (prefix, status.text)
+            assert statuses[0].json() == statuses[1].json(), prefix
+            PUSHED.add(statuses[0].json()["image_name"])  # built: /build answers from the registry
+            streams = [await http.get(f"build/{prefix}/{form}", params={"build_only": "true"},
+                                      headers={"Accept": "text/event-stream"}) for form in (spec, sent)]
+            last = [events_of(stream)[-1] for stream in streams]
+            assert [event["phase"] for event in last] == ["ready", "ready"], (prefix, last)
+            assert last[0]["imageName"] == last[1]["imageName"] == statuses[0].json()["image_name"], prefix
+        # a spec refused in both forms keeps the error of the form it was sent in
+        refused = await http.get("build/gh/" + quote("org/repo", safe=""), params={"build_only": "true"},
+                                 headers={"Accept": "text/event-stream"})
+        assert events_of(refused)[-1]["phase"] == "failed"
+        assert 'provided: "org%2Frepo"' in events_of(refused)[-1]["message"]

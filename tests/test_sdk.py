@@ -256,13 +256,10 @@ async def test_the_generated_client_cancels_a_slow_build(sdk: SDK, service: Runn
     assert await builder_containers(started["id"]) == []
 
 
-@pytest.mark.xfail(strict=True, reason="/build takes the spec from the raw path as sent, and a generated client "
-                   "sends a path parameter's slashes as %2F (gh/org%2Frepo%2Fref): refused as not user/repo/ref. "
-                   "/api/v1/images decodes a spec without a literal slash once (api_v1.py::raw_image_spec); "
-                   "routers/build.py::raw_spec does not yet")
 async def test_the_generated_client_streams_the_classic_build(sdk: SDK, service: RunningService, git_server) -> None:
     """The issue's first complaint: the generated client could not use /build at all. The stream is
-    now read as text (no longer parsed as one JSON object); the spec's slashes are still refused."""
+    read as text (not parsed as one JSON object), and the spec it sends percent-encoded whole (a git
+    URL doubly so) is decoded once, as the provider refuses it as sent (ProviderRegistry.path_spec)."""
     repo = f"sdk-classic-{uuid.uuid4().hex[:8]}"
     git_server.create_repo(repo, {"Dockerfile": f"FROM {BASE_IMAGE}\nRUN echo classic\n"})
     prefix, _, spec = git_spec(git_server.daemon_url(repo), "main").partition("/")

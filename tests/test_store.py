@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,7 +29,7 @@ from binderapi.store import (
     store_url,
     sweep,
 )
-from binderapi.store.sql import VERSION_TABLE, SQLBuildStore, metadata, normalize_url
+from binderapi.store.sql import SCHEMA_HEAD, VERSION_TABLE, SQLBuildStore, metadata, normalize_url
 from fixtures.server import make_settings
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -221,6 +223,64 @@ async def test_migrations_are_applied_on_open_and_a_second_open_is_a_no_op(store
             await connection.run_sync(check)
     finally:
         await again.close()
+
+
+#: A restart: opens the store on an existing database, says which heavy modules it imported.
+OPEN_AND_LIST_MODULES = """
+import asyncio, sys
+from binderapi.store.sql import SQLBuildStore
+
+async def main():
+    store = SQLBuildStore(sys.argv[1])
+    await store.open()
+    await store.close()
+
+asyncio.run(main())
+print(" ".join(sorted(m for m in ("alembic", "sqlalchemy.dialects.postgresql") if m in sys.modules)))
+"""
+
+
+def test_schema_head_is_alembics_head():
+    assert SCHEMA_HEAD == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+async def test_a_new_or_current_schema_is_opened_without_alembic(store_url):
+    """Alembic stays in memory once imported (7 MB), the PostgreSQL dialect too (3 MB): neither
+    the first start on a new database nor a restart on a current schema needs Alembic, and an
+    SQLite store never needs the PostgreSQL dialect."""
+    expected = "sqlalchemy.dialects.postgresql" if normalize_url(store_url).get_backend_name() == "postgresql" else ""
+    for _start in ("new database", "restart"):
+        opened = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", OPEN_AND_LIST_MODULES, store_url],
+            capture_output=True, text=True, timeout=60, check=True)
+        assert opened.stdout.strip() == expected, _start
+
+
+async def test_the_migrations_make_the_schema_a_new_database_gets(store_url):
+    """The two ways to a schema at head agree: Alembic's migrations from nothing (``create``
+    off) and :func:`create_schema` (``test_migrations_are_applied_on_open...`` checks that one)."""
+    from binderapi.store.sql import upgrade_schema
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    migrated = SQLBuildStore(store_url)
+    if migrated.dialect == "sqlite":
+        migrated._make_directory(migrated.url.database)
+    migrated.engine = migrated._make_engine()
+    try:
+        async with migrated.engine.begin() as connection:
+            await connection.run_sync(upgrade_schema, create=False)
+
+        def check(connection):
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            assert context.get_current_revision() == head
+            assert compare_metadata(context, metadata) == []
+            columns = sa.inspect(connection).get_columns(VERSION_TABLE)
+            assert [(c["name"], c["nullable"]) for c in columns] == [("version_num", False)]
+
+        async with migrated.engine.connect() as connection:
+            await connection.run_sync(check)
+    finally:
+        await migrated.close()
 
 
 def _alembic_config():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from .._importing import resolve
 from ..errors import SpecError
@@ -49,6 +50,28 @@ class ProviderRegistry:
         if cls is None:
             raise SpecError(f"No provider found for prefix {prefix}")
         return cls(spec, prefix=prefix, config=self._config(cls), context=self.context)
+
+    def path_spec(self, prefix: str, raw: str) -> str:
+        """The spec of a URL path (``/build/<prefix>/<spec>``, ``/api/v1/images/...``), given as sent.
+
+        As sent, a ``%2F`` stays part of one segment (a git or CKAN URL, a GitLab project). Only if
+        the provider refuses that form and it holds no literal ``/`` is it percent-decoded, once:
+        a generated SDK encodes the whole path parameter, so ``org%2Frepo%2Fref`` means
+        ``org/repo/ref`` and a doubly encoded git URL decodes to its ``/build`` form. Never twice;
+        if the decoded form is refused too, the spec as sent stands (its own error is the one shown).
+        """
+        if "/" in raw or "%" not in raw:
+            return raw
+        try:
+            self.create(prefix, raw)
+            return raw
+        except SpecError:
+            decoded = unquote(raw)
+        try:
+            self.create(prefix, decoded)
+        except SpecError:
+            return raw
+        return decoded
 
     def display_configs(self) -> list[dict[str, Any]]:
         """Each enabled provider's display config, its ``id`` being the configured prefix."""

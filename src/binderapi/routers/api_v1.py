@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from urllib.parse import unquote
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -46,7 +47,9 @@ from .build import (
     HUB_LOGIN,
     HUB_TOKEN,
     HUB_TOKEN_QUERY,
+    SPEC_DESCRIPTION,
     check_policy,
+    raw_spec,
 )
 
 log = logging.getLogger(__name__)
@@ -254,12 +257,49 @@ def draft_record(repo: ResolvedRepo, prefix: str, spec: str, **fields: Any) -> B
                        resolved_ref=repo.ref, image_name=repo.image_name, build_name=repo.build_name, **fields)
 
 
-async def cached_record(store: BuildStore, repo: ResolvedRepo, prefix: str, spec: str) -> BuildRecord:
+class CachedRecords:
+    """The cached record answering ``POST /api/v1/builds`` for each image, remembered in this
+    process (the least recently used dropped past ``size``), so a cached POST after the first
+    costs no store round trip. The store stays the source of truth: such a record never changes,
+    and only the retention sweep deletes it, at the earliest ``retention_days`` after it was made,
+    so one that old is read from the store again (gone: a new one is made)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self.records: OrderedDict[str, BuildRecord] = OrderedDict()
+
+    def get(self, image_name: str, retention_days: float) -> BuildRecord | None:
+        record = self.records.get(image_name)
+        if record is None:
+            return None
+        if retention_days > 0 and record.created_at <= datetime.now(UTC) - timedelta(days=retention_days):
+            del self.records[image_name]  # the sweep may have deleted it: ask the store
+            return None
+        self.records.move_to_end(image_name)
+        return record
+
+    def put(self, record: BuildRecord) -> None:
+        self.records[record.image_name] = record
+        self.records.move_to_end(record.image_name)
+        while len(self.records) > self.size:
+            self.records.popitem(last=False)
+
+
+#: one memo per store object (a store opened again, or another app's in tests, starts empty)
+_CACHED_RECORDS: weakref.WeakKeyDictionary[BuildStore, CachedRecords] = weakref.WeakKeyDictionary()
+
+
+async def cached_record(store: BuildStore, repo: ResolvedRepo, prefix: str, spec: str,
+                        retention_days: float = 0) -> BuildRecord:
     """The record answering for an image that exists: the last one made for it, else a new one
-    (``built``, ``cached``) whose event stream is the one ``ready`` event. One SELECT per request,
-    writes only the first time."""
+    (``built``, ``cached``) whose event stream is the one ``ready`` event. Remembered per image
+    (:class:`CachedRecords`): one SELECT the first time in this process, writes only if none was."""
+    memo = _CACHED_RECORDS.setdefault(store, CachedRecords())
+    if (record := memo.get(repo.image_name, retention_days)) is not None:
+        return record
     record = await store.latest_for_image(repo.image_name, cached=True)
     if record is not None:
+        memo.put(record)
         return record
     record = draft_record(repo, prefix, spec, state=BuildState.built, cached=True)
     record.started_at = record.finished_at = record.created_at
@@ -267,6 +307,7 @@ async def cached_record(store: BuildStore, repo: ResolvedRepo, prefix: str, spec
              "build_id": record.id}
     await store.save([record])
     await store.append(record.id, [StoredEvent(1, json.dumps(ready, separators=(",", ":")))])
+    memo.put(record)
     return record
 
 
@@ -277,18 +318,6 @@ def last_event_id(header: str | None, query: int | None) -> int:
         return query
     text = (header or "").strip().rpartition(".")[2]
     return int(text) if text.isdigit() and len(text) < 19 else 0
-
-
-def raw_image_spec(request: Request, prefix: str, base_url: str) -> str:
-    """The spec of ``/api/v1/images/<prefix>/<spec>`` as sent: with a literal ``/`` it is taken as a
-    ``/build`` URL writes it (``%2F`` inside a git URL survives); without one it is percent-decoded
-    once, as generated SDKs encode a path parameter's slashes (``org%2Frepo%2Fref``)."""
-    route = base_url + "api/v1/images/"
-    raw = (request.scope.get("raw_path") or request.url.path.encode()).decode("utf-8", "replace")
-    raw_prefix, _, spec = raw.split("/", route.count("/"))[-1].partition("/")
-    if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
-        return request.url.path.split("/", route.count("/"))[-1].partition("/")[2]
-    return spec if "/" in spec else unquote(spec)
 
 
 # -- routes -----------------------------------------------------------------------------------------
@@ -348,7 +377,8 @@ async def create_build(
     if running is not None:
         return answer(resource(running.record, settings.base_url), 200, headers)
     if not body.force and await services.images.image_exists(repo.image_name):
-        return answer(resource(await cached_record(store, repo, prefix, spec), settings.base_url), 200, headers)
+        record = await cached_record(store, repo, prefix, spec, services.settings.BuildStore.retention_days)
+        return answer(resource(record, settings.base_url), 200, headers)
     draft = draft_record(repo, prefix, spec)
     job = await BuildPipeline(services).job(build_request(request, services, prefix, spec, build_token=has_token), repo)
     build = await services.builds.ensure(job, draft)  # the job takes the draft's id (Build)
@@ -501,9 +531,6 @@ async def cancel_build(request: Request, services: ServicesDep, build_id: Annota
     return answer(resource(record, services.settings.BinderHub.base_url), 200)
 
 
-_SPEC_DESCRIPTION = ("The provider's spec, as in a `/build` URL (e.g. `<owner>/<repo>/<ref>` for `gh`). Sent "
-                     "without a literal `/` (`org%2Frepo%2Fref`, as generated clients encode it), it is "
-                     "percent-decoded once.")
 
 
 @router.get(
@@ -513,7 +540,7 @@ _SPEC_DESCRIPTION = ("The provider's spec, as in a `/build` URL (e.g. `<owner>/<
     "Nothing is ever built, and no rate limit is counted.",
     responses={200: {"description": "The image's status."}, **problem_responses(400, 403, 404, 422, 500, 502, 503)},
     openapi_extra={"security": READ_SECURITY, "parameters": [{
-        "name": "spec", "in": "path", "required": True, "description": _SPEC_DESCRIPTION,
+        "name": "spec", "in": "path", "required": True, "description": SPEC_DESCRIPTION,
         "schema": {"type": "string", "title": "Spec", "examples": ["binder-examples/requirements/HEAD"]}}]},
 )
 async def get_image_status(
@@ -521,7 +548,7 @@ async def get_image_status(
     prefix: Annotated[str, Path(description="The provider, e.g. `gh`, `gl`, `git`, `zenodo`.", examples=["gh"])],
 ) -> Response:
     settings = services.settings.BinderHub
-    spec = raw_image_spec(request, prefix, settings.base_url).rstrip("/")
+    spec = services.providers.path_spec(prefix, raw_spec(request, prefix, settings.base_url, "api/v1/images/")).rstrip("/")
     if not spec:
         raise ProblemError(400, "A spec is needed after the provider's prefix, as in a /build URL")
     await check_reader(request, services)  # the resolve below refuses a banned spec

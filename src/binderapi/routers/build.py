@@ -46,10 +46,12 @@ EVENT_STREAM_SCHEMA = {
 
 #: ``{spec}`` is documented here rather than as an argument of the route: the spec is read from the
 #: raw path (:func:`raw_spec`), where a ``%2F`` survives, never from FastAPI's decoded value
-_SPEC_DESCRIPTION = "The provider's spec, e.g. `<owner>/<repo>/<ref>` for `gh`."
+SPEC_DESCRIPTION = ("The provider's spec, as in a `/build` URL (e.g. `<owner>/<repo>/<ref>` for `gh`), taken as sent. "
+                    "If the provider refuses that form and it holds no literal `/` (`org%2Frepo%2Fref`, as generated "
+                    "clients encode a path parameter), it is percent-decoded once; never twice.")
 SPEC_PARAMETER = {
-    "name": "spec", "in": "path", "required": True, "description": _SPEC_DESCRIPTION,
-    "schema": {"type": "string", "title": "Spec", "description": _SPEC_DESCRIPTION,
+    "name": "spec", "in": "path", "required": True, "description": SPEC_DESCRIPTION,
+    "schema": {"type": "string", "title": "Spec", "description": SPEC_DESCRIPTION,
                "examples": ["binder-examples/requirements/HEAD"]},
 }
 #: ``build_only`` is documented here as the boolean it means, and parsed as BinderHub parses it
@@ -131,11 +133,12 @@ def streams_without_accept(request: Request, build_only: bool) -> bool:
     return build_only and bool(request.headers.get("authorization", "").strip())
 
 
-def raw_spec(request: Request, prefix: str, base_url: str) -> str:
-    """The spec as sent, from the raw path: ``%2F`` in ``gl``/``git``/``ckan`` specs survives. The
-    base URL and ``build/`` take as many segments of the raw path as of the decoded one (a base URL
+def raw_spec(request: Request, prefix: str, base_url: str, route: str = "build/") -> str:
+    """The spec as sent, from the raw path of ``<base_url><route><prefix>/<spec>``: ``%2F`` in
+    ``gl``/``git``/``ckan`` specs survives (then :meth:`ProviderRegistry.path_spec` reads it). The
+    base URL and the route take as many segments of the raw path as of the decoded one (a base URL
     may itself hold ``/build/``, e.g. a JupyterHub service named ``build``)."""
-    skip = base_url.count("/") + 1
+    skip = (base_url + route).count("/")
     raw = (request.scope.get("raw_path") or request.url.path.encode()).decode("utf-8", "replace")
     raw_prefix, _, spec = raw.split("/", skip)[-1].partition("/")
     if unquote(raw_prefix) != prefix:  # should not happen; fall back to the decoded form
@@ -253,7 +256,7 @@ async def build_response(request: Request, services: Services, prefix: str, buil
         return failure_response(
             "Building but not launching is not permitted when the API only mode was not enabled by "
             "setting `enable_api_only_mode` to True. ", 400)
-    spec = raw_spec(request, prefix, settings.base_url)
+    spec = services.providers.path_spec(prefix, raw_spec(request, prefix, settings.base_url))
     try:
         user, has_build_token, headers = await check_policy(request, services, f"{prefix}/{spec}", build_token)
     except BinderError as e:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -49,6 +49,9 @@ DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 #: Alembic's version table, named so a database shared with JupyterHub (which has its own
 #: ``alembic_version``) keeps both apart.
 VERSION_TABLE = "binderapi_alembic_version"
+#: The newest revision in ``migrations/versions`` (a test checks it against Alembic's head): a
+#: database already there is opened without importing Alembic, which would stay in memory (7 MB).
+SCHEMA_HEAD = "0001"
 FINISHED = [state.value for state in BuildState if state.finished]
 UNFINISHED = [state.value for state in BuildState if not state.finished]
 
@@ -246,22 +249,55 @@ def migration_lock(connection: Connection) -> Iterator[None]:
     yield
 
 
-def upgrade_schema(connection: Connection, revision: str = "head", *, store_name: str = "") -> None:
+def schema_is_current(connection: Connection) -> bool:
+    """Whether the schema is at :data:`SCHEMA_HEAD`, by a plain read of the version table (no
+    lock, no Alembic). Alembic writes the version in the transaction of the migration, so a head
+    seen here is a complete schema; anything else goes through :func:`upgrade_schema`, under the
+    migration lock."""
+    if not sa.inspect(connection).has_table(VERSION_TABLE):
+        return False
+    heads = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    return heads == [SCHEMA_HEAD]
+
+
+def create_schema(connection: Connection) -> None:
+    """A database without our tables gets the model's schema and the version table at head in one
+    go, Alembic's own recipe for a new database (``create_all``, then stamp), without importing
+    Alembic (7 MB that would stay loaded). test_store checks that the migrations make this schema."""
+    metadata.create_all(connection)
+    version = sa.Table(VERSION_TABLE, sa.MetaData(),  # as Alembic makes its version table
+                       sa.Column("version_num", sa.String(32), nullable=False),
+                       sa.PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"))
+    version.create(connection)
+    connection.execute(version.insert().values(version_num=SCHEMA_HEAD))
+
+
+def upgrade_schema(connection: Connection, revision: str = "head", *, store_name: str = "",
+                   create: bool = True) -> None:
     """Bring the schema to ``revision`` with Alembic, on this (sync-facing) connection: call it
-    through ``AsyncConnection.run_sync``, in a transaction the caller commits.
+    through ``AsyncConnection.run_sync``, in a transaction the caller commits. Under the lock, a
+    schema found at head is left alone and a new database is made by :func:`create_schema` (unless
+    ``create`` is false); Alembic is imported only for a schema to migrate.
 
     A database whose schema is at a revision these migrations do not know was migrated by a newer
     binderapi: it is refused with a :class:`StoreError` rather than used (or "downgraded") blindly.
     """
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", "binderapi.store:migrations")
-    config.attributes["connection"] = connection
     with migration_lock(connection):
+        if revision == "head":
+            if schema_is_current(connection):
+                return  # another process migrated it while this one waited for the lock
+            if create and not set(sa.inspect(connection).get_table_names()) & {*metadata.tables, VERSION_TABLE}:
+                create_schema(connection)
+                return
+
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", "binderapi.store:migrations")
+        config.attributes["connection"] = connection
         script = ScriptDirectory.from_config(config)
         known = {rev.revision for rev in script.walk_revisions()}
         current = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads()
@@ -371,9 +407,12 @@ class SQLBuildStore(BuildStore):
             await asyncio.to_thread(self._make_directory, self.url.database)
         self.engine = self._make_engine()
         try:
-            async with _UPGRADE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
-                async with self._begin("migrating the schema") as connection:
-                    await connection.run_sync(upgrade_schema, store_name=self.name)
+            async with self._begin("reading the schema version") as connection:
+                current = await connection.run_sync(schema_is_current)
+            if not current:
+                async with _UPGRADE_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+                    async with self._begin("migrating the schema") as connection:
+                        await connection.run_sync(upgrade_schema, store_name=self.name)
         except BaseException:
             await self.close()
             raise
@@ -402,7 +441,12 @@ class SQLBuildStore(BuildStore):
     # -- builds --------------------------------------------------------------------------------------
     def _insert(self, table: sa.Table) -> Any:
         """``INSERT`` with ``ON CONFLICT`` support, as both dialects spell it."""
-        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+        if self.dialect == "sqlite":
+            return sqlite.insert(table)
+        # only for PostgreSQL: 3 MB an SQLite store never needs
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
 
     async def save(self, records: list[BuildRecord]) -> None:
         if not records:
