@@ -51,7 +51,7 @@ DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 VERSION_TABLE = "binderapi_alembic_version"
 #: The newest revision in ``migrations/versions`` (a test checks it against Alembic's head): a
 #: database already there is opened without importing Alembic, which would stay in memory (7 MB).
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0004_warm_pool"
 FINISHED = [state.value for state in BuildState if state.finished]
 UNFINISHED = [state.value for state in BuildState if not state.finished]
 
