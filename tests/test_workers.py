@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from binderapi.settings import load_settings
+from binderapi.workers import WorkersError, check_workers
 from fixtures.server import free_port
 
 TESTS = Path(__file__).resolve().parent
@@ -206,12 +208,12 @@ def test_sqlite_build_store_refuses_several_workers(binderapi, tmp_path):
     assert "Traceback" not in log and not server.children()
 
 
-def test_the_warm_pool_refuses_several_workers(binderapi):
-    """Until the pool is shared through the store: each worker's pool would remove the others'."""
+def test_the_warm_pool_refuses_several_workers_without_a_store(binderapi):
+    """The pool is shared through the store: without one, each worker's pool would remove the others'."""
     server = binderapi("--BinderHub.workers=2", *FAKES, *NO_STORE, "--WarmPool.enabled=true")  # the setting, not the flag
     assert server.proc.wait(timeout=60) != 0
     last = server.log.strip().splitlines()[-1]
-    assert last.startswith("binderapi: BinderHub.workers=2 cannot run the warm pool yet"), server.log
+    assert last.startswith("binderapi: BinderHub.workers=2 shares the warm pool through the build store"), server.log
     assert not server.children()
 
 
@@ -238,3 +240,13 @@ def test_port_in_use_is_one_clear_message(binderapi):
         assert server.proc.wait(timeout=60) != 0
     last = server.log.strip().splitlines()[-1]
     assert last.startswith(f"binderapi: cannot listen on 127.0.0.1:{port}: "), server.log
+
+
+def test_the_warm_pool_runs_in_several_workers_on_a_shared_store():
+    """With PostgreSQL under the store the pool is one pool for every worker (docs/warm-pool.md)."""
+    settings = load_settings(cli={"BinderHub": {"workers": 2}, "WarmPool": {"enabled": True},
+                                        "BuildStore": {"url": "postgresql+asyncpg://u:p@127.0.0.1:5/db"}},
+                             environ={}, dotenv_path=None)
+    check_workers(settings)  # no refusal
+    with pytest.raises(WorkersError, match="needs a shared build store"):
+        check_workers(load_settings(cli={"BinderHub": {"workers": 2}, "WarmPool": {"enabled": True}}, environ={}, dotenv_path=None))

@@ -75,11 +75,11 @@ def check_workers(settings: Any) -> None:
     if store.enabled and (store.url or "sqlite").split(":", 1)[0].split("+", 1)[0] == "sqlite":
         raise WorkersError(f"BinderHub.workers={workers} needs a shared build store: set BuildStore.url to "
                            "postgresql+asyncpg://user:password@host/db; SQLite serves one process")
-    if settings.WarmPool.enabled and not settings.BinderHub.auth_enabled:
-        # docs/warm-pool.md: one pool per hub; each worker's pool would remove the others' servers
-        raise WorkersError(f"BinderHub.workers={workers} cannot run the warm pool yet: each worker would keep its "
-                           "own and take the others' warm servers for leftovers; set WarmPool.enabled: false "
-                           "or run one worker")
+    if settings.WarmPool.enabled and not settings.BinderHub.auth_enabled and not store.enabled:
+        # the pool is shared through the store (docs/warm-pool.md): without one, each worker's pool
+        # would take the others' warm servers for leftovers and remove them
+        raise WorkersError(f"BinderHub.workers={workers} shares the warm pool through the build store: enable "
+                           "BuildStore with a PostgreSQL url, set WarmPool.enabled: false, or run one worker")
 
 
 class Port:
