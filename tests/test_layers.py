@@ -8,8 +8,8 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "binderapi"
-#: the layers above services.py: the app, the command line and the routers build on it
-ABOVE_SERVICES = {"app.py", "cli.py", "services.py", "__main__.py"}
+#: the layers above services.py: the app, the command line, the worker processes and the routers build on it
+ABOVE_SERVICES = {"app.py", "cli.py", "workers.py", "services.py", "__main__.py"}
 KIND_PACKAGES = ("binderapi.backends.docker", "binderapi.backends.kubernetes")
 
 
