@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from binderapi.builds import ORPHANED_MESSAGE
+from binderapi.replicas import ORPHANED_MESSAGE
 from fixtures.postgres import _raw
 from fixtures.server import EVENT_STREAM, TEST_DENIED_NETWORKS, free_port
 from fixtures.stack import (

@@ -152,7 +152,7 @@ async def test_a_replica_that_lost_its_claim_lets_the_build_go(make_postgres_dat
             await connection.execute(build_claims.update().values(lease_expires=0))
         (claim,) = await store.expired_claims()
         assert await store.adopt(claim, "another-replica", 60)
-        await manager._heartbeat()
+        await manager.replicas.heartbeat()
         events = events_of(await asyncio.wait_for(watcher, 30))
         assert events[-1]["phase"] == "failed" and events[-1]["message"] == TAKEN_OVER_MESSAGE + "\n"
         assert build.job.name in services.backend.builds  # the builder was left running

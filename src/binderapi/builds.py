@@ -6,15 +6,17 @@ A build belongs to the process, not to a request: it is a background task, so a 
 disconnects never stops a build others watch, and a build nobody watches still finishes (a retry
 then finds the image). Its output is encoded once into a :class:`BuildLog` that any number of
 watchers read at their own pace, which is what keeps thousands of idle streams cheap.
+
+This is the story of one process. Replicas sharing a store (claims, builds followed from another
+replica, leases, cancel through another replica) are :mod:`binderapi.replicas`, which the manager
+makes only then and calls at a few named points.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import time
 from collections import deque
@@ -22,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .errors import BinderError
@@ -30,12 +32,9 @@ from .events import WaitingEvent, builder_line_to_event, event_json, frame, line
 from .executors.base import BuildBackend, BuildExistsError, BuildJob
 from .recorder import Recorder
 from .store.base import (
-    BUILDS_CHANNEL,
-    CANCEL_CHANNEL,
     BuildRecord,
     BuildState,
     BuildStore,
-    Claim,
     StoredEvent,
     StoredLog,
     StoreError,
@@ -43,6 +42,9 @@ from .store.base import (
     process_owner,
 )
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .replicas import ReplicaSync
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ VANISHED_MESSAGE = "The builder of this build was gone when binderapi restarted;
 SHUTDOWN_MESSAGE = "binderapi is shutting down; the build continues and a retry will rejoin it"
 TAKEN_OVER_MESSAGE = ("Another binderapi replica took this build over (this one lost the build store for a while); "
                       "open the link again to follow it there.")
-ORPHANED_MESSAGE = ("The binderapi replica running this build stopped ({owner}) and its builder was gone; "
-                    "start the build again.")
 #: the phases of a build resource's terminal event (only the terminal event has them in its stream)
 TERMINAL_PHASES = ("ready", "failed")
 
@@ -358,13 +358,12 @@ class BuildManager:
         self.queue: deque[Build] = deque()
         self.running: set[str] = set()
         self.owner = process_owner()
-        #: replicas: how long a claim on a build outlives its owner's last heartbeat
-        self.lease_seconds = lease_seconds
-        self.remote: dict[str, Build] = {}  # builds of other replicas followed here, by id
-        self._joining: dict[str, asyncio.Future[Build]] = {}  # claims in flight, by build name
-        #: since when heartbeats succeed (monotonic): builds are adopted only after a full lease of
-        #: them, so after an outage every replica has renewed its own leases first
-        self._renewing_since: float | None = -math.inf
+        #: replicas sharing the store (claims, remote builds, leases); None for one process
+        self.replicas: ReplicaSync | None = None
+        if self.recorder.store is not None and self.recorder.store.shared:
+            from .replicas import ReplicaSync  # it builds on this module
+
+            self.replicas = ReplicaSync(self, self.recorder.store, lease_seconds)
 
     @property
     def store(self) -> BuildStore | None:
@@ -373,9 +372,8 @@ class BuildManager:
     @property
     def shared(self) -> bool:
         """Replicas share the store: it decides who builds what (claims), and builds run by
-        another replica are followed from it."""
-        store = self.recorder.store
-        return store is not None and store.shared
+        another replica are followed from it (:attr:`replicas`)."""
+        return self.replicas is not None
 
     # -- public -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -384,8 +382,8 @@ class BuildManager:
         is marked failed. With a shared store, builds are adopted by leases instead (a replica
         cannot tell from here whether another one runs a build): the heartbeat starts, and with it
         the adoption of builds whose owner stopped, this process's previous life included."""
-        if self.shared:
-            self._start_replica()
+        if self.replicas is not None:
+            self.replicas.start()
             return
         records = await self._orphaned_records()
         for info in await self.backend.list_builds():
@@ -484,9 +482,9 @@ class BuildManager:
         build = self.running_build(build_name)
         if build is not None:
             return build.id
-        if not self.shared or self.store is None:
+        if self.replicas is None:
             return None
-        record = await self.store.latest_for_image(image_name, cached=False)
+        record = await self.replicas.store.latest_for_image(image_name, cached=False)
         if record is None or record.state.finished or record.build_name != build_name:
             return None
         return record.id
@@ -508,10 +506,9 @@ class BuildManager:
         """The build ``build_id`` as :meth:`live`, or (shared store) one another replica runs, to
         resume a client's stream; None if unknown."""
         build = self.by_id.get(build_id)
-        if build is None and self.shared:
+        if build is None and self.replicas is not None:
             with contextlib.suppress(StoreError):
-                if not await self._ended_in_store(build_id):
-                    build = await self._remote(build_id)
+                build = await self.replicas.unfinished(build_id)
         return build
 
     def watch(self, job: BuildJob, record: BuildRecord | None = None, after_seq: int | None = None) -> BuildWatch:
@@ -536,254 +533,13 @@ class BuildManager:
             return None
         return build
 
-    # -- replicas ---------------------------------------------------------------------------------
     async def _claimed(self, job: BuildJob, record: BuildRecord | None) -> Build:
-        """The build of ``job.name``: joined here, or claimed in the shared store (one claim per
-        name in flight in this process), then run here or followed from the replica that holds it."""
+        """The build of ``job.name``: joined here, or (shared store) claimed through the replicas,
+        wherever one of them runs it."""
         build = self._joinable(job.name)
-        if build is not None or not self.shared:
+        if build is not None or self.replicas is None:
             return build or self._join(job, record)
-        pending = self._joining.get(job.name)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Build] = asyncio.get_running_loop().create_future()
-        self._joining[job.name] = future
-        try:
-            build = await self._claim(job, record)
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._joining[job.name]
-        future.set_result(build)
-        return build
-
-    async def _claim(self, job: BuildJob, record: BuildRecord | None) -> Build:
-        store = self.store
-        assert store is not None
-        record = record or draft_record(job)
-        record.owner = self.owner
-        claimed, build = False, None
-        try:
-            for attempt in range(2):
-                holder = await store.claim(record, self.lease_seconds)
-                claimed = holder == record.id
-                build = None if claimed else await self._remote(holder, job)
-                if build is None or not build.done or build.outcome.result().success or attempt:
-                    break
-                # a build that failed here a moment ago, its end not written yet: write it, claim again
-                await self.recorder.flush()
-        except StoreError as e:  # the store is away: the container or pod name still guards
-            self.recorder.failed(str(e))
-            build = None
-        if build is None:
-            build = self._join(job, record)
-            build.claimed = claimed and build.id == record.id
-        return build
-
-    async def _remote(self, build_id: str, job: BuildJob | None = None) -> Build | None:
-        """The build ``build_id`` as followed here from the store (another replica runs it);
-        None if the store has no such build. Raises StoreError."""
-        build = self.by_id.get(build_id) or self.remote.get(build_id)
-        if build is None:
-            store = self.store
-            assert store is not None
-            record = await store.get(build_id)
-            build = self.by_id.get(build_id) or self.remote.get(build_id)  # joined while we read
-            if build is None and record is not None:
-                build = self._new_remote(record, job)
-        if build is not None and build.caught_up is not None:
-            # its log holds what the store had when it was asked for: a client resuming after an
-            # event id, or joining at the log's tail, starts where it should
-            await build.caught_up.wait()
-        return build
-
-    def _new_remote(self, record: BuildRecord, job: BuildJob | None) -> Build:
-        if job is None or job.name != record.build_name:
-            job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
-                           ref=record.resolved_ref, provider=record.provider, build_id=record.id)
-        build = Build(job, record)  # not recorded here: its owner records it
-        build.remote, build.wake, build.caught_up = True, asyncio.Event(), asyncio.Event()
-        self.remote[build.id] = build
-        self.by_id[build.id] = build
-        if self._joinable(job.name) is None:
-            self.builds[job.name] = build
-        build.task = self.supervisor.spawn(self._follow_remote(build), name=f"remote build {job.name}")
-        build.task.add_done_callback(lambda _: self._remote_ended(build))
-        return build
-
-    async def _follow_remote(self, build: Build) -> None:
-        """Feed a remote build's log from the store: its events (the same seq as everywhere), its
-        output, its record, each time the store notifies a change (or every lease, should a
-        notification be lost), until its terminal event."""
-        store = self.store
-        assert store is not None and build.wake is not None and build.caught_up is not None
-        try:
-            await self._feed_remote(store, build, build.wake, build.caught_up)
-        finally:
-            build.caught_up.set()
-
-    async def _feed_remote(self, store: BuildStore, build: Build, wake: asyncio.Event, caught_up: asyncio.Event) -> None:
-        cursor, dropped = build.log.total, 0
-        ended_since: float | None = None  # when the record first said it ended
-        while True:
-            wake.clear()
-            try:
-                record = await store.get(build.id)
-                events = [event async for event in self._replay(store, build.id, cursor)]
-                stored_log = await store.read_log_from(build.id, build.log_chars)
-            except StoreError:
-                record, events, stored_log = None, [], None  # the next notification or poll tries again
-            if record is not None:
-                build.record = record
-            if stored_log is not None:
-                if stored_log.head:
-                    build.log.add_output(stored_log.head)
-                    build.log_chars += len(stored_log.head)
-                dropped = stored_log.dropped_bytes
-            for event in events:
-                data = json.loads(event.data)
-                if data.get("phase") in TERMINAL_PHASES:
-                    if dropped and stored_log is not None:
-                        build.log.add_output(StoredLog("", stored_log.tail, dropped).text())
-                    self._remote_finished(build, event, data)
-                    return
-                build.log.append(event.data, event.seq)
-                cursor = event.seq
-            if record is not None and record.state.finished:
-                ended_since = ended_since or time.monotonic()
-                if time.monotonic() - ended_since > self.lease_seconds:
-                    # its owner stopped between writing the record and the terminal event: the
-                    # record says how it ended
-                    data = self._terminal_from(record)
-                    self._remote_finished(build, StoredEvent(cursor + 1, event_json(data)), data)
-                    return
-            caught_up.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.lease_seconds):  # not wait_for: it can swallow a shutdown's cancel
-                    await wake.wait()
-
-    @staticmethod
-    def _terminal_from(record: BuildRecord) -> dict[str, Any]:
-        if record.state is BuildState.built:
-            data: dict[str, Any] = {"phase": "ready", "message": "Done! Image built\n", "imageName": record.image_name}
-        else:
-            data = {"phase": "failed", "message": line(record.message or f"The build {record.state.value}")}
-            if record.state is BuildState.cancelled:
-                data["cancelled"] = True
-        return {**data, "build_id": record.id}
-
-    def _remote_finished(self, build: Build, terminal: StoredEvent, data: dict[str, Any]) -> None:
-        success = data.get("phase") == "ready"
-        message = str(data.get("message") or "").removesuffix("\n")
-        if not build.outcome.done():
-            build.outcome.set_result(BuildOutcome(success, "" if success else message, data.get("status_code"),
-                                                  bool(data.get("cancelled"))))
-        build.log.end(terminal.data)
-
-    def _remote_ended(self, build: Build) -> None:
-        """A remote build's follower ended: at its terminal event, or cut short by a shutdown."""
-        if self.remote.get(build.id) is build:
-            del self.remote[build.id]
-        if not build.done:
-            build.outcome.set_result(BuildOutcome(False, SHUTDOWN_MESSAGE))
-            build.log.close()
-        if build.outcome.result().success:
-            asyncio.get_running_loop().call_later(SUCCESS_RETENTION_SECONDS, self._forget, build)
-        else:
-            self._forget(build)
-
-    def _start_replica(self) -> None:
-        self.supervisor.run_forever("build notifications", self._listen, restart_delay=1.0)
-        self.supervisor.run_forever("build leases", self._heartbeat, restart_delay=self.lease_seconds / 3)
-
-    async def _listen(self) -> None:
-        """Wake the followers of remote builds on the store's notifications (all of them after a
-        reconnect: what was notified meanwhile was lost), and cancel what another replica asks."""
-        store = self.store
-        assert store is not None
-        async for note in store.listen([BUILDS_CHANNEL, CANCEL_CHANNEL]):
-            if note.channel == BUILDS_CHANNEL:
-                build = self.remote.get(note.payload)
-                if build is not None and build.wake is not None:
-                    build.wake.set()
-            elif note.channel == CANCEL_CHANNEL:
-                build = self.by_id.get(note.payload)
-                if build is not None and not build.remote and not build.done:
-                    self.supervisor.spawn(self._cancel_quietly(build.id), name=f"cancel {build.id}")
-            else:
-                for build in list(self.remote.values()):
-                    if build.wake is not None:
-                        build.wake.set()
-
-    async def _cancel_quietly(self, build_id: str) -> None:
-        with contextlib.suppress(BuildFinishedError):
-            await self.cancel(build_id)
-
-    async def _heartbeat(self) -> None:
-        """One round: renew this process's leases, then adopt the builds of replicas whose lease
-        ran out (they stopped): re-attached if their builder still exists, else failed."""
-        store = self.store
-        assert store is not None
-        try:
-            claimed = [b for b in self.by_id.values() if b.claimed and not b.done]  # their claims are committed
-            held = await store.renew(self.owner, self.lease_seconds)
-            for build in claimed:
-                if build.id not in held and not build.done and build.task is not None:
-                    # split brain: this process could not renew for a lease, and another adopted the
-                    # build (it follows the builder now); stop following it here, leave the builder
-                    log.warning("Build %s was taken over by another replica (this one could not reach the "
-                                "build store for longer than BuildStore.lease_seconds); leaving it to it", build.id)
-                    build.lost = True
-                    build.task.cancel()
-            now = time.monotonic()
-            if self._renewing_since is None:
-                self._renewing_since = now
-            if now - self._renewing_since < self.lease_seconds:
-                return
-            for claim in await store.expired_claims():
-                if claim.owner != self.owner and await store.adopt(claim, self.owner, self.lease_seconds):
-                    await self._adopt(claim)
-        except StoreError as e:
-            self._renewing_since = None
-            self.recorder.failed(str(e))
-
-    async def _adopt(self, claim: Claim) -> None:
-        """A build whose replica stopped is now ours: follow its builder to the end if it is still
-        there (running, or exited with a status to read), else fail it, so that every stream on
-        it, on any replica, gets an outcome."""
-        store = self.store
-        assert store is not None
-        record = await store.get(claim.build_id)
-        if record is None or record.state.finished:
-            await store.release(claim.build_name, claim.build_id)
-            return
-        job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
-                       ref=record.resolved_ref, provider=record.provider, build_id=record.id)
-        build = Build(job, record, self.recorder)
-        skip = await self._restore(build)
-        info = await self.backend.inspect(record.build_name)
-        if info is not None and info.build_id == record.id:
-            log.warning("Adopting build %s (%s) of the stopped replica %s: following its builder", record.id,
-                        record.build_name, claim.owner)
-            build.claimed = True
-            self._launch(build, attach=True, owner=True, skip_bytes=skip)
-            return
-        log.warning("Build %s (%s) of the stopped replica %s has no builder left: marking it failed", record.id,
-                    record.build_name, claim.owner)
-        build.finish(BuildOutcome(False, ORPHANED_MESSAGE.format(owner=claim.owner)))
-        await store.release(claim.build_name, claim.build_id)
-
-    async def _release(self, build: Build) -> None:
-        """The build ended here: its name is free for the next claim (a finished build's claim
-        is free anyway; this only tidies)."""
-        store = self.store
-        if store is not None and store.shared:
-            try:
-                await store.release(build.job.name, build.id)
-            except StoreError as e:
-                self.recorder.failed(str(e))
+        return await self.replicas.join(job, record)
 
     async def record(self, build_id: str) -> BuildRecord | None:
         """The build's record: live if this process runs it, else the store's (StoreError if it fails)."""
@@ -797,42 +553,24 @@ class BuildManager:
         watcher gets a ``failed`` event saying so. None if unknown; :class:`BuildFinishedError` if
         it already ended."""
         build = self.by_id.get(build_id)
-        if build is None and self.shared and self.store is not None:
-            record = await self.store.get(build_id)
+        if build is None and self.replicas is not None:
+            record = await self.replicas.store.get(build_id)
             if record is None:
                 return None
             if record.state.finished:
                 raise BuildFinishedError(record)
-            build = await self._remote(build_id)
+            build = await self.replicas.follow(build_id)
         if build is None:
             return await self._cancel_elsewhere(build_id)
         if build.done:
             raise BuildFinishedError(build.record)
         if build.remote:
-            return await self._cancel_remote(build)
+            assert self.replicas is not None  # only replicas follow remote builds
+            return await self.replicas.cancel_remote(build)
         if not build.finishing and build.task is not None:
             build.cancelled = True
             build.task.cancel()
         await asyncio.shield(build.outcome)
-        if not build.outcome.result().cancelled:
-            raise BuildFinishedError(build.record)
-        return build.record
-
-    async def _cancel_remote(self, build: Build) -> BuildRecord:
-        """Ask the replica that runs the build to cancel it (NOTIFY), and wait for its outcome; a
-        replica that does not answer within two leases is bypassed (its builder stopped here, the
-        build settled in the store)."""
-        store = self.store
-        assert store is not None
-        await store.notify(CANCEL_CHANNEL, build.id)
-        try:
-            async with asyncio.timeout(2 * self.lease_seconds):
-                await asyncio.shield(build.outcome)
-        except TimeoutError:
-            record = await self._cancel_elsewhere(build.id)
-            if record is None:
-                raise BuildFinishedError(build.record) from None
-            return record
         if not build.outcome.result().cancelled:
             raise BuildFinishedError(build.record)
         return build.record
@@ -849,15 +587,8 @@ class BuildManager:
         info = await self.backend.inspect(record.build_name)
         if info is not None and info.build_id == build_id:
             await self.backend.stop(record.build_name)
-        if self.shared:  # its stream ends with the cancellation, for followers on every replica
-            job = BuildJob(name=record.build_name, image_name=record.image_name, repo_url=record.repo_url,
-                           ref=record.resolved_ref, provider=record.provider, build_id=record.id)
-            build = Build(job, record, self.recorder)
-            await self._restore(build)
-            build.finish(BuildOutcome(False, CANCELLED_MESSAGE, cancelled=True))
-            await self.recorder.flush()
-            await self._release(build)
-            return record
+        if self.replicas is not None:  # its stream ends with the cancellation, for followers on every replica
+            return await self.replicas.record_cancel(record)
         record.state, record.message = BuildState.cancelled, CANCELLED_MESSAGE
         record.queue_position, record.finished_at = None, _now()
         await self.store.save([record])
@@ -881,8 +612,8 @@ class BuildManager:
                     raise
         if build is None:
             build = self.by_id.get(build_id)
-        if build is None and self.shared and not await self._ended_in_store(build_id):
-            build = await self._remote(build_id)
+        if build is None and self.replicas is not None:
+            build = await self.replicas.unfinished(build_id)
         if build is None:
             if store is not None:
                 async for event in self._poll(store, build_id, cursor):
@@ -898,12 +629,6 @@ class BuildManager:
                 if log_.terminal is not None and log_.terminal.seq > cursor:
                     yield log_.terminal
                 return
-
-    async def _ended_in_store(self, build_id: str) -> bool:
-        store = self.store
-        assert store is not None
-        record = await store.get(build_id)
-        return record is None or record.state.finished
 
     @staticmethod
     async def _replay(store: BuildStore, build_id: str, after: int) -> AsyncIterator[StoredEvent]:
@@ -937,25 +662,13 @@ class BuildManager:
     async def follow_log(self, build_id: str) -> AsyncIterator[str]:
         """The log so far, then new output until the build ends."""
         build = self.by_id.get(build_id)
-        if build is None and self.shared and not await self._ended_in_store(build_id):
-            build = await self._remote(build_id)
+        if build is None and self.replicas is not None:
+            build = await self.replicas.unfinished(build_id)
         if build is not None and build.remote:
-            # what its follower fed so far, as the store has it (memory keeps only the newest
-            # chunks), then what it feeds next
-            log_ = build.log
-            cursor, fed = log_.output_total, build.log_chars
-            if fed:
-                stored = await self.store.read_log(build_id) if self.store is not None else None
-                if stored is not None and stored.head[:fed]:
-                    yield stored.head[:fed]
-            while True:
-                lines, cursor = log_.output_after(cursor)
-                if lines:
-                    yield "".join(lines)
-                if log_.closed and cursor >= log_.output_total:
-                    return
-                if cursor >= log_.output_total:
-                    await log_.changed()
+            assert self.replicas is not None  # only replicas follow remote builds
+            async for chunk in self.replicas.follow_log(build):
+                yield chunk
+            return
         held = self.recorder.log_snapshot(build_id)
         if build is None or held is None:
             stored = await self.read_log(build_id)
@@ -1048,8 +761,8 @@ class BuildManager:
             metrics.count_build(status, provider=build.job.provider, repo=build.job.repo_url)
         log.info("Build %s of %s: %s %s", name, build.job.image_name, status, outcome.message)
         build.finish(outcome)
-        if self.shared:
-            await self._release(build)
+        if self.replicas is not None:
+            await self.replicas.release(build)
         if outcome.success:
             asyncio.get_running_loop().call_later(SUCCESS_RETENTION_SECONDS, self._forget, build)
         else:
