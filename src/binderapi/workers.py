@@ -43,12 +43,14 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .httpserver import STOP_SIGNALS
+from .retry import wait_after
 
 log = logging.getLogger("binderapi.workers")
 
 #: a worker's exit status when it could not start (uvicorn's STARTUP_FAILURE)
 STARTUP_FAILURE = 3
-#: delay before the first replacement of a worker that died, doubled each time it dies again soon
+#: the first pause before replacing a worker that died; it grows (retry.py: doubling, jittered, capped)
+#: each time the slot's worker dies again soon
 RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 30.0
 #: a worker that served this long before it died is replaced after the first delay again
@@ -171,8 +173,14 @@ class _Slot:
     message: str = ""  # why it could not start, as the worker said
     started_at: float = 0.0
     failed_starts: int = 0
-    delay: float = RESTART_DELAY
+    restarts: int = 0  # deaths in a row soon after starting: the next delay grows with them
     restart_at: float | None = None
+
+    def next_delay(self) -> float:
+        """The pause before this slot's next worker: retry.py's capped, jittered policy, growing with
+        the deaths in a row (a worker that served :data:`STABLE_SECONDS` starts the count again)."""
+        self.restarts += 1
+        return wait_after(self.restarts, RESTART_DELAY, RESTART_DELAY_MAX)
 
 
 class Supervisor:
@@ -192,9 +200,9 @@ class Supervisor:
             try:
                 slot.sock = self.port.listener()
             except WorkersError as e:
-                log.error("worker %d: %s; trying again in %.1f s", slot.index, e, slot.delay)
-                slot.restart_at = time.monotonic() + slot.delay
-                slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+                delay = slot.next_delay()
+                log.error("worker %d: %s; trying again in %.1f s", slot.index, e, delay)
+                slot.restart_at = time.monotonic() + delay
                 return
         parent_conn, child_conn = _spawn.Pipe(duplex=False)
         slot.process = _spawn.Process(target=_worker_main, name=f"binderapi-worker-{slot.index}",
@@ -232,17 +240,17 @@ class Supervisor:
         if slot.ready:
             slot.failed_starts = 0
             if served >= STABLE_SECONDS:
-                slot.delay = RESTART_DELAY
+                slot.restarts = 0
         else:
             slot.failed_starts += 1
             if slot.failed_starts >= MAX_FAILED_STARTS:
                 self.failure = (f"worker {slot.index} {how} before it was ready, {slot.failed_starts} times in a row; "
                                 "see the log above")
                 return
+        delay = slot.next_delay()
         log.error("worker %d (pid %d) %s after %.1f s; starting a new one in %.1f s",
-                  slot.index, process.pid, how, served, slot.delay)
-        slot.restart_at = time.monotonic() + slot.delay
-        slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+                  slot.index, process.pid, how, served, delay)
+        slot.restart_at = time.monotonic() + delay
 
     def _receive(self, slot: _Slot) -> None:
         """What the worker said: ``"ready"``, or why it could not start."""

@@ -72,6 +72,8 @@ OPERATOR_SECURITY: list[dict[str, list[str]]] = [{name: []} for name in (OPERATO
 #: a build id as :func:`~binderapi.store.base.new_build_id` makes them
 BUILD_ID_EXAMPLE = "0193f2a1c0de1a2b3c4d5e"
 PAGE_LIMIT = 100
+#: the largest event id a client may send (far past any build's events; keeps the number a 64-bit integer)
+MAX_EVENT_ID = 1 << 62
 
 
 # -- the resource models ----------------------------------------------------------------------------
@@ -452,7 +454,7 @@ async def get_build(request: Request, services: ServicesDep, build_id: Annotated
 )
 async def stream_build_events(
     request: Request, services: ServicesDep, build_id: Annotated[str, BUILD_ID_PATH],
-    last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0, le=2**62,
+    last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0, le=MAX_EVENT_ID,
                                                      description="Resume after this event id.")] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=128,
                                                        description="Resume after this event id (EventSource sends it "

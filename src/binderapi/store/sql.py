@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ..retry import wait_after
 from .base import (
     BUILDS_CHANNEL,
     BuildFilter,
@@ -150,7 +151,8 @@ build_claims = sa.Table(
 #: how often a quiet LISTEN connection is checked with a round trip (a half-open connection sends
 #: no error; a closed one is noticed at once)
 LISTEN_CHECK_SECONDS = 10.0
-#: the pause before reconnecting a lost LISTEN connection: from the first value, doubling, to the second
+#: the pause before reconnecting a lost LISTEN connection: from the first value, growing to the second
+#: (retry.py's policy: doubling, jittered)
 LISTEN_BACKOFF = (0.5, 10.0)
 
 #: the warm pool's servers when replicas share the store (:mod:`binderapi.warmpool`): one row per
@@ -689,7 +691,7 @@ class SQLBuildStore(BuildStore):
 
         dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
         first, longest = LISTEN_BACKOFF
-        pause, failing = first, False
+        failures, failing = 0, False
         while True:
             queue: asyncio.Queue[Notification | None] = asyncio.Queue()
             put = queue.put_nowait
@@ -700,9 +702,8 @@ class SQLBuildStore(BuildStore):
                 if not failing:
                     log.warning("build store %s: listening for other replicas failed: %s; reconnecting",
                                 self.name, _reason(e))
-                failing = True
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
+                failing, failures = True, failures + 1
+                await asyncio.sleep(wait_after(failures, first, longest))
                 continue
             try:
                 connection.add_termination_listener(lambda _conn, put=put: put(None))
@@ -711,7 +712,7 @@ class SQLBuildStore(BuildStore):
                         channel, lambda _conn, _pid, channel, payload, put=put: put(Notification(channel, payload)))
                 if failing:
                     log.info("build store %s: listening for other replicas again", self.name)
-                pause, failing = first, False
+                failures, failing = 0, False
                 yield Notification("")
                 while True:
                     try:
@@ -734,8 +735,8 @@ class SQLBuildStore(BuildStore):
                     async with asyncio.timeout(2):
                         await connection.close()
                 connection.terminate()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, longest)
+            failures += 1
+            await asyncio.sleep(wait_after(failures, first, longest))
 
     # -- the warm pool --------------------------------------------------------------------------------
     async def _lock(self, connection: AsyncConnection, key: int) -> None:
