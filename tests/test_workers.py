@@ -102,8 +102,13 @@ class Binderapi:
         return self.proc.wait(timeout=within)
 
     def kill(self) -> None:
-        """The test's own clean-up: the parent and whatever it left, by PID."""
+        """The test's own clean-up: the parent and whatever it left, by PID (a graceful stop first,
+        which removes the workers' metric files)."""
         leftover = self.children()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -212,9 +217,11 @@ def test_workers_stop_when_the_parent_is_killed(binderapi):
     server = binderapi("--workers", "2", *FAKES, *NO_STORE)
     server.wait_ready()
     workers = server.workers()
+    directory = server.metrics_dir()
     server.proc.kill()
     server.proc.wait()
     assert gone(workers, within=30), "workers orphaned by a killed parent"
+    assert not directory.exists(), "a killed parent's metric files left behind"
 
 
 def test_sqlite_build_store_refuses_several_workers(binderapi, tmp_path):

@@ -27,8 +27,8 @@ of that left little of it.
 
 **Metrics.** A scrape reaches one worker; it shows every worker's through prometheus_client's
 multiprocess mode: the parent makes a private directory for the workers' metric files before it
-starts them, forgets a dead worker's live gauges, and removes the directory when it exits
-(:mod:`binderapi.metrics`).
+starts them, forgets a dead worker's live gauges, and removes the directory when it exits (a
+killed parent cannot: its workers, stopped by its death, do) (:mod:`binderapi.metrics`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -48,7 +49,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .httpserver import STOP_SIGNALS
-from .metrics import forget_process, shared_directory
+from .metrics import MULTIPROC_ENV, forget_process, shared_directory
 
 log = logging.getLogger("binderapi.workers")
 
@@ -165,6 +166,10 @@ def _worker_main(settings: Any, sock: socket.socket, index: int, parent: int, co
         with contextlib.suppress(OSError):
             conn.send(str(e))
         sys.exit(STARTUP_FAILURE)
+    finally:
+        if os.getppid() != parent and os.environ.get(MULTIPROC_ENV):
+            # the parent was killed and could not remove the metric files (shared_directory): its workers do
+            shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
 
 
 @dataclass
