@@ -340,3 +340,43 @@ def test_a_dead_workers_live_gauges_leave_the_scrape_and_the_directory_goes_with
 
     assert server.stop(signal.SIGTERM) == 0
     assert not directory.exists(), "the workers' metric files outlived the parent"
+
+
+def holder(server: Binderapi, client_port: int) -> int:
+    """The worker holding the connection from ``client_port``: the socket's inode in /proc/net/tcp,
+    then the worker with a descriptor on it."""
+    local = f"0100007F:{server.port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    inode = next(fields[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if (fields := line.split())[1] == local and fields[2] == remote)
+    for pid in server.workers():
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+INPROGRESS = "binderhub_inprogress_builds "
+
+
+def test_a_dead_workers_builds_in_progress_leave_the_sum(binderapi):
+    """binderhub_inprogress_builds is one series, the live workers' sum: a stream open on one worker
+    counts 1 whichever worker is scraped, and 0 once that worker is killed."""
+    server = binderapi("--workers", "2", *FAKES, *NO_STORE)
+    server.wait_ready()
+    assert server.answering_workers(2) == {"0", "1"}
+    with httpx.Client(timeout=30) as client, client.stream(
+            "GET", server.url + "build/fake/hold/main?build_only=true", headers={"Accept": "text/event-stream"}) as stream:
+        lines = stream.iter_lines()
+        while "building" not in next(lines):  # the build runs, the stream follows it
+            pass
+        for _ in range(6):  # new connections: either worker answers
+            assert sample(httpx.get(server.url + "metrics", timeout=10).text, INPROGRESS) == 1
+        client_port = stream.extensions["network_stream"].get_extra_info("client_addr")[1]
+        victim = holder(server, client_port)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while victim in server.live_workers() or sample(httpx.get(server.url + "metrics", timeout=10).text, INPROGRESS):
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    assert sample(httpx.get(server.url + "metrics", timeout=10).text, INPROGRESS) == 0
