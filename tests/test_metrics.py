@@ -37,3 +37,18 @@ def test_an_overlong_url_is_counted_as_other():
     counts.inc(builds, status="failure", provider="Git", repo="https://attacker.example/" + "a" * 60_000)
     text = generate_latest(registry).decode()
     assert 'repo="other"' in text and "a" * 200 not in text
+
+
+def test_with_several_workers_the_series_stay_bounded_without_removal():
+    """A worker's series cannot be removed (prometheus_client keeps its value in the worker's metric
+    file), so with several workers a repository beyond the limit is counted as ``other``."""
+    registry, builds, _ = counters()
+    counts = RepoCounts(limit=3, max_length=100, evict=False)
+    for i in range(1000):
+        counts.inc(builds, status="success", provider="Git", repo=f"https://attacker.example/r{i}")
+    counts.inc(builds, status="success", provider="Git", repo="https://attacker.example/r0")
+    text = generate_latest(registry).decode()
+    series = [line for line in text.splitlines() if line.startswith("binderhub_build_count_total")]
+    assert len(series) == 4 and len(counts) == 4
+    assert 'repo="https://attacker.example/r0",status="success"} 2.0' in text
+    assert 'repo="other",status="success"} 997.0' in text

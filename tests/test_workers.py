@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from binderapi.settings import load_settings
 from binderapi.workers import WorkersError, check_workers
@@ -70,16 +74,27 @@ class Binderapi:
             return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
         return set()
 
+    def live_workers(self) -> dict[int, str]:
+        """``binderapi_worker_info`` of one scrape: each live worker's pid and slot (``worker``)."""
+        text = httpx.get(self.url + "metrics", timeout=10).text
+        return {int(pid): worker for pid, worker in WORKER_INFO.findall(text)}
+
     def answering_workers(self, want: int, tries: int = 400) -> set[str]:
-        """The ``worker`` labels seen on ``/metrics``, a new connection each time (each connection
-        goes to one worker), until ``want`` distinct ones have answered."""
+        """The ``worker`` labels seen on ``/metrics`` (every live worker's, whichever answers),
+        until ``want`` distinct ones are there: each worker has started serving."""
         seen: set[str] = set()
         for _ in range(tries):
-            text = httpx.get(self.url + "metrics", timeout=10).text
-            seen |= {line.split('"')[1] for line in text.splitlines() if line.startswith("binderapi_worker_info{")}
+            seen |= set(self.live_workers().values())
             if len(seen) >= want:
                 break
+            time.sleep(0.05)
         return seen
+
+    def metrics_dir(self) -> Path:
+        """The workers' metric directory, from a worker's environment (the parent made it for them)."""
+        worker = min(self.workers())
+        environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+        return Path(next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")))
 
     def stop(self, sig: int = signal.SIGTERM, within: float = 60) -> int:
         if self.proc.poll() is None:
@@ -87,14 +102,23 @@ class Binderapi:
         return self.proc.wait(timeout=within)
 
     def kill(self) -> None:
-        """The test's own clean-up: the parent and whatever it left, by PID."""
+        """The test's own clean-up: the parent and whatever it left, by PID (a graceful stop first,
+        which removes the workers' metric files)."""
         leftover = self.children()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+#: a series of binderapi_worker_info with several workers (prometheus_client's "liveall" adds the pid)
+WORKER_INFO = re.compile(r'^binderapi_worker_info\{pid="(\d+)",worker="(\d+)"\} 1\.0$', re.MULTILINE)
 
 
 def gone(pids: set[int], within: float = 10) -> bool:
@@ -193,9 +217,11 @@ def test_workers_stop_when_the_parent_is_killed(binderapi):
     server = binderapi("--workers", "2", *FAKES, *NO_STORE)
     server.wait_ready()
     workers = server.workers()
+    directory = server.metrics_dir()
     server.proc.kill()
     server.proc.wait()
     assert gone(workers, within=30), "workers orphaned by a killed parent"
+    assert not directory.exists(), "a killed parent's metric files left behind"
 
 
 def test_sqlite_build_store_refuses_several_workers(binderapi, tmp_path):
@@ -250,3 +276,107 @@ def test_the_warm_pool_runs_in_several_workers_on_a_shared_store():
     check_workers(settings)  # no refusal
     with pytest.raises(WorkersError, match="needs a shared build store"):
         check_workers(load_settings(cli={"BinderHub": {"workers": 2}, "WarmPool": {"enabled": True}}, environ={}, dotenv_path=None))
+
+
+def sample(text: str, line_start: str) -> float:
+    """The value of the one series of ``text`` whose line starts with ``line_start``."""
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+    assert len(values) == 1, (line_start, text)
+    return values[0]
+
+
+VERSIONS = 'http_requests_total{handler="/versions",method="GET",status="200"} '
+
+
+def test_one_scrape_shows_every_workers_counters_summed(binderapi, tmp_path):
+    """Requests spread over both workers (a new connection each) are counted once each in one
+    scrape, whichever worker answers it; each worker's own files hold a part of them."""
+    server = binderapi("--workers", "2", *FAKES, *NO_STORE)
+    server.wait_ready()
+    assert server.answering_workers(2) == {"0", "1"}
+    workers = server.workers()
+    for _ in range(40):
+        assert httpx.get(server.url + "versions", timeout=10).status_code == 200
+    for _ in range(10):  # scrapes on new connections: each reaches either worker, all see 40
+        assert sample(httpx.get(server.url + "metrics", timeout=10).text, VERSIONS) == 40
+
+    # which worker counted what: each worker's files alone, through the same collector
+    directory = server.metrics_dir()
+    per_worker = {}
+    for pid in workers:
+        alone = tmp_path / f"worker-{pid}"
+        alone.mkdir()
+        for file in directory.glob(f"*_{pid}.db"):
+            shutil.copy(file, alone)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        per_worker[pid] = sample(generate_latest(registry).decode(), VERSIONS)
+    assert sum(per_worker.values()) == 40 and all(per_worker.values()), per_worker  # both counted some
+
+
+def test_a_dead_workers_live_gauges_leave_the_scrape_and_the_directory_goes_with_the_parent(binderapi):
+    server = binderapi("--workers", "2", *FAKES, *NO_STORE)
+    server.wait_ready()
+    assert server.answering_workers(2) == {"0", "1"}
+    first = server.workers()
+    assert set(server.live_workers()) == first
+    directory = server.metrics_dir()
+    assert directory.is_dir() and directory.stat().st_mode & 0o777 == 0o700
+    for _ in range(10):
+        httpx.get(server.url + "versions", timeout=10)
+
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:  # the victim's series gone, its replacement's there
+        live = server.live_workers()
+        if len(live) == 2 and victim not in live:
+            break
+        assert time.monotonic() < deadline, f"{live}\n{server.log}"
+        time.sleep(0.1)
+    assert set(live) == server.workers() and sorted(live.values()) == ["0", "1"]
+    # the dead worker's counters stay: a total does not go back
+    assert sample(httpx.get(server.url + "metrics", timeout=10).text, VERSIONS) == 10
+
+    assert server.stop(signal.SIGTERM) == 0
+    assert not directory.exists(), "the workers' metric files outlived the parent"
+
+
+def holder(server: Binderapi, client_port: int) -> int:
+    """The worker holding the connection from ``client_port``: the socket's inode in /proc/net/tcp,
+    then the worker with a descriptor on it."""
+    local = f"0100007F:{server.port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    inode = next(fields[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if (fields := line.split())[1] == local and fields[2] == remote)
+    for pid in server.workers():
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+INPROGRESS = "binderhub_inprogress_builds "
+
+
+def test_a_dead_workers_builds_in_progress_leave_the_sum(binderapi):
+    """binderhub_inprogress_builds is one series, the live workers' sum: a stream open on one worker
+    counts 1 whichever worker is scraped, and 0 once that worker is killed."""
+    server = binderapi("--workers", "2", *FAKES, *NO_STORE)
+    server.wait_ready()
+    assert server.answering_workers(2) == {"0", "1"}
+    with httpx.Client(timeout=30) as client, client.stream(
+            "GET", server.url + "build/fake/hold/main?build_only=true", headers={"Accept": "text/event-stream"}) as stream:
+        lines = stream.iter_lines()
+        while "building" not in next(lines):  # the build runs, the stream follows it
+            pass
+        for _ in range(6):  # new connections: either worker answers
+            assert sample(httpx.get(server.url + "metrics", timeout=10).text, INPROGRESS) == 1
+        client_port = stream.extensions["network_stream"].get_extra_info("client_addr")[1]
+        victim = holder(server, client_port)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while victim in server.live_workers() or sample(httpx.get(server.url + "metrics", timeout=10).text, INPROGRESS):
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.1)
+    assert sample(httpx.get(server.url + "metrics", timeout=10).text, INPROGRESS) == 0

@@ -24,6 +24,11 @@ streams) and runs only the server (the Services must start first, and close afte
 at run time; it replaces a dead worker every half second without a delay that grows, and a worker
 that fails to start with anything but uvicorn's own exit code is replaced forever. Overriding all
 of that left little of it.
+
+**Metrics.** A scrape reaches one worker; it shows every worker's through prometheus_client's
+multiprocess mode: the parent makes a private directory for the workers' metric files before it
+starts them, forgets a dead worker's live gauges, and removes the directory when it exits (a
+killed parent cannot: its workers, stopped by its death, do) (:mod:`binderapi.metrics`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -43,6 +49,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .httpserver import STOP_SIGNALS
+from .metrics import MULTIPROC_ENV, forget_process, shared_directory
 from .retry import wait_after
 
 log = logging.getLogger("binderapi.workers")
@@ -161,6 +168,10 @@ def _worker_main(settings: Any, sock: socket.socket, index: int, parent: int, co
         with contextlib.suppress(OSError):
             conn.send(str(e))
         sys.exit(STARTUP_FAILURE)
+    finally:
+        if os.getppid() != parent and os.environ.get(MULTIPROC_ENV):
+            # the parent was killed and could not remove the metric files (shared_directory): its workers do
+            shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
 
 
 @dataclass
@@ -186,9 +197,10 @@ class _Slot:
 class Supervisor:
     """The parent: starts a worker per slot, replaces the ones that die, stops them all on a signal."""
 
-    def __init__(self, settings: Any, port: Port) -> None:
+    def __init__(self, settings: Any, port: Port, metrics_dir: str | None = None) -> None:
         self.settings = settings
         self.port = port
+        self.metrics_dir = metrics_dir  # the workers' metric files (binderapi.metrics.shared_directory)
         self.slots = [_Slot(i, port.listener()) for i in range(settings.BinderHub.workers)]
         self.stopping = False
         self.failure = ""
@@ -217,6 +229,8 @@ class Supervisor:
         process = slot.process
         process.join()
         code = process.exitcode
+        if self.metrics_dir is not None:
+            forget_process(process.pid, self.metrics_dir)
         if slot.conn is not None:
             self._receive(slot)
             slot.conn.close()
@@ -352,5 +366,7 @@ def serve_workers(settings: Any) -> None:
     except WorkersError as e:
         sys.exit(f"binderapi: {e}")
     share_secrets(settings)
-    if supervisor.run():
+    with shared_directory() as supervisor.metrics_dir:
+        failed = supervisor.run()
+    if failed:
         sys.exit(f"binderapi: {supervisor.failure}")
