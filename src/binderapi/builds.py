@@ -175,6 +175,18 @@ class BuildLog:
         first = self.output_total - len(self.output)
         return list(islice(self.output, max(0, cursor - first), None)), self.output_total
 
+    async def follow_output(self, cursor: int) -> AsyncIterator[str]:
+        """The builder output after ``cursor``, as it comes, until the build ends (a local build's
+        ``logs?follow=true`` and a remote one's, fed from the store, both read it so)."""
+        while True:
+            lines, cursor = self.output_after(cursor)
+            if lines:
+                yield "".join(lines)
+            if self.closed and cursor >= self.output_total:
+                return
+            if cursor >= self.output_total:
+                await self.changed()
+
 
 _NOT_RECORDED = Recorder(None)
 
@@ -675,18 +687,12 @@ class BuildManager:
             if stored is not None and stored.text():
                 yield stored.text()
             return
-        log_ = build.log
-        cursor = log_.output_total  # taken with the snapshot, no await between: nothing lost or repeated
+        # the cursor is taken with the snapshot, no await between: nothing lost or repeated
+        new_output = build.log.follow_output(build.log.output_total)
         if held.text():
             yield held.text()
-        while True:
-            lines, cursor = log_.output_after(cursor)
-            if lines:
-                yield "".join(lines)
-            if log_.closed and cursor >= log_.output_total:
-                return
-            if cursor >= log_.output_total:
-                await log_.changed()
+        async for chunk in new_output:
+            yield chunk
 
     # -- running a build --------------------------------------------------------------------------
     def _launch(self, build: Build, attach: bool, owner: bool, skip_bytes: int | None = None) -> None:

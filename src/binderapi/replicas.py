@@ -257,20 +257,13 @@ class ReplicaSync:
     async def follow_log(self, build: Build) -> AsyncIterator[str]:
         """A remote build's log: what its follower fed so far, as the store has it (memory keeps
         only the newest chunks), then what it feeds next, until the build ends."""
-        log_ = build.log
-        cursor, fed = log_.output_total, build.log_chars
+        new_output, fed = build.log.follow_output(build.log.output_total), build.log_chars
         if fed:
             stored = await self.store.read_log(build.id)
             if stored is not None and stored.head[:fed]:
                 yield stored.head[:fed]
-        while True:
-            lines, cursor = log_.output_after(cursor)
-            if lines:
-                yield "".join(lines)
-            if log_.closed and cursor >= log_.output_total:
-                return
-            if cursor >= log_.output_total:
-                await log_.changed()
+        async for chunk in new_output:
+            yield chunk
 
     # -- notifications ----------------------------------------------------------------------------
     async def _listen(self) -> None:
