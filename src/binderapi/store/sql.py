@@ -536,14 +536,7 @@ class SQLBuildStore(BuildStore):
 
     async def read_log(self, build_id: str) -> StoredLog | None:
         """The build's log; an empty one for a build without output yet, None for no such build."""
-        statement = (sa.select(builds.c.id, build_logs.c.head, build_logs.c.tail, build_logs.c.dropped_bytes)
-                     .select_from(builds.outerjoin(build_logs, build_logs.c.build_id == builds.c.id))
-                     .where(builds.c.id == build_id))
-        async with self._begin(f"reading the log of build {build_id}") as connection:
-            row = (await connection.execute(statement)).first()
-        if row is None:
-            return None
-        return StoredLog(head=row.head or "", tail=row.tail or "", dropped_bytes=row.dropped_bytes or 0)
+        return await self.read_log_from(build_id, 0)
 
     async def read_log_from(self, build_id: str, offset: int) -> StoredLog | None:
         """The head's new part is cut in the database: a follower reads only what is new (the
