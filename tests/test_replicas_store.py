@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -19,8 +19,8 @@ from binderapi.store import (
     Notification,
     new_build_id,
 )
-from binderapi.store.sql import SQLBuildStore
 from fixtures.postgres import _raw
+from fixtures.store import stores
 
 pytestmark = pytest.mark.postgres
 
@@ -28,18 +28,6 @@ pytestmark = pytest.mark.postgres
 def draft(name: str, owner: str) -> BuildRecord:
     return BuildRecord(id=new_build_id(), spec="gh/o/r/main", provider="GitHub", repo_url="https://x/o/r",
                        resolved_ref="abc", image_name=f"reg/{name}:abc", build_name=name, owner=owner)
-
-
-@contextlib.asynccontextmanager
-async def stores(url: str, count: int) -> AsyncIterator[list[SQLBuildStore]]:
-    opened = [SQLBuildStore(url) for _ in range(count)]
-    try:
-        for store in opened:
-            await store.open()
-        yield opened
-    finally:
-        for store in opened:
-            await store.close()
 
 
 async def test_one_claim_wins_and_its_record_is_saved_with_it(make_postgres_database: Callable[[], Awaitable[str]]) -> None:

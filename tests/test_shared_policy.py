@@ -34,6 +34,7 @@ from binderapi.store.sql import SQLBuildStore, rate_limits
 from binderapi.tokens import BuildTokens
 from fixtures.fake_backend import fake_settings
 from fixtures.server import EVENT_STREAM, free_port
+from fixtures.store import stores
 from test_inprocess import events_of, inprocess
 
 SECRET = "ab" * 32
@@ -41,19 +42,6 @@ BUILD = "build/fake/hello/main"
 
 
 # -- the store's counter -------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def stores(url: str, count: int) -> AsyncIterator[list[SQLBuildStore]]:
-    """``count`` stores on one database, each with its own engine (as separate replicas have)."""
-    opened = [SQLBuildStore(url) for _ in range(count)]
-    try:
-        for store in opened:
-            await store.open()
-        yield opened
-    finally:
-        for store in opened:
-            await store.close()
 
 
 MakeDatabase = Callable[[], Awaitable[str]]
